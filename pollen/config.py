@@ -1,0 +1,202 @@
+"""One validated configuration object for a run, loadable from TOML and overridable by flags.
+
+Every field has a default and a description (the description is the flag's ``--help``). Sections
+map to TOML tables::
+
+    [data]
+    dataset = "fmnist"
+    parties = 10
+
+Unknown keys and out-of-range values are refused with a ``ConfigError`` that names the key and
+the allowed values.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pollen.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(_Section):
+    dataset: str = Field("fmnist", description="dataset name: fmnist, mnist, emnist, femnist, cifar10, digits, breast_cancer, wine, synthetic")
+    data_dir: str | None = Field(None, description="directory holding the dataset files (default: the dataset's standard place)")
+    parties: int = Field(10, ge=1, le=1_000_000, description="number of parties the training set is split into")
+    partition: Literal["iid", "dirichlet", "shards", "quantity", "natural"] = Field("iid", description="how data is split across parties")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration for 'dirichlet' and 'quantity' (smaller = more skewed)")
+    classes_per_party: int = Field(2, ge=1, description="classes per party for the 'shards' split")
+    holdout: float = Field(0.1, ge=0, lt=1, description="fraction of each party's data held out for federated evaluation (0 disables)")
+
+
+class ModelConfig(_Section):
+    model: str | None = Field(None, description="model name (default: chosen from the dataset): fedavg_cnn, cifar_cnn, small_cnn, mlp, logreg")
+    augmentation: str = Field("none", description="training augmentation: none, cifar")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(1, ge=1, le=1000, description="local epochs per round")
+    lr: float = Field(0.05, gt=0, le=100, description="local learning rate")
+    batch_size: int = Field(32, ge=1, description="local mini-batch size")
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="local optimizer")
+    momentum: float = Field(0.0, ge=0, lt=1, description="local SGD momentum")
+    weight_decay: float = Field(0.0, ge=0, description="local L2 weight decay")
+    lr_decay: float = Field(1.0, gt=0, le=1, description="multiply the local lr by this after every round")
+
+
+class FederationConfig(_Section):
+    rounds: int = Field(20, ge=1, le=1_000_000, description="rounds of federated training")
+    fraction: float = Field(1.0, gt=0, le=1, description="fraction of parties sampled each round")
+    parties_per_round: int | None = Field(None, ge=1, description="parties sampled each round (overrides --fraction)")
+    min_fit_parties: int = Field(1, ge=1, description="fewest replies for a round to be aggregated")
+    round_timeout: float | None = Field(None, gt=0, description="seconds to wait for replies before dropping stragglers")
+    eval_every: int = Field(1, ge=1, description="evaluate the global model on the test set every N rounds")
+    fed_eval_every: int = Field(0, ge=0, description="federated evaluation on parties' held-out splits every N rounds (0: only after the last round)")
+
+
+class StrategyConfig(_Section):
+    name: str = Field("fedavg", description="aggregation strategy")
+    server_lr: float = Field(1.0, gt=0, description="server learning rate applied to the aggregated update")
+
+
+class SimulationConfig(_Section):
+    backend: Literal["inline", "process"] = Field("inline", description="inline: one process, all cores per party; process: a pool of worker processes")
+    workers: int | None = Field(None, ge=1, description="worker processes for the process backend (default: cores)")
+    threads: int | None = Field(None, ge=1, description="torch threads per training process (default: cores, or 1 per worker)")
+
+
+class RunSection(_Section):
+    name: str | None = Field(None, description="run name; output goes to <runs_dir>/<name> (default: dataset-partition-timestamp)")
+    runs_dir: str = Field("runs", description="directory that holds run directories")
+    seed: int = Field(0, ge=0, description="seed of every random choice in the run")
+    progress: bool = Field(True, description="show a live progress display")
+
+
+class RunConfig(_Section):
+    """The whole run."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    federation: FederationConfig = FederationConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    simulation: SimulationConfig = SimulationConfig()
+    run: RunSection = RunSection()
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        f, d = self.federation, self.data
+        if f.parties_per_round is not None and f.parties_per_round > d.parties:
+            raise ValueError(f"federation.parties_per_round={f.parties_per_round} exceeds data.parties={d.parties}")
+        if f.min_fit_parties > d.parties:
+            raise ValueError(f"federation.min_fit_parties={f.min_fit_parties} exceeds data.parties={d.parties}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (TOML-able, None values dropped)."""
+        return {s: {k: v for k, v in sec.items() if v is not None} for s, sec in self.model_dump().items()}
+
+
+SECTIONS: dict[str, type[_Section]] = {name: f.annotation for name, f in RunConfig.model_fields.items()}  # type: ignore[misc]
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "config"
+        if e["type"] == "extra_forbidden":
+            section = e["loc"][0] if len(e["loc"]) > 1 else None
+            allowed = sorted(SECTIONS[section].model_fields) if section in SECTIONS else sorted(SECTIONS)
+            lines.append(f"{key}: unknown key; allowed keys here: {', '.join(allowed)}")
+        else:
+            got = e.get("input")
+            lines.append(f"{key}: {e['msg']} (got {got!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def make_config(data: dict[str, Any] | None = None) -> RunConfig:
+    """Validate a nested dict into a ``RunConfig``.
+
+    Raises:
+        ConfigError: unknown keys or bad values, each named.
+    """
+    data = data or {}
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"invalid configuration:\n  {unknown[0]}: unknown section; allowed sections: {', '.join(SECTIONS)}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into a nested dict.
+
+    Raises:
+        ConfigError: missing file or TOML syntax error (with the line).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict merge: ``overrides`` wins."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def flag_fields() -> dict[str, tuple[str, str]]:
+    """Map ``--flag-name`` → (section, key) for every config field; flag names are unique."""
+    out: dict[str, tuple[str, str]] = {}
+    for section, model in SECTIONS.items():
+        for key in model.model_fields:
+            flag = key.replace("_", "-")
+            if section == "strategy" and key == "name":
+                flag = "strategy"
+            elif section == "run" and key == "name":
+                flag = "name"
+            elif section == "model" and key == "model":
+                flag = "model"
+            if flag in out:
+                raise RuntimeError(f"flag --{flag} defined twice ({out[flag]} and {(section, key)})")
+            out[flag] = (section, key)
+    return out
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Write a nested dict of plain values as TOML (the resolved config of a run)."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{s}"'
+
+    parts = []
+    for section, values in data.items():
+        parts.append(f"[{section}]")
+        parts += [f"{k} = {fmt(v)}" for k, v in values.items() if v is not None]
+        parts.append("")
+    return "\n".join(parts)

@@ -1,0 +1,49 @@
+"""Models by name: ``build_model("fedavg_cnn", input_shape=(1, 28, 28), num_classes=10)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn as nn
+
+from pollen.errors import ModelError
+
+Builder = Callable[[tuple[int, ...], int], nn.Module]
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: register ``builder(input_shape, num_classes) -> nn.Module`` under ``name``."""
+
+    def deco(builder: Builder) -> Builder:
+        _REGISTRY[name] = builder
+        return builder
+
+    return deco
+
+
+def available_models() -> list[str]:
+    """Names accepted by ``build_model``."""
+    return sorted(_REGISTRY)
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Build a registered model.
+
+    Raises:
+        ModelError: unknown name, or an input shape the model cannot take.
+    """
+    if name not in _REGISTRY:
+        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(available_models())}")
+    return _REGISTRY[name](tuple(input_shape), int(num_classes))
+
+
+def default_model_for(input_shape: tuple[int, ...]) -> str:
+    """The model a dataset gets when the user names none."""
+    if len(input_shape) == 1:
+        return "mlp"
+    if input_shape[-1] == 32 and input_shape[0] == 3:
+        return "cifar_cnn"
+    if input_shape[-1] >= 28:
+        return "fedavg_cnn"
+    return "small_cnn"

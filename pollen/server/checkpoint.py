@@ -1,0 +1,69 @@
+"""Checkpoints after every round: enough to resume a crashed run with the same result.
+
+``checkpoints/`` holds ``model.safetensors`` (global model), ``optimizer.safetensors`` (server
+optimizer state) and ``meta.json`` (round, last history record, extra state). Each file is written
+to a temporary name and renamed, so a crash mid-write leaves the previous checkpoint intact.
+Sampling and party randomness derive from (seed, round), so no RNG stream needs saving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from pollen.errors import RunError
+
+
+def _atomic_save(arrays: Mapping[str, np.ndarray], path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+class Checkpointer:
+    """Writes and reads the checkpoint of a run directory.
+
+    Args:
+        run_dir: ``runs/<name>``; checkpoints go to ``run_dir/checkpoints``.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.dir = Path(run_dir) / "checkpoints"
+
+    def save(self, round: int, state: Mapping[str, np.ndarray], optimizer_state: Mapping[str, np.ndarray],
+             record: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> None:
+        """Save the state after ``round``."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _atomic_save(state, self.dir / "model.safetensors")
+        _atomic_save(optimizer_state, self.dir / "optimizer.safetensors")
+        meta = {"round": round, "order": list(state), "record": dict(record or {}), "extra": dict(extra or {})}
+        tmp = self.dir / "meta.json.tmp"
+        tmp.write_text(json.dumps(meta, default=str))
+        os.replace(tmp, self.dir / "meta.json")
+
+    def exists(self) -> bool:
+        """True when a complete checkpoint is present."""
+        return (self.dir / "meta.json").exists()
+
+    def load(self) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+        """``(round, state, optimizer_state, meta)`` of the last checkpoint.
+
+        Raises:
+            RunError: no checkpoint, or an unreadable one.
+        """
+        if not self.exists():
+            raise RunError(f"no checkpoint in {self.dir}: nothing to resume (was the run started with this directory?)")
+        try:
+            meta = json.loads((self.dir / "meta.json").read_text())
+            state = load_file(str(self.dir / "model.safetensors"))
+            opt = load_file(str(self.dir / "optimizer.safetensors"))
+        except Exception as exc:  # noqa: BLE001 - any corruption is reported the same way
+            raise RunError(f"checkpoint in {self.dir} is unreadable: {exc}") from exc
+        state = {k: state[k] for k in meta.get("order", state)}
+        return int(meta["round"]), state, opt, meta

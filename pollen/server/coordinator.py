@@ -1,0 +1,199 @@
+"""The coordinator's round loop — the one place where a round is defined.
+
+Simulation (in-process, process pool), gRPC and any other transport drive this same loop::
+
+    for each round r:
+        parties   = strategy.sampler.select(r, transport.available())
+        config    = strategy.configure(r)                  # what each party is told
+        replies   = collect(transport, tasks, deadline)     # stragglers past it are dropped
+        updates   = [pipeline.decode(u) for u in replies]   # decompress / unmask (sum only)
+        delta     = strategy.aggregator(updates)
+        delta     = pipeline.after_aggregate(delta)         # central DP noise
+        global    = strategy.server_optimizer.step(global, delta)
+        evaluate, checkpoint, emit RoundCompleted
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pollen.server.checkpoint import Checkpointer
+from pollen.strategy.base import Strategy
+from pollen.telemetry.events import EventBus, PartyReplied, RoundCompleted, RoundStarted, RunCompleted, RunStarted
+from pollen.transforms.base import Pipeline, check_compatible, empty_pipeline
+from pollen.transport.base import Transport
+from pollen.types import EvalResult, ModelState, Reply, Task, Update, state_nbytes
+
+Evaluator = Callable[[Mapping[str, np.ndarray]], EvalResult]
+
+
+@dataclass
+class RoundOutcome:
+    """What one round produced (the coordinator's own view; history gets ``record``)."""
+
+    state: ModelState
+    record: dict[str, Any]
+
+
+def collect(transport: Transport, tasks: Sequence[Task], timeout: float | None) -> tuple[list[Reply], list[str]]:
+    """Submit ``tasks`` and gather their replies until all came or ``timeout`` seconds passed.
+
+    Returns:
+        (replies of this round, ids of parties that did not reply in time).
+    """
+    for task in tasks:
+        transport.submit(task)
+    waiting = {t.party_id for t in tasks}
+    rnd = tasks[0].round if tasks else 0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    replies: list[Reply] = []
+    while waiting:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        reply = transport.poll(left)
+        if reply is None:
+            if deadline is None and transport.pending() == 0:
+                break  # nothing in flight will ever answer
+            continue
+        if reply.round != rnd or reply.party_id not in waiting:
+            continue  # a late reply from an earlier round, or a duplicate
+        waiting.discard(reply.party_id)
+        replies.append(reply)
+    if waiting:
+        transport.forget(rnd)
+    return replies, sorted(waiting)
+
+
+def weighted_eval(results: Sequence[EvalResult]) -> EvalResult | None:
+    """Example-weighted loss and accuracy over several evaluations."""
+    n = sum(r.num_examples for r in results)
+    if n == 0:
+        return None
+    return EvalResult(
+        loss=sum(r.loss * r.num_examples for r in results) / n,
+        accuracy=sum(r.accuracy * r.num_examples for r in results) / n,
+        num_examples=n,
+    )
+
+
+def mean_metrics(updates: Sequence[Update]) -> dict[str, float]:
+    """Example-weighted mean of the numeric metrics parties reported."""
+    n = sum(u.num_examples for u in updates) or 1
+    keys = {k for u in updates for k, v in u.metrics.items() if isinstance(v, (int, float))}
+    return {k: sum(float(u.metrics.get(k, 0.0)) * u.num_examples for u in updates) / n for k in sorted(keys)}
+
+
+@dataclass
+class Coordinator:
+    """Runs rounds of federated training over a transport.
+
+    Attributes:
+        strategy: sampler + client config + aggregator + server optimizer + name filter.
+        transport: how parties are reached.
+        rounds: the last round to run.
+        pipeline: the server side of the update pipeline (decoders, central noise).
+        evaluate: server-side evaluation of the global model (None to skip).
+        eval_every: evaluate on the server every this many rounds (and after the last).
+        fed_eval: run federated evaluation on the parties' held-out splits.
+        fed_eval_every: federated evaluation every this many rounds (0: after the last round only).
+        min_fit_parties: fewest successful replies for a round to be aggregated.
+        round_timeout: seconds to wait for replies (None waits for all).
+        events: where the loop's events go.
+        checkpointer: saves the state after every round (None disables).
+    """
+
+    strategy: Strategy
+    transport: Transport
+    rounds: int
+    pipeline: Pipeline = field(default_factory=empty_pipeline)
+    evaluate: Evaluator | None = None
+    eval_every: int = 1
+    fed_eval: bool = False
+    fed_eval_every: int = 0
+    min_fit_parties: int = 1
+    round_timeout: float | None = None
+    events: EventBus = field(default_factory=EventBus)
+    checkpointer: Checkpointer | None = None
+
+    def __post_init__(self) -> None:
+        agg = self.strategy.aggregator
+        check_compatible(self.pipeline, agg.name, agg.linear)
+
+    def run(
+        self, state: ModelState, start_round: int = 1, optimizer_state: dict[str, np.ndarray] | None = None
+    ) -> ModelState:
+        """Run rounds ``start_round … rounds`` from ``state``; return the final global model."""
+        opt = self.strategy.server_optimizer
+        opt_state = optimizer_state if optimizer_state is not None else opt.init(state)
+        self.events.emit(RunStarted(self.rounds, start_round, len(self.transport.available())))
+        started = time.perf_counter()
+        last: dict[str, Any] = {}
+        for rnd in range(start_round, self.rounds + 1):
+            outcome, opt_state = self.run_round(rnd, state, opt_state)
+            state = outcome.state
+            last = outcome.record
+            if self.checkpointer is not None:
+                self.checkpointer.save(rnd, state, opt_state, outcome.record)
+        self.events.emit(RunCompleted({**last, "wall_seconds": time.perf_counter() - started}))
+        return state
+
+    def run_round(
+        self, rnd: int, state: ModelState, opt_state: dict[str, np.ndarray]
+    ) -> tuple[RoundOutcome, dict[str, np.ndarray]]:
+        """One round: sample, instruct, collect, aggregate, step, evaluate."""
+        t0 = time.perf_counter()
+        chosen = self.strategy.sampler.select(rnd, self.transport.available())
+        self.events.emit(RoundStarted(rnd, tuple(chosen)))
+        config = self.strategy.configure(rnd, list(state))
+        tasks = [Task(pid, "fit", rnd, state, config) for pid in chosen]
+        replies, late = collect(self.transport, tasks, self.round_timeout)
+        down = sum(r.bytes_down or state_nbytes(state) for r in replies) + state_nbytes(state) * len(late)
+        up = 0
+        ok: list[Reply] = []
+        failed: list[str] = list(late)
+        for reply in replies:
+            self.events.emit(PartyReplied(rnd, reply.party_id, "fit", reply.seconds, reply.failure))
+            if reply.ok and reply.update is not None:
+                ok.append(reply)
+                up += reply.bytes_up or state_nbytes(reply.update.delta)
+            else:
+                failed.append(reply.party_id)
+        record: dict[str, Any] = {"round": rnd, "parties": [r.party_id for r in ok], "parties_failed": sorted(failed)}
+        if len(ok) >= max(self.min_fit_parties, 1):
+            updates = [self.pipeline.decode(r.update) for r in ok]
+            delta = self.strategy.aggregator.aggregate(updates)
+            delta = self.pipeline.after_aggregate(delta, rnd, len(updates))
+            state, opt_state = self.strategy.server_optimizer.step(state, delta, opt_state)
+            record.update(aggregated=True, num_examples=sum(u.num_examples for u in updates), **mean_metrics(updates))
+        else:
+            record.update(aggregated=False, reason=f"{len(ok)} replies < min_fit_parties={self.min_fit_parties}")
+        record.update(self._evaluate(rnd, state))
+        record.update(seconds=time.perf_counter() - t0, bytes_up=up, bytes_down=down)
+        self.events.emit(RoundCompleted(rnd, record))
+        return RoundOutcome(state, record), opt_state
+
+    def _evaluate(self, rnd: int, state: ModelState) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        last = rnd == self.rounds
+        if self.evaluate is not None and (rnd % max(self.eval_every, 1) == 0 or last):
+            res = self.evaluate(state)
+            out.update(accuracy=res.accuracy, loss=res.loss)
+        if self.fed_eval and (last or (self.fed_eval_every and rnd % self.fed_eval_every == 0)):
+            cfg = self.strategy.configure(rnd, list(state)).with_(extra={"personalized": True})
+            tasks = [Task(pid, "evaluate", rnd, state, cfg) for pid in self.transport.available()]
+            replies, _ = collect(self.transport, tasks, self.round_timeout)
+            res = weighted_eval([r.evaluation for r in replies if r.ok and r.evaluation is not None])
+            if res is not None:
+                out.update(fed_accuracy=res.accuracy, fed_loss=res.loss)
+        for k, v in list(out.items()):
+            if isinstance(v, float) and not math.isfinite(v):
+                out[k] = None
+        return out
+

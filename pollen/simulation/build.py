@@ -1,0 +1,122 @@
+"""Build the pieces of a federation from a ``RunConfig``: dataset, party splits, model, trainer,
+parties, strategy, server-side evaluator. Shared by simulation, the centralized baseline and the
+deployed server/client, so that every mode trains the same thing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from pollen.client.party import LocalParty
+from pollen.client.trainer import Trainer, state_to_numpy
+from pollen.config import RunConfig
+from pollen.data import Dataset, load_dataset, partition, split_holdout
+from pollen.models import build_model, default_model_for, get_augmentation
+from pollen.strategy import ClientConfig, Sampler, Strategy, build_strategy
+from pollen.transforms.base import Pipeline, empty_pipeline
+from pollen.types import EvalResult, ModelState, RoundConfig
+
+
+def cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def model_name(cfg: RunConfig, dataset: Dataset) -> str:
+    """The model the run uses (the configured one, or the dataset's default)."""
+    return cfg.model.model or default_model_for(dataset.input_shape)
+
+
+def initial_state(cfg: RunConfig, dataset: Dataset) -> ModelState:
+    """The global model at round 0: built with torch's RNG seeded by the run seed."""
+    torch.manual_seed(cfg.run.seed)
+    return state_to_numpy(build_model(model_name(cfg, dataset), dataset.input_shape, dataset.num_classes))
+
+
+def base_round_config(cfg: RunConfig) -> RoundConfig:
+    """The round config before strategy schedules."""
+    t = cfg.train
+    return RoundConfig(epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, optimizer=t.optimizer,
+                       momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def make_strategy(cfg: RunConfig) -> Strategy:
+    """The configured strategy."""
+    f = cfg.federation
+    sampler = Sampler(fraction=f.fraction, count=f.parties_per_round, seed=cfg.run.seed)
+    client = ClientConfig(base=base_round_config(cfg), lr_decay=cfg.train.lr_decay)
+    return build_strategy(cfg, sampler, client)
+
+
+def make_pipeline(cfg: RunConfig) -> Pipeline:
+    """The update pipeline the config asks for (privacy and compression steps)."""
+    return empty_pipeline()
+
+
+@dataclass
+class Federation:
+    """A dataset split among parties, with everything needed to run them."""
+
+    cfg: RunConfig
+    dataset: Dataset
+    parts: list[np.ndarray]  # training indices per party
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> "Federation":
+        """Load the dataset and split it as configured."""
+        d = cfg.data
+        dataset = load_dataset(d.dataset, d.data_dir)
+        parts = partition(dataset, d.partition, d.parties, cfg.run.seed, alpha=d.alpha,
+                          classes_per_party=d.classes_per_party)
+        return cls(cfg, dataset, parts)
+
+    @property
+    def party_ids(self) -> list[str]:
+        """Party ids, ``"0" … "N-1"``."""
+        return [str(i) for i in range(len(self.parts))]
+
+    @cached_property
+    def x_train(self) -> torch.Tensor:
+        return torch.from_numpy(self.dataset.x_train)
+
+    @cached_property
+    def y_train(self) -> torch.Tensor:
+        return torch.from_numpy(self.dataset.y_train)
+
+    def make_trainer(self) -> Trainer:
+        """A trainer with a fresh model (one per process; reused for every party there)."""
+        model = build_model(model_name(self.cfg, self.dataset), self.dataset.input_shape, self.dataset.num_classes)
+        return Trainer(model, get_augmentation(self.cfg.model.augmentation))
+
+    def make_parties(self, trainer: Trainer, ids: Iterable[str] | None = None,
+                     pipeline: Pipeline | None = None) -> dict[str, LocalParty]:
+        """The ``LocalParty`` runtimes for ``ids`` (all parties when None)."""
+        out = {}
+        holdout = self.cfg.data.holdout
+        for pid in (ids if ids is not None else self.party_ids):
+            idx = self.parts[int(pid)]
+            train_idx, val_idx = split_holdout(idx, holdout, self.cfg.run.seed + int(pid)) if holdout > 0 else (idx, idx[:0])
+            train_idx, val_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(val_idx))
+            out[pid] = LocalParty(
+                pid, self.x_train[train_idx], self.y_train[train_idx], trainer,
+                self.x_train[val_idx], self.y_train[val_idx], seed=self.cfg.run.seed, pipeline=pipeline,
+            )
+        return out
+
+    def make_evaluator(self, trainer: Trainer):
+        """Server-side evaluation of a state on the full test set."""
+        x = torch.from_numpy(self.dataset.x_test)
+        y = torch.from_numpy(self.dataset.y_test)
+
+        def evaluate(state: ModelState) -> EvalResult:
+            return trainer.evaluate(state, x, y)
+
+        return evaluate

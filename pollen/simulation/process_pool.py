@@ -1,0 +1,135 @@
+"""The process-pool transport: parties live in worker processes, one torch thread each.
+
+Party ``i`` lives in worker ``i mod W`` for the whole run, so per-party state (control variates,
+error-feedback residuals) persists between rounds. Tasks and replies cross the process boundary
+as safetensors bytes (raw tensor buffers + JSON header), never pickled objects. Each worker
+rebuilds its parties from the run config (dataset loading and partitioning are deterministic).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections import deque
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from pollen.errors import TransportError
+from pollen.serialization import reply_from_bytes, reply_to_bytes, task_from_bytes, task_to_bytes
+from pollen.transport.base import Transport
+from pollen.types import Reply, Task
+
+
+def _worker(conn: Connection, cfg_dict: dict[str, Any], ids: list[str], threads: int) -> None:
+    import torch
+
+    from pollen.config import make_config
+    from pollen.simulation.build import Federation, make_pipeline
+
+    torch.set_num_threads(threads)
+    cfg = make_config(cfg_dict)
+    fed = Federation.from_config(cfg)
+    parties = fed.make_parties(fed.make_trainer(), ids, make_pipeline(cfg))
+    conn.send_bytes(b"ready")
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except EOFError:
+            return
+        if data == b"stop":
+            return
+        task = task_from_bytes(data)
+        conn.send_bytes(reply_to_bytes(parties[task.party_id].handle(task)))
+
+
+class ProcessPoolTransport(Transport):
+    """Runs parties in ``workers`` processes.
+
+    Args:
+        cfg_dict: the run config as a dict (each worker rebuilds its parties from it).
+        party_ids: all party ids.
+        workers: number of worker processes.
+        threads: torch threads per worker.
+    """
+
+    def __init__(self, cfg_dict: dict[str, Any], party_ids: list[str], workers: int, threads: int = 1) -> None:
+        self.ids = list(party_ids)
+        workers = max(1, min(workers, len(self.ids)))
+        ctx = mp.get_context("spawn")
+        self._conns: list[Connection] = []
+        self._procs = []
+        self._owner: dict[str, int] = {}
+        for w in range(workers):
+            mine = self.ids[w::workers]
+            for pid in mine:
+                self._owner[pid] = w
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, cfg_dict, mine, threads), daemon=True)
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+        for w, conn in enumerate(self._conns):
+            try:
+                if conn.recv_bytes() != b"ready":
+                    raise TransportError(f"worker {w} sent an unexpected greeting")
+            except EOFError:
+                raise TransportError(f"worker {w} died while loading its parties (see its error above)") from None
+        self._queues: list[deque[bytes]] = [deque() for _ in self._conns]
+        self._busy: list[Task | None] = [None] * len(self._conns)
+        self._tasks: list[deque[Task]] = [deque() for _ in self._conns]
+
+    def available(self) -> list[str]:
+        return list(self.ids)
+
+    def submit(self, task: Task) -> None:
+        w = self._owner.get(task.party_id)
+        if w is None:
+            raise TransportError(f"unknown party {task.party_id!r}")
+        self._tasks[w].append(task)
+        self._dispatch(w)
+
+    def _dispatch(self, w: int) -> None:
+        if self._busy[w] is None and self._tasks[w]:
+            task = self._tasks[w].popleft()
+            self._busy[w] = task
+            self._conns[w].send_bytes(task_to_bytes(task))
+
+    def poll(self, timeout: float | None = None) -> Reply | None:
+        busy = [self._conns[w] for w in range(len(self._conns)) if self._busy[w] is not None]
+        if not busy:
+            return None
+        ready = wait(busy, timeout)
+        if not ready:
+            return None
+        conn = ready[0]
+        w = self._conns.index(conn)
+        task = self._busy[w]
+        self._busy[w] = None
+        try:
+            reply = reply_from_bytes(conn.recv_bytes())
+        except (EOFError, OSError):
+            reply = Reply(task.party_id, task.kind, task.round, failure=f"worker process {w} died")
+        self._dispatch(w)
+        return reply
+
+    def pending(self) -> int:
+        return sum(len(q) for q in self._tasks) + sum(b is not None for b in self._busy)
+
+    def forget(self, round: int) -> None:
+        for q in self._tasks:
+            keep = [t for t in q if t.round > round]
+            q.clear()
+            q.extend(keep)
+
+    def close(self) -> None:
+        for conn in self._conns:
+            try:
+                conn.send_bytes(b"stop")
+                conn.close()
+            except OSError:
+                pass
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+        self._conns, self._procs = [], []

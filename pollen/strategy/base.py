@@ -1,0 +1,221 @@
+"""A strategy is a composition: who trains (sampler), what they are told (client config),
+how their updates combine (aggregator), how the combination moves the global model (server
+optimizer), and which tensors are shared (name filter). Named strategies (``fedavg.py``, …) are
+functions that compose these parts; none subclasses another.
+
+All parts are pure: they return new values and never mutate their inputs. Randomness is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pollen.errors import StrategyError
+from pollen.types import ModelState, RoundConfig, Update, is_float
+
+
+# ---------------------------------------------------------------- sampler
+@dataclass(frozen=True)
+class Sampler:
+    """Pick the parties of a round: a fixed count, or a fraction of those available.
+
+    Round ``r`` trains ``np.random.default_rng([seed, r]).choice(n, k, replace=False)`` over the
+    available parties in id order (the BENCHMARKS.md recipe).
+
+    Attributes:
+        fraction: fraction of available parties per round (used when ``count`` is None).
+        count: parties per round (overrides ``fraction``).
+        min_parties: fewest parties a round may sample.
+        seed: the run seed.
+    """
+
+    fraction: float = 1.0
+    count: int | None = None
+    min_parties: int = 1
+    seed: int = 0
+
+    def sample_size(self, available: int) -> int:
+        """How many of ``available`` parties a round trains."""
+        k = self.count if self.count is not None else int(round(self.fraction * available))
+        return max(min(k, available), min(self.min_parties, available))
+
+    def select(self, round: int, available: Sequence[str]) -> list[str]:
+        """The parties that train in ``round`` (a subset of ``available``)."""
+        ordered = sorted(available, key=_id_key)
+        k = self.sample_size(len(ordered))
+        if k == len(ordered) and self.count is None and self.fraction >= 1.0:
+            return ordered
+        rng = np.random.default_rng([self.seed, round])
+        return [ordered[i] for i in rng.choice(len(ordered), k, replace=False)]
+
+
+def _id_key(party_id: str) -> tuple[int, int | str]:
+    return (0, int(party_id)) if party_id.isdigit() else (1, party_id)
+
+
+# ---------------------------------------------------------------- client config
+ConfigFn = Callable[[int, RoundConfig], RoundConfig]
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """What parties are told each round: the base config, a learning-rate schedule, and an
+    optional user hook ``fn(round, config) -> config`` for custom instructions.
+
+    Attributes:
+        base: the round config before schedules.
+        lr_decay: multiply the local lr by this every round (1.0 keeps it fixed).
+        extra: settings merged into ``RoundConfig.extra`` (strategy-specific).
+        hook: a user function applied last.
+    """
+
+    base: RoundConfig = field(default_factory=RoundConfig)
+    lr_decay: float = 1.0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    hook: ConfigFn | None = None
+
+    def configure(self, round: int, shared_names: tuple[str, ...] | None) -> RoundConfig:
+        """The config for ``round``."""
+        cfg = self.base.with_(
+            round=round,
+            lr=self.base.lr * self.lr_decay ** (round - 1),
+            shared_names=shared_names,
+            extra={**self.base.extra, **self.extra},
+        )
+        return self.hook(round, cfg) if self.hook is not None else cfg
+
+
+# ---------------------------------------------------------------- aggregators
+class Aggregator:
+    """Combines the (decoded) updates of one round into one delta.
+
+    Attributes:
+        name: identifier used in messages.
+        linear: True when the result depends only on the (weighted) sum of updates, so it works
+            over securely summed or encrypted updates.
+    """
+
+    name = "aggregator"
+    linear = False
+
+    def aggregate(self, updates: Sequence[Update]) -> ModelState:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class WeightedMean(Aggregator):
+    """Σ nᵢ Δᵢ / Σ nᵢ (FedAvg's weighting by examples), as a running sum (FedJAX style): the
+    coordinator may ``add`` each update as it arrives instead of holding all of them.
+
+    Integer buffers (BatchNorm's ``num_batches_tracked``) are averaged and rounded.
+    """
+
+    name = "mean"
+    linear = True
+
+    def __init__(self, weighted: bool = True) -> None:
+        self.weighted = weighted
+
+    def begin(self) -> dict[str, Any]:
+        """An empty running sum."""
+        return {"sum": None, "weight": 0.0}
+
+    def add(self, acc: dict[str, Any], update: Update) -> dict[str, Any]:
+        """Fold one update into the running sum (returns a new accumulator)."""
+        w = float(update.num_examples) if self.weighted else 1.0
+        if acc["sum"] is None:
+            total = {k: v.astype(np.float64 if not is_float(v) else v.dtype) * w for k, v in update.delta.items()}
+        else:
+            total = dict(acc["sum"])
+            for k, v in update.delta.items():
+                total[k] = total[k] + v * w
+        return {"sum": total, "weight": acc["weight"] + w}
+
+    def finish(self, acc: dict[str, Any], like: Mapping[str, np.ndarray] | None = None) -> ModelState:
+        """The mean; integer entries rounded back to the dtype in ``like`` (or int64)."""
+        if acc["sum"] is None or acc["weight"] <= 0:
+            raise StrategyError("cannot average zero updates")
+        out: ModelState = {}
+        for k, v in acc["sum"].items():
+            mean = v / acc["weight"]
+            target = like[k].dtype if like is not None and k in like else mean.dtype
+            out[k] = np.rint(mean).astype(target) if not np.issubdtype(target, np.floating) else mean.astype(target)
+        return out
+
+    def aggregate(self, updates: Sequence[Update]) -> ModelState:
+        acc = self.begin()
+        for u in updates:
+            acc = self.add(acc, u)
+        return self.finish(acc, updates[0].delta if updates else None)
+
+
+# ---------------------------------------------------------------- server optimizers
+class ServerOptimizer:
+    """Moves the global model by the aggregated delta: ``step(global, delta, state)``.
+
+    ``state`` is a dict of numpy arrays (momentum buffers, …) so that it checkpoints with
+    safetensors. The plain one is ``x ← x + lr · Δ`` (FedAvg when lr = 1).
+    """
+
+    name = "sgd"
+
+    def __init__(self, lr: float = 1.0) -> None:
+        self.lr = lr
+
+    def init(self, global_state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The optimizer's initial state."""
+        return {}
+
+    def step(
+        self, global_state: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray]
+    ) -> tuple[ModelState, dict[str, np.ndarray]]:
+        """Return the new global model and the new optimizer state."""
+        new = dict(global_state)
+        for k, d in delta.items():
+            new[k] = apply_delta(global_state[k], d, self.lr)
+        return new, dict(state)
+
+
+def apply_delta(x: np.ndarray, d: np.ndarray, lr: float) -> np.ndarray:
+    """``x + lr · d`` in x's dtype (integer buffers take the rounded step)."""
+    if is_float(x):
+        return (x + lr * d).astype(x.dtype, copy=False)
+    return (x + np.rint(lr * d)).astype(x.dtype)
+
+
+# ---------------------------------------------------------------- shared-name filter
+@dataclass(frozen=True)
+class NameFilter:
+    """Which tensors parties share. ``keep_local`` lists substrings: a tensor whose name contains
+    one of them stays on the party (FedBN: BatchNorm; FedPer: the head)."""
+
+    keep_local: tuple[str, ...] = ()
+
+    def shared(self, names: Sequence[str]) -> tuple[str, ...] | None:
+        """Names to share, or None for all."""
+        if not self.keep_local:
+            return None
+        out = tuple(n for n in names if not any(s in n for s in self.keep_local))
+        if not out:
+            raise StrategyError(f"every tensor matches {self.keep_local}: nothing would be shared")
+        return out
+
+
+# ---------------------------------------------------------------- the composition
+@dataclass(frozen=True)
+class Strategy:
+    """A named composition of the parts above."""
+
+    name: str
+    sampler: Sampler
+    client: ClientConfig
+    aggregator: Aggregator
+    server_optimizer: ServerOptimizer
+    share: NameFilter = field(default_factory=NameFilter)
+
+    def configure(self, round: int, names: Sequence[str]) -> RoundConfig:
+        """The round config every sampled party receives."""
+        return self.client.configure(round, self.share.shared(names))

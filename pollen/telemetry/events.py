@@ -1,0 +1,85 @@
+"""Events emitted by the round loop, and a bus that hands them to subscribed sinks.
+
+The loop only emits; sinks (history file, progress display, Prometheus, …) decide what to do.
+A sink that raises is reported once and then ignored: telemetry never stops a run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("pollen.telemetry")
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    """A run begins (or resumes at ``start_round``)."""
+
+    rounds: int
+    start_round: int
+    parties: int
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RoundStarted:
+    """A round begins with these sampled parties."""
+
+    round: int
+    parties: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PartyReplied:
+    """One party's reply arrived (``failure`` set when it failed)."""
+
+    round: int
+    party_id: str
+    kind: str
+    seconds: float
+    failure: str | None = None
+
+
+@dataclass(frozen=True)
+class RoundCompleted:
+    """A round finished; ``record`` is its line of history.jsonl."""
+
+    round: int
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunCompleted:
+    """The run finished (``record`` holds the final summary)."""
+
+    record: dict[str, Any]
+
+
+Event = RunStarted | RoundStarted | PartyReplied | RoundCompleted | RunCompleted
+Sink = Callable[[Event], None]
+
+
+class EventBus:
+    """Delivers events to subscribed sinks, in subscription order."""
+
+    def __init__(self) -> None:
+        self._sinks: list[Sink] = []
+        self._broken: set[int] = set()
+
+    def subscribe(self, sink: Sink) -> None:
+        """Add a sink (any callable taking an event)."""
+        self._sinks.append(sink)
+
+    def emit(self, event: Event) -> None:
+        """Hand ``event`` to every working sink."""
+        for i, sink in enumerate(self._sinks):
+            if i in self._broken:
+                continue
+            try:
+                sink(event)
+            except Exception as exc:  # noqa: BLE001 - a sink must never stop the run
+                self._broken.add(i)
+                log.warning("telemetry sink %r failed and is disabled: %s", sink, exc)

@@ -1,0 +1,57 @@
+"""The run history: one JSON line per round in ``runs/<name>/history.jsonl``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from pollen.errors import RunError
+from pollen.telemetry.events import Event, RoundCompleted
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class HistorySink:
+    """Appends each ``RoundCompleted`` record to ``history.jsonl`` and flushes it at once, so a
+    crash loses nothing already reported. On resume, lines past the resumed round are dropped."""
+
+    def __init__(self, path: str | Path, resume_after: int | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_after is not None and self.path.exists():
+            keep = [r for r in read_history(self.path) if r.get("round", 0) <= resume_after]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        elif resume_after is None:
+            self.path.write_text("")
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RoundCompleted):
+            line = json.dumps({k: _clean(v) for k, v in event.record.items()})
+            with self.path.open("a") as f:
+                f.write(line + "\n")
+
+
+def read_history(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``history.jsonl`` file (a torn last line is skipped).
+
+    Raises:
+        RunError: the file does not exist.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "history.jsonl"
+    if not p.exists():
+        raise RunError(f"{p} does not exist: is {p.parent} a run directory?")
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out

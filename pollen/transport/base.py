@@ -1,0 +1,53 @@
+"""The transport interface: how the coordinator reaches parties, and nothing else.
+
+The round loop submits ``Task``s and polls for ``Reply``s as they arrive. A transport does not know
+about rounds' logic; the coordinator does not know whether a party is a function call, a process
+or a machine across the world.
+
+Contract (tested against every implementation in ``tests/transport/test_contract.py``):
+
+- ``available()`` lists the ids of parties that can take a task now.
+- ``submit(task)`` hands a task to ``task.party_id`` and returns at once.
+- ``poll(timeout)`` returns the next finished ``Reply`` (a failure is a reply with ``failure``
+  set), or ``None`` when none finished within ``timeout`` seconds (``None`` waits for ever).
+- ``pending()`` counts submitted tasks not yet returned by ``poll``.
+- ``close()`` releases resources; the transport is unusable afterwards.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from pollen.types import Reply, Task
+
+
+class Transport(ABC):
+    """Carries tasks to parties and their replies back."""
+
+    @abstractmethod
+    def available(self) -> list[str]:
+        """Ids of the parties that can take a task now."""
+
+    @abstractmethod
+    def submit(self, task: Task) -> None:
+        """Hand a task to its party; returns immediately."""
+
+    @abstractmethod
+    def poll(self, timeout: float | None = None) -> Reply | None:
+        """The next finished reply, or None after ``timeout`` seconds without one."""
+
+    @abstractmethod
+    def pending(self) -> int:
+        """Submitted tasks whose replies have not been returned yet."""
+
+    def forget(self, round: int) -> None:
+        """Discard tasks of ``round`` (and earlier) not yet started (stragglers past a deadline)."""
+
+    def close(self) -> None:
+        """Release resources."""
+
+    def __enter__(self) -> "Transport":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
