@@ -66,6 +66,18 @@ class StrategyConfig(_Section):
     server_lr: float = Field(1.0, gt=0, description="server learning rate applied to the aggregated update")
 
 
+class PrivacyConfig(_Section):
+    """Differential privacy, secure aggregation and homomorphic encryption (issue 5 fills this in)."""
+
+
+class CompressionConfig(_Section):
+    """Update codecs and pruning (issue 6 fills this in)."""
+
+
+class NetworkConfig(_Section):
+    """The deployed federation over gRPC (issue 3 fills this in)."""
+
+
 class SimulationConfig(_Section):
     backend: Literal["inline", "process"] = Field("inline", description="inline: one process, all cores per party; process: a pool of worker processes")
     workers: int | None = Field(None, ge=1, description="worker processes for the process backend (default: cores)")
@@ -87,6 +99,9 @@ class RunConfig(_Section):
     train: TrainConfig = TrainConfig()
     federation: FederationConfig = FederationConfig()
     strategy: StrategyConfig = StrategyConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    compression: CompressionConfig = CompressionConfig()
+    network: NetworkConfig = NetworkConfig()
     simulation: SimulationConfig = SimulationConfig()
     run: RunSection = RunSection()
 
@@ -101,7 +116,7 @@ class RunConfig(_Section):
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (TOML-able, None values dropped)."""
-        return {s: {k: v for k, v in sec.items() if v is not None} for s, sec in self.model_dump().items()}
+        return {s: {k: v for k, v in sec.items() if v is not None} for s, sec in self.model_dump().items() if sec}
 
 
 SECTIONS: dict[str, type[_Section]] = {name: f.annotation for name, f in RunConfig.model_fields.items()}  # type: ignore[misc]

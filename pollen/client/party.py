@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,11 @@ from pollen.client.trainer import Trainer
 from pollen.errors import PollenError
 from pollen.transforms.base import Pipeline, StepContext, empty_pipeline
 from pollen.types import Reply, Task
+
+
+# Extra task kinds (secure-aggregation stages, …): kind -> handler(party, task) -> Reply.
+# Registered by the subsystem that defines the kind; the party runtime stays one class.
+TASK_HANDLERS: dict[str, Callable[["LocalParty", Task], Reply]] = {}
 
 
 def party_index(party_id: str) -> int:
@@ -75,7 +82,11 @@ class LocalParty:
             if task.kind == "evaluate":
                 return Reply(self.party_id, "evaluate", task.round, evaluation=self.evaluate(task),
                              seconds=time.perf_counter() - start)
-            raise PollenError(f"unknown task kind {task.kind!r}")
+            handler = TASK_HANDLERS.get(task.kind)
+            if handler is None:
+                raise PollenError(f"unknown task kind {task.kind!r}; known: fit, evaluate, {', '.join(TASK_HANDLERS)}")
+            reply = handler(self, task)
+            return replace(reply, seconds=time.perf_counter() - start)
         except (PollenError, RuntimeError, ValueError) as exc:
             return Reply(self.party_id, task.kind, task.round, failure=f"{type(exc).__name__}: {exc}",
                          seconds=time.perf_counter() - start)

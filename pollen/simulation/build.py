@@ -57,8 +57,16 @@ def make_strategy(cfg: RunConfig) -> Strategy:
 
 
 def make_pipeline(cfg: RunConfig) -> Pipeline:
-    """The update pipeline the config asks for (privacy and compression steps)."""
-    return empty_pipeline()
+    """The update pipeline the config asks for, in the fixed order clip → noise → compress → mask.
+
+    Each subsystem contributes its steps from its own config section (``privacy.steps_from_config``,
+    ``compression.steps_from_config``); ``Pipeline`` sorts nothing and refuses a wrong order.
+    """
+    from pollen.compression import steps_from_config as compression_steps
+    from pollen.privacy import steps_from_config as privacy_steps
+
+    steps = [*privacy_steps(cfg, "before_compress"), *compression_steps(cfg), *privacy_steps(cfg, "after_compress")]
+    return Pipeline(tuple(steps)) if steps else empty_pipeline()
 
 
 @dataclass
