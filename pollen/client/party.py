@@ -36,14 +36,32 @@ def round_seed(seed: int, party_id: str, round: int) -> int:
     return int(np.random.SeedSequence([seed, party_index(party_id), round]).generate_state(1)[0])
 
 
+class Shard:
+    """A party's examples: either its own tensors, or a view (indices) into tensors shared by all
+    parties of a simulation, materialised only while the party trains (memory stays bounded by
+    the parties training at once, not by the parties that exist)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> None:
+        self._x, self._y, self.index = x, y, index
+
+    def __len__(self) -> int:
+        return int(self._x.shape[0] if self.index is None else self.index.shape[0])
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of this shard."""
+        if self.index is None:
+            return self._x, self._y
+        return self._x[self.index], self._y[self.index]
+
+
 class LocalParty:
     """One party: its training data, an optional held-out split, and per-party state.
 
     Args:
         party_id: the party's id.
-        x, y: training tensors ``(N, ...)`` and int64 labels ``(N,)``.
+        train: the party's training examples.
         trainer: the (shared) trainer that runs the model.
-        x_val, y_val: the party's held-out split for federated evaluation (may be empty).
+        val: the party's held-out split for federated evaluation (None or empty: evaluate on train).
         seed: the run seed; each round's randomness is derived from it.
         pipeline: client-side update steps (clip, noise, compress, mask).
     """
@@ -51,17 +69,15 @@ class LocalParty:
     def __init__(
         self,
         party_id: str,
-        x: torch.Tensor,
-        y: torch.Tensor,
+        train: Shard,
         trainer: Trainer,
-        x_val: torch.Tensor | None = None,
-        y_val: torch.Tensor | None = None,
+        val: Shard | None = None,
         seed: int = 0,
         pipeline: Pipeline | None = None,
     ) -> None:
         self.party_id = party_id
-        self.x, self.y = x, y
-        self.x_val, self.y_val = x_val, y_val
+        self.train = train
+        self.val = val
         self.trainer = trainer
         self.seed = seed
         self.pipeline = pipeline or empty_pipeline()
@@ -70,7 +86,7 @@ class LocalParty:
     @property
     def num_examples(self) -> int:
         """Training examples this party holds."""
-        return int(self.x.shape[0])
+        return len(self.train)
 
     def handle(self, task: Task) -> Reply:
         """Run one task and return the reply; a failure is reported in the reply, not raised."""
@@ -101,7 +117,7 @@ class LocalParty:
         if shared is not None and private:
             # FedBN / FedPer: this party's own copies of the tensors that are not shared.
             start_state = {**task.state, **private}
-        update = self.trainer.fit(start_state, self.x, self.y, task.config, gen)
+        update = self.trainer.fit(start_state, *self.train.tensors(), task.config, gen)
         if shared is not None:
             keep = set(shared)
             own = self.trainer.model.state_dict()
@@ -115,6 +131,5 @@ class LocalParty:
         private = self.state.get("private")
         if task.config.extra.get("personalized") and private:
             state = {**task.state, **private}  # FedPer/FedBN: evaluate the personalised model
-        if self.x_val is not None and len(self.x_val) > 0:
-            return self.trainer.evaluate(state, self.x_val, self.y_val)
-        return self.trainer.evaluate(state, self.x, self.y)
+        data = self.val if self.val is not None and len(self.val) > 0 else self.train
+        return self.trainer.evaluate(state, *data.tensors())

@@ -12,7 +12,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from pollen.client.party import LocalParty
+from pollen.client.party import LocalParty, Shard
 from pollen.client.trainer import Trainer, state_to_numpy
 from pollen.config import RunConfig
 from pollen.data import Dataset, load_dataset, partition, split_holdout
@@ -112,11 +112,9 @@ class Federation:
         for pid in (ids if ids is not None else self.party_ids):
             idx = self.parts[int(pid)]
             train_idx, val_idx = split_holdout(idx, holdout, self.cfg.run.seed + int(pid)) if holdout > 0 else (idx, idx[:0])
-            train_idx, val_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(val_idx))
-            out[pid] = LocalParty(
-                pid, self.x_train[train_idx], self.y_train[train_idx], trainer,
-                self.x_train[val_idx], self.y_train[val_idx], seed=self.cfg.run.seed, pipeline=pipeline,
-            )
+            train = Shard(self.x_train, self.y_train, torch.from_numpy(np.sort(train_idx)))
+            val = Shard(self.x_train, self.y_train, torch.from_numpy(np.sort(val_idx)))
+            out[pid] = LocalParty(pid, train, trainer, val, seed=self.cfg.run.seed, pipeline=pipeline)
         return out
 
     def make_evaluator(self, trainer: Trainer):
