@@ -64,18 +64,84 @@ class FederationConfig(_Section):
 class StrategyConfig(_Section):
     name: str = Field("fedavg", description="aggregation strategy")
     server_lr: float = Field(1.0, gt=0, description="server learning rate applied to the aggregated update")
+    byzantine_f: int | None = Field(None, ge=0, description="malicious updates a robust aggregator tolerates per round (default: round(malicious_fraction × parties per round), 0 without an attack)")
+    trim_ratio: float | None = Field(None, ge=0, lt=0.5, description="trimmed_mean: fraction cut from each end per coordinate (default: byzantine_f / parties per round, 0.1 when f = 0)")
+    multikrum_m: int | None = Field(None, ge=1, description="multikrum: best-scored updates averaged (default: n − byzantine_f)")
+    norm_bound: float | None = Field(None, gt=0, description="normbound: L2 norm each update is clipped to (default: the round's median update norm)")
 
 
 class PrivacyConfig(_Section):
-    """Differential privacy, secure aggregation and homomorphic encryption (issue 5 fills this in)."""
+    """Differential privacy, secure aggregation and homomorphic encryption (docs/privacy-dp.md, …)."""
+
+    # --- differential privacy (pollen/privacy: accountant, client_dp, dpsgd, checks) ---
+    dp_sgd: bool = Field(False, description="record-level DP: DP-SGD (Opacus) with Poisson batches in each party's local training")
+    noise_multiplier: float | None = Field(None, ge=0, description="DP-SGD noise std / max-grad-norm (default: calibrated from --target-epsilon)")
+    max_grad_norm: float = Field(1.0, gt=0, description="DP-SGD per-example gradient clipping norm")
+    target_epsilon: float | None = Field(None, gt=0, description="privacy budget ε: calibrates the noise for the whole planned run; a party that would exceed it stops")
+    delta: float | None = Field(None, gt=0, lt=1, description="δ of (ε, δ)-DP; required by --dp-sgd and --client-dp (e.g. 1e-5, below 1/records)")
+    accountant: Literal["rdp", "prv"] = Field("rdp", description="privacy accountant: rdp (Rényi DP) or prv (Opacus' PRV, DP-SGD only)")
+    client_dp: Literal["off", "central", "local", "distributed"] = Field("off", description="party-level DP: clip each update and add Gaussian noise on the coordinator (central), on each party (local), or split across parties (distributed, for secure aggregation)")
+    client_noise_multiplier: float | None = Field(None, ge=0, description="party-level DP noise std / clip norm (default: calibrated from --target-epsilon)")
+    clip_norm: float = Field(1.0, gt=0, description="party-level DP: L2 bound on each party's update (initial value when adaptive)")
+    adaptive_clip: bool = Field(False, description="adapt the clip norm to a quantile of update norms (Andrew et al. 2019)")
+    target_quantile: float = Field(0.5, gt=0, lt=1, description="adaptive clipping: fraction of updates that should be under the clip norm")
+    clip_lr: float = Field(0.2, gt=0, description="adaptive clipping: geometric learning rate of the clip norm")
+    clip_count_stddev: float | None = Field(None, gt=0, description="adaptive clipping: noise std on the count of clipped updates (default: parties per round / 20)")
+
+    he: bool = Field(False, description="encrypt each party's update with CKKS (TenSEAL); the server sums ciphertexts, a party decrypts only the sum")
+    he_keys: str | None = Field(None, description="directory made by 'pollen keys' (public.ctx for the server; parties also need secret.ctx)")
+
+
+Codec = Literal["none", "fp16", "bf16", "int8", "qsgd", "terngrad", "topk"]
 
 
 class CompressionConfig(_Section):
-    """Update codecs and pruning (issue 6 fills this in)."""
+    """Update codecs, client-side pruning, downlink compression and mixed-precision training."""
+
+    codec: Codec = Field("none", description="uplink codec for model updates: none, fp16, bf16, int8, qsgd, terngrad, topk")
+    qsgd_bits: int = Field(4, ge=2, le=8, description="bits per value for --codec qsgd (2 … 8)")
+    codec_block: int = Field(0, ge=0, description="values sharing one scale in int8/qsgd/terngrad (0: one scale per tensor)")
+    topk_fraction: float = Field(0.01, gt=0, le=1, description="fraction of each tensor's entries kept by --codec topk")
+    topk_values: Literal["fp32", "fp16", "bf16", "int8"] = Field("fp32", description="how top-k (and pruning) sends the kept values")
+    error_feedback: bool = Field(False, description="keep what the codec dropped on each party and add it to its next update")
+    terngrad_clip: float = Field(0.0, ge=0, description="TernGrad: clip each tensor at this many standard deviations first (0: off; paper: 2.5; biased when on)")
+    downlink: Literal["none", "fp16", "bf16", "int8"] = Field("none", description="codec for the global model sent to parties")
+    prune: Literal["none", "magnitude", "channel"] = Field("none", description="client-side pruning of the local model before upload")
+    prune_fraction: float = Field(0.5, ge=0, lt=1, description="fraction of each weight tensor's entries (or channels) pruned")
+    autocast: Literal["off", "bf16", "fp16"] = Field("off", description="mixed-precision local training with torch.autocast on the CPU")
 
 
 class NetworkConfig(_Section):
-    """The deployed federation over gRPC (issue 3 fills this in)."""
+    """The deployed federation over gRPC (``pollen server`` / ``pollen client``; docs/deployment.md)."""
+
+    host: str = Field("0.0.0.0", description="address the coordinator listens on (127.0.0.1 keeps it on this machine)")
+    port: int = Field(9394, ge=1, le=65535, description="TCP port of the coordinator's gRPC service")
+    min_parties: int = Field(1, ge=1, description="parties that must be connected before the first round starts")
+    join_timeout: float | None = Field(None, gt=0, description="seconds to wait for --min-parties before giving up (default: wait for ever)")
+    heartbeat_interval: float = Field(5.0, gt=0, le=3600, description="seconds between party heartbeats; a party silent for two intervals is dropped")
+    certs_dir: str = Field("certs", description="folder with ca.pem, server.pem/key and party-<id>.pem/key (made by 'pollen certs')")
+    revoked: str | None = Field(None, description="file of revoked party ids or certificate serials, one per line (default: <certs-dir>/revoked.txt)")
+    insecure: bool = Field(False, description="no TLS, no authentication: local experiments only (prints a warning)")
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="serve Prometheus /metrics on this port (needs the 'metrics' extra)")
+    max_message_mb: float = Field(2048.0, gt=0, description="largest task or reply a peer may send, in MB (bigger ones are refused)")
+
+
+class AttackConfig(_Section):
+    """Simulated malicious parties, for evaluating robust aggregation (docs/robustness.md)."""
+
+    malicious_fraction: float = Field(0.0, ge=0, lt=1, description="fraction of all parties that are malicious (chosen by the run seed)")
+    attack: Literal["none", "signflip", "gaussian", "labelflip", "alie", "ipm", "scaling"] = Field("none", description="what malicious parties do: signflip, gaussian, labelflip, alie, ipm, scaling")
+    attack_scale: float | None = Field(None, gt=0, description="signflip sends −scale·Δ (default 1); scaling boosts its label-flipped Δ by scale (default 10)")
+    attack_sigma: float = Field(1.0, gt=0, description="gaussian: standard deviation of the random update each malicious party sends")
+    ipm_epsilon: float = Field(0.5, gt=0, description="ipm: malicious parties send −ε × the mean of their benign updates")
+    alie_z: float | None = Field(None, description="alie: the z of mean − z·std (default: z_max from n and f, Baruch et al. 2019)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AttackConfig":
+        if (self.attack == "none") != (self.malicious_fraction == 0):
+            raise ValueError(f"attack={self.attack!r} with malicious_fraction={self.malicious_fraction}: "
+                             "set both (e.g. --malicious-fraction 0.2 --attack alie) or neither")
+        return self
 
 
 class SimulationConfig(_Section):

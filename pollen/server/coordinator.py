@@ -6,7 +6,8 @@ Simulation (in-process, process pool), gRPC and any other transport drive this s
         parties   = strategy.sampler.select(r, transport.available())
         config    = strategy.configure(r)                  # what each party is told
         replies   = collect(transport, tasks, deadline)     # stragglers past it are dropped
-        updates   = [pipeline.decode(u) for u in replies]   # decompress / unmask (sum only)
+        updates   = [pipeline.decode(u) for u in replies]   # decompress
+        updates   = pipeline.combine(updates, …)           # HE / secure sum: one recovered sum
         delta     = strategy.aggregator(updates)
         delta     = pipeline.after_aggregate(delta)         # central DP noise
         global    = strategy.server_optimizer.step(global, delta)
@@ -84,10 +85,17 @@ def weighted_eval(results: Sequence[EvalResult]) -> EvalResult | None:
 
 
 def mean_metrics(updates: Sequence[Update]) -> dict[str, float]:
-    """Example-weighted mean of the numeric metrics parties reported."""
+    """Example-weighted mean of the numeric metrics parties reported; the largest value for
+    privacy spent (keys starting with ``epsilon``: the guarantee is the worst party's)."""
     n = sum(u.num_examples for u in updates) or 1
     keys = {k for u in updates for k, v in u.metrics.items() if isinstance(v, (int, float))}
-    return {k: sum(float(u.metrics.get(k, 0.0)) * u.num_examples for u in updates) / n for k in sorted(keys)}
+    out = {}
+    for k in sorted(keys):
+        if k.startswith("epsilon"):
+            out[k] = max(float(u.metrics[k]) for u in updates if k in u.metrics)
+        else:
+            out[k] = sum(float(u.metrics.get(k, 0.0)) * u.num_examples for u in updates) / n
+    return out
 
 
 @dataclass
@@ -151,7 +159,7 @@ class Coordinator:
         t0 = time.perf_counter()
         chosen = self.strategy.sampler.select(rnd, self.transport.available())
         self.events.emit(RoundStarted(rnd, tuple(chosen)))
-        config = self.strategy.configure(rnd, list(state))
+        config = self.pipeline.configure(self.strategy.configure(rnd, list(state)))
         tasks = [Task(pid, "fit", rnd, state, config) for pid in chosen]
         replies, late = collect(self.transport, tasks, self.round_timeout)
         down = sum(r.bytes_down or state_nbytes(state) for r in replies) + state_nbytes(state) * len(late)
@@ -168,10 +176,12 @@ class Coordinator:
         record: dict[str, Any] = {"round": rnd, "parties": [r.party_id for r in ok], "parties_failed": sorted(failed)}
         if len(ok) >= max(self.min_fit_parties, 1):
             updates = [self.pipeline.decode(r.update) for r in ok]
+            updates = self.pipeline.combine(updates, [r.party_id for r in ok], rnd, self.transport)
             delta = self.strategy.aggregator.aggregate(updates)
             delta = self.pipeline.after_aggregate(delta, rnd, len(updates))
             state, opt_state = self.strategy.server_optimizer.step(state, delta, opt_state)
             record.update(aggregated=True, num_examples=sum(u.num_examples for u in updates), **mean_metrics(updates))
+            record.update(self.pipeline.report(rnd))
         else:
             record.update(aggregated=False, reason=f"{len(ok)} replies < min_fit_parties={self.min_fit_parties}")
         record.update(self._evaluate(rnd, state))

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pollen.errors import ConfigError
-from pollen.types import ModelState, Update
+from pollen.types import ModelState, RoundConfig, Update
 
 
 @dataclass
@@ -28,6 +28,8 @@ class StepContext:
         rng: a seeded generator for non-security randomness (stochastic rounding, …).
         party_state: per-party state kept between rounds (the step uses its own key).
         global_state: the global model the party started from (read only).
+        extra: the round config's ``extra`` (what server-side ``configure`` put there: the current
+            adaptive clip norm, …).
     """
 
     party_id: str
@@ -35,6 +37,7 @@ class StepContext:
     rng: np.random.Generator
     party_state: MutableMapping[str, Any] = field(default_factory=dict)
     global_state: Mapping[str, np.ndarray] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 class UpdateStep:
@@ -61,6 +64,22 @@ class UpdateStep:
     def after_aggregate(self, delta: ModelState, round: int, num_updates: int) -> ModelState:
         """Server side: act on the aggregated delta (central DP noise, …)."""
         return delta
+
+    def configure(self, config: RoundConfig) -> RoundConfig:
+        """Server side, before a round's tasks are sent: add what parties' ``encode`` needs to
+        ``config.extra`` (parties read it as ``StepContext.extra``). Returns a new config."""
+        return config
+
+    def report(self, round: int) -> dict[str, float]:
+        """Server side, after ``after_aggregate``: numbers for the round's history line (ε, …)."""
+        return {}
+
+    def combine(self, updates: list[Update], parties: Sequence[str], round: int, transport: Any) -> list[Update]:
+        """Server side, after ``decode`` and before the aggregator: turn the round's updates into
+        what the aggregator receives. Linear steps that hide single updates (HE, secure sums)
+        return one update carrying the recovered sum; they may talk to ``parties`` (same order as
+        ``updates``) through ``transport``. The default passes the updates through."""
+        return updates
 
 
 STAGE_ORDER = ("clip", "noise", "compress", "mask")
@@ -100,6 +119,25 @@ class Pipeline:
             delta = step.after_aggregate(delta, round, num_updates)
         return delta
 
+    def configure(self, config: RoundConfig) -> RoundConfig:
+        """Apply every step's ``configure``, in order."""
+        for step in self.steps:
+            config = step.configure(config)
+        return config
+
+    def report(self, round: int) -> dict[str, float]:
+        """Every step's ``report`` merged (later steps win on equal keys)."""
+        out: dict[str, float] = {}
+        for step in self.steps:
+            out.update(step.report(round))
+        return out
+
+    def combine(self, updates: list[Update], parties: Sequence[str], round: int, transport: Any) -> list[Update]:
+        """Apply every step's server-side ``combine``, last stage first (as ``decode``)."""
+        for step in reversed(self.steps):
+            updates = step.combine(updates, parties, round, transport)
+        return updates
+
     @property
     def names(self) -> list[str]:
         """Step names in order."""
@@ -113,6 +151,13 @@ def check_compatible(pipeline: Pipeline, aggregator_name: str, aggregator_linear
     (median, Krum, …) cannot run on it.
     """
     masked = [s.name for s in pipeline.steps if s.stage == "mask"]
+    unsummable = [s.name for s in pipeline.steps if s.stage == "compress" and not s.linear]
+    if masked and unsummable:
+        raise ConfigError(
+            f"compression {unsummable[0]!r} encodes each party's update its own way (e.g. top-k's own "
+            f"indices), so encoded updates cannot be summed, but {masked[0]!r} reveals only their sum; "
+            "use a codec that sums (none, fp16, int8 with a shared scale) or turn masking off"
+        )
     if masked and not aggregator_linear:
         raise ConfigError(
             f"aggregator {aggregator_name!r} needs each party's update in the clear, but {masked[0]!r} "
