@@ -1,0 +1,156 @@
+"""Refuse, before a run starts, privacy configurations that cannot work, saying why.
+
+``check_config(cfg)`` runs every rule in ``CHECKS`` and raises one ``ConfigError`` listing all
+the problems found. A rule is ``rule(cfg) -> str | None`` (the reason, or None when fine); other
+subsystems add theirs with ``register_check``. Rules that need the built pipeline (a median over
+masked updates, top-k under masks) also live in ``pollen.transforms.base.check_compatible``,
+which the coordinator runs on the pipeline it is given; the config-level rules here catch them
+before any data is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+
+from pollen.errors import ConfigError, MissingExtraError, PollenError
+
+Rule = Callable[..., "str | None"]
+CHECKS: list[Rule] = []
+
+# Flags of the privacy section that hide individual updates (secure aggregation, HE): whichever
+# of these a config has and sets.
+MASKING_FLAGS = ("secure_aggregation", "secagg", "he")
+
+
+def register_check(rule: Rule) -> Rule:
+    """Add a rule (usable as a decorator)."""
+    CHECKS.append(rule)
+    return rule
+
+
+def masking(cfg) -> str | None:
+    """The masking flag that is on, if any."""
+    return next((f for f in MASKING_FLAGS if getattr(cfg.privacy, f, False) not in (False, None, "off", "none")), None)
+
+
+def _strategy(cfg):
+    from pollen.simulation.build import make_strategy
+
+    return make_strategy(cfg)
+
+
+@register_check
+def _dp_needs_delta(cfg) -> str | None:
+    p = cfg.privacy
+    users = [name for name, on in (("--dp-sgd", p.dp_sgd), (f"--client-dp {p.client_dp}", p.client_dp != "off")) if on]
+    if users and p.delta is None:
+        return (f"{' and '.join(users)} {'need' if len(users) > 1 else 'needs'} a δ: (ε, δ)-DP is meaningless without one. Add --delta, e.g. "
+                "--delta 1e-5 (it should be well below 1 / the number of records or parties protected)")
+    return None
+
+
+@register_check
+def _dp_needs_noise(cfg) -> str | None:
+    p = cfg.privacy
+    if p.dp_sgd and p.noise_multiplier is None and p.target_epsilon is None:
+        return "--dp-sgd needs --noise-multiplier (e.g. 1.1) or --target-epsilon (e.g. 8) to set its noise"
+    if p.client_dp != "off" and p.client_noise_multiplier is None and p.target_epsilon is None:
+        return f"--client-dp {p.client_dp} needs --client-noise-multiplier or --target-epsilon to set its noise"
+    if p.target_epsilon is not None and not p.dp_sgd and p.client_dp == "off":
+        return "--target-epsilon does nothing without --dp-sgd or --client-dp central|local|distributed"
+    return None
+
+
+@register_check
+def _dp_sgd_needs_opacus(cfg) -> str | None:
+    if cfg.privacy.dp_sgd and importlib.util.find_spec("opacus") is None:
+        raise MissingExtraError("opacus", "dp", "DP-SGD (--dp-sgd)")
+    return None
+
+
+@register_check
+def _prv_is_for_dp_sgd(cfg) -> str | None:
+    p = cfg.privacy
+    if p.accountant == "prv" and not p.dp_sgd:
+        return ("--accountant prv accounts DP-SGD's Poisson batches; party-level DP samples a fixed number of "
+                "parties without replacement, which only the RDP accountant covers here: use --accountant rdp")
+    return None
+
+
+@register_check
+def _adaptive_clip_is_central(cfg) -> str | None:
+    p = cfg.privacy
+    if p.adaptive_clip and p.client_dp in ("local", "distributed"):
+        return (f"--adaptive-clip needs the coordinator to noise the count of clipped updates, but with "
+                f"--client-dp {p.client_dp} it is not trusted to; use --client-dp central or a fixed --clip-norm")
+    if p.adaptive_clip and p.client_dp == "off":
+        return "--adaptive-clip adapts party-level DP clipping: also set --client-dp central"
+    return None
+
+
+@register_check
+def _dp_sgd_without_proximal_term(cfg) -> str | None:
+    if cfg.privacy.dp_sgd and _strategy(cfg).configure(1, ["w"]).proximal_mu > 0:
+        return (f"strategy {cfg.strategy.name!r} adds a proximal term to the loss, which DP-SGD's per-example "
+                "clipping would silently drop; use fedavg/fedadam/… with --dp-sgd")
+    return None
+
+
+@register_check
+def _noise_needs_a_mean(cfg) -> str | None:
+    aggregator = _strategy(cfg).aggregator
+    if cfg.privacy.client_dp != "off" and not aggregator.linear:
+        return (f"party-level DP calibrates its noise to the mean of clipped updates, but aggregator "
+                f"{aggregator.name!r} is not a mean; use a mean-based strategy (fedavg, fedavgm, fedadam, …)")
+    flag = masking(cfg)
+    if flag and not aggregator.linear:
+        return (f"--{flag.replace('_', '-')} reveals only the sum of updates, but aggregator {aggregator.name!r} "
+                "needs each party's update in the clear; use a mean-based strategy (fedavg, fedavgm, fedadam, …)")
+    return None
+
+
+@register_check
+def _topk_cannot_be_masked(cfg) -> str | None:
+    flag = masking(cfg)
+    if flag and getattr(cfg.compression, "codec", "none") == "topk":
+        return (f"top-k sends each party's own indices, which cannot be summed under --{flag.replace('_', '-')} "
+                "(the coordinator would need every party's update to place them); use --codec none/fp16/int8")
+    return None
+
+
+@register_check
+def _client_dp_steps_build(cfg) -> str | None:
+    """Calibrate the noise now (the target may be unreachable, the adaptive correction impossible)."""
+    p = cfg.privacy
+    if p.client_dp == "off" or p.delta is None or (p.client_noise_multiplier is None and p.target_epsilon is None):
+        return None  # reported by the rules above
+    from pollen.privacy.plan import client_dp_steps
+
+    try:
+        client_dp_steps(cfg)
+    except PollenError as exc:
+        return str(exc)
+    return None
+
+
+def problems(cfg) -> list[str]:
+    """Every reason the configuration cannot work (empty when it can)."""
+    found = []
+    for rule in CHECKS:
+        reason = rule(cfg)
+        if reason:
+            found.append(reason)
+    return found
+
+
+def check_config(cfg) -> None:
+    """Raise ``ConfigError`` naming every problem in ``cfg``'s privacy settings.
+
+    Raises:
+        ConfigError: one or more refused combinations (all listed).
+        MissingExtraError: a feature's optional package is not installed.
+    """
+    found = problems(cfg)
+    if found:
+        raise ConfigError("this configuration cannot work:\n  - " + "\n  - ".join(found))

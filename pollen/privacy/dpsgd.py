@@ -1,0 +1,153 @@
+"""Record-level DP: DP-SGD in a party's local training, through Opacus.
+
+Abadi et al., "Deep Learning with Differential Privacy" (CCS 2016): clip each example's gradient
+to ``max_grad_norm``, add N(0, (σ·max_grad_norm)²) to the batch sum, average by the expected batch
+size. Batches are Poisson samples (each example joins a step with probability q = B/n), which is
+what the subsampled-Gaussian accountant assumes. Opacus' ``GradSampleModule`` and ``DPOptimizer``
+(the two halves of ``PrivacyEngine.make_private``) do the per-example work; we draw the Poisson
+batches ourselves as index masks on the party's in-memory tensors instead of a DataLoader.
+
+Each party keeps its own accountant in its per-party state: the guarantee is for one party's
+records, composed over the rounds it trained in (no credit is taken for the coordinator's
+sampling of parties). Noise and batch sampling use a torch Generator seeded with 63 bits from
+``os.urandom`` (Opacus' ``secure_mode`` needs torchcsprng, which is not available here).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from pollen.client.trainer import Trainer, load_numpy_state, make_optimizer
+from pollen.errors import ConfigError, ModelError, PrivacyError, require
+from pollen.privacy.accountant import make_accountant, noise_multiplier_for, participation_steps
+from pollen.types import RoundConfig, Update
+
+STATE_KEY = "dp_sgd"  # this module's entry in the party's state
+
+
+def _opacus():
+    return require("opacus", "dp", "DP-SGD (--dp-sgd)")
+
+
+def make_private_model(model: nn.Module) -> nn.Module:
+    """The model with layers Opacus cannot handle replaced (BatchNorm → GroupNorm)."""
+    validators = require("opacus.validators", "dp", "DP-SGD (--dp-sgd)")
+    if validators.ModuleValidator.is_valid(model):
+        return model
+    return validators.ModuleValidator.fix(model)
+
+
+def secure_generator() -> torch.Generator:
+    """A torch Generator seeded from the OS CSPRNG (``os.urandom``), never from the run seed."""
+    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+
+
+def poisson_batches(n: int, sample_rate: float, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """``steps`` Poisson batches of indices into ``n`` examples (each kept with ``sample_rate``)."""
+    return [torch.nonzero(torch.rand(n, generator=generator) < sample_rate).squeeze(1) for _ in range(steps)]
+
+
+def dp_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches: Sequence[torch.Tensor], config: RoundConfig,
+             noise_multiplier: float, max_grad_norm: float, expected_batch_size: int,
+             generator: torch.Generator, augment_generator: torch.Generator | None = None,
+             augment=None) -> dict[str, float]:
+    """Run DP-SGD steps on ``model`` in place, one per batch of indices; returns training metrics.
+
+    An empty batch still takes a step (noise only), as the accountant assumes.
+    """
+    opacus = _opacus()
+    gsm = opacus.GradSampleModule(model)
+    params = [p for p in gsm.parameters() if p.requires_grad]
+    opt = opacus.optimizers.DPOptimizer(make_optimizer(params, config), noise_multiplier=noise_multiplier,
+                                        max_grad_norm=max_grad_norm, expected_batch_size=expected_batch_size,
+                                        generator=generator)
+    loss_fn = nn.CrossEntropyLoss()
+    total, correct, seen = 0.0, 0, 0
+    try:
+        gsm.train()
+        for idx in batches:
+            opt.zero_grad(set_to_none=True)
+            if len(idx) == 0:
+                for p in params:
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+            else:
+                xb, yb = x[idx], y[idx]
+                if augment is not None:
+                    xb = augment(xb, augment_generator)
+                logits = gsm(xb)  # (B, classes)
+                loss = loss_fn(logits, yb)
+                loss.backward()
+                total += float(loss.detach()) * len(idx)
+                correct += int((logits.detach().argmax(1) == yb).sum())
+                seen += len(idx)
+            opt.step()
+    finally:
+        opt.zero_grad(set_to_none=True)
+        gsm._close()  # remove Opacus' hooks: the trainer's model is reused by other parties
+    return {"train_loss": total / max(seen, 1), "train_accuracy": correct / max(seen, 1), "steps": float(len(batches))}
+
+
+def _noise_multiplier(settings: Mapping[str, Any], q: float, steps: int, cache: MutableMapping[str, Any]) -> float:
+    if settings.get("noise_multiplier") is not None:
+        return float(settings["noise_multiplier"])
+    key = f"{q:.12g}/{steps}/{settings['participations']}/{settings['target_epsilon']}/{settings['accountant']}"
+    if key not in cache:
+        cache[key] = noise_multiplier_for(settings["target_epsilon"], settings["delta"], q,
+                                          steps * int(settings["participations"]), settings["accountant"])
+    return cache[key]
+
+
+def dp_fit(trainer: Trainer, global_state: Mapping[str, np.ndarray], x: torch.Tensor, y: torch.Tensor,
+           config: RoundConfig, generator: torch.Generator, party_state: MutableMapping[str, Any]) -> Update:
+    """``Trainer.fit`` with DP-SGD: Poisson batches, per-example clipping, Gaussian noise, and
+    this party's ε (``epsilon_record``; also ``epsilon`` when it is the run's headline) in the
+    update's metrics.
+
+    Raises:
+        PrivacyError: this round would take the party past ``target_epsilon`` (it stops training).
+    """
+    settings = config.extra["dp_sgd"]
+    if config.proximal_mu > 0:
+        raise ConfigError("DP-SGD does not support FedProx's proximal term (Opacus clips only the data loss); "
+                          "use fedavg or another strategy without a proximal term")
+    n = int(x.shape[0])
+    if n == 0:
+        raise ModelError("cannot train on an empty dataset")
+    own = party_state.setdefault(STATE_KEY, {"history": [], "calibration": {}})
+    q, steps = participation_steps(config.epochs, n, config.batch_size)
+    sigma = _noise_multiplier(settings, q, steps, own["calibration"])
+    delta, target = settings["delta"], settings.get("target_epsilon")
+    accountant = make_accountant(settings["accountant"])
+    accountant.load_state_dict({"history": own["history"]})
+    accountant.step(sigma, q, steps)
+    eps_after = accountant.get_epsilon(delta)
+    if target is not None and eps_after > target * (1 + 1e-9):
+        raise PrivacyError(f"privacy budget exhausted: training round {config.round} would spend ε={eps_after:.3f} "
+                           f"> target {target} (δ={delta}); this party stops training")
+    model = trainer.model
+    load_numpy_state(model, global_state, strict=False)
+    csprng = secure_generator()
+    batches = poisson_batches(n, q, steps, csprng)
+    metrics = dp_train(model, x, y, batches, config, sigma, settings["max_grad_norm"], config.batch_size,
+                       csprng, generator, trainer.augment)
+    if not math.isfinite(metrics["train_loss"]):
+        raise ModelError(f"local DP-SGD diverged (loss {metrics['train_loss']}); lower the learning rate")
+    own["history"] = accountant.state_dict()["history"]
+    metrics.update(epsilon_record=eps_after, noise_multiplier=sigma)
+    if settings["accountant"] != "rdp":
+        rdp = make_accountant("rdp")
+        rdp.load_state_dict({"history": own["history"]})
+        metrics["epsilon_record_rdp"] = rdp.get_epsilon(delta)
+    if settings.get("headline", True):
+        metrics["epsilon"] = eps_after
+    local = model.state_dict()
+    names = config.shared_names if config.shared_names is not None else tuple(global_state)
+    delta_state = {k: local[k].detach().numpy() - global_state[k] for k in names}
+    return Update(delta=delta_state, num_examples=n, metrics=metrics)
