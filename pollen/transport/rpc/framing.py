@@ -1,0 +1,102 @@
+"""Messages as chunk streams: a JSON header plus a safetensors payload, cut below gRPC's limit.
+
+A message is ``(header, payload)``: ``header`` a small JSON object (what the message is: kind,
+round, party id, round config, …) and ``payload`` the tensors as safetensors bytes (raw
+little-endian buffers, dtype and shape in its own JSON header; never pickle). On the wire it is a
+stream of ``Chunk`` messages; the first carries the header and the payload's total size.
+
+Receiving checks the declared size against a limit before allocating, refuses a stream that
+brings more or fewer bytes than declared (truncated), and counts the bytes actually received.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pollen.errors import ProtocolError
+from pollen.transport.rpc import pollen_pb2 as pb
+
+PROTOCOL_VERSION = 1
+CHUNK_BYTES = 3 * 1024 * 1024  # below gRPC's default 4 MiB message limit, framing included
+GRPC_MESSAGE_LIMIT = 8 * 1024 * 1024  # both sides accept messages up to this (one chunk + slack)
+MAX_HEADER_BYTES = 1024 * 1024
+
+
+def grpc_options(max_message: int = GRPC_MESSAGE_LIMIT) -> list[tuple[str, int]]:
+    """Channel/server options shared by both sides."""
+    return [("grpc.max_send_message_length", max_message), ("grpc.max_receive_message_length", max_message)]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One assembled message.
+
+    Attributes:
+        header: the decoded JSON header.
+        payload: the tensor bytes.
+        wire_bytes: bytes of the protobuf chunks that carried it (what crossed the wire).
+        session: the session token of the first chunk (uploads only).
+    """
+
+    header: dict[str, Any]
+    payload: bytes
+    wire_bytes: int
+    session: str = ""
+
+
+def to_chunks(header: Mapping[str, Any], payload: bytes, session: str = "",
+              chunk_bytes: int = CHUNK_BYTES) -> Iterator[pb.Chunk]:
+    """Cut a message into ``Chunk``s (the first carries the header and the total size)."""
+    view = memoryview(payload)
+    first = pb.Chunk(session=session, header_json=json.dumps(dict(header)), total_size=len(payload),
+                     data=bytes(view[:chunk_bytes]))
+    yield first
+    for start in range(chunk_bytes, len(payload), chunk_bytes):
+        yield pb.Chunk(data=bytes(view[start : start + chunk_bytes]))
+
+
+def assemble(chunks: Iterable[pb.Chunk], max_bytes: int) -> Message | None:
+    """Join a chunk stream into a ``Message``; ``None`` for an empty stream.
+
+    Raises:
+        ProtocolError: no or bad header, a declared size over ``max_bytes``, or a stream that
+            carries more or fewer bytes than it declared (truncated).
+    """
+    it = iter(chunks)
+    first = next(it, None)
+    if first is None:
+        return None
+    wire = first.ByteSize()
+    if len(first.header_json) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"message header of {len(first.header_json)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = json.loads(first.header_json)
+    except ValueError as exc:
+        raise ProtocolError(f"message header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(f"message header must be a JSON object, got {type(header).__name__}")
+    total = int(first.total_size)
+    if total > max_bytes:
+        raise ProtocolError(f"message declares {total} bytes, more than the limit of {max_bytes} "
+                            "(raise --max-message-mb on the receiving side if this model is expected)")
+    buf = bytearray(total)
+    pos = 0
+    for chunk in _chain(first, it):
+        n = len(chunk.data)
+        if pos + n > total:
+            raise ProtocolError(f"stream carries more than the {total} bytes it declared")
+        buf[pos : pos + n] = chunk.data
+        pos += n
+        if chunk is not first:
+            wire += chunk.ByteSize()
+    if pos != total:
+        raise ProtocolError(f"truncated stream: {pos} of {total} declared bytes arrived")
+    return Message(header, bytes(buf), wire, first.session)
+
+
+def _chain(first: pb.Chunk, rest: Iterator[pb.Chunk]) -> Iterator[pb.Chunk]:
+    yield first
+    yield from rest

@@ -1,0 +1,295 @@
+"""The coordinator's side of the gRPC transport: parties, their sessions, queues and liveness.
+
+``GrpcTransport`` implements :class:`pollen.transport.base.Transport`, so the coordinator's round
+loop is the same one simulation runs. The gRPC service (``service.py``) calls into it from its
+worker threads: a party long-polls for its next task, uploads its reply, and sends heartbeats.
+A party whose heartbeats stop for 1.5 intervals is dropped (detected within two intervals): its
+open tasks come back as failed replies at once, so a dead party costs its reply, not the round's
+deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pollen.transport.base import Transport
+from pollen.transport.rpc import pollen_pb2 as pb
+from pollen.transport.rpc.framing import CHUNK_BYTES, to_chunks
+from pollen.transport.rpc.messages import state_payload, task_header
+from pollen.types import Reply, Task
+
+log = logging.getLogger("pollen.transport.grpc")
+DEAD_AFTER = 1.5  # heartbeat intervals of silence before a party is dropped
+
+TaskKey = tuple[str, int, str]  # (party id, round, kind)
+
+
+@dataclass
+class Session:
+    """One connected party."""
+
+    party_id: str
+    token: str
+    peer: str
+    last_seen: float
+    alive: bool = True
+    queued: deque[Task] = field(default_factory=deque)
+    inflight: dict[TaskKey, Task] = field(default_factory=dict)
+    forgotten: set[TaskKey] = field(default_factory=set)
+    tasks_done: int = 0
+
+
+@dataclass
+class NetStats:
+    """Counters of the transport, read by ``pollen status`` and the Prometheus collector."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    rejected: Counter = field(default_factory=Counter)  # reason -> count
+    dropped: int = 0
+    joins: int = 0
+    late_replies: int = 0
+    progress: dict[str, Any] = field(default_factory=dict)  # round, rounds, phase, accuracy
+
+
+def _key(task: Task) -> TaskKey:
+    return (task.party_id, task.round, task.kind)
+
+
+class GrpcTransport(Transport):
+    """Parties connected over gRPC, as the coordinator sees them.
+
+    Args:
+        heartbeat_interval: seconds between a party's heartbeats.
+        chunk_bytes: payload bytes per streamed chunk.
+    """
+
+    def __init__(self, heartbeat_interval: float = 5.0, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.heartbeat_interval = heartbeat_interval
+        self.chunk_bytes = chunk_bytes
+        self.stats = NetStats()
+        self._sessions: dict[str, Session] = {}  # party id -> its current session
+        self._by_token: dict[str, Session] = {}
+        self._open: dict[TaskKey, Task] = {}
+        self._down: dict[TaskKey, int] = {}
+        self._replies: queue.Queue[Reply] = queue.Queue()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._told_stop: set[str] = set()
+        self._cache: tuple[object, bytes] | None = None
+        self._cache_lock = threading.Lock()
+        self._monitor = threading.Thread(target=self._watch, name="pollen-heartbeats", daemon=True)
+        self._monitor.start()
+
+    # ------------------------------------------------------------ Transport interface
+    def available(self) -> list[str]:
+        with self._cond:
+            return sorted((s.party_id for s in self._sessions.values() if s.alive), key=_id_order)
+
+    def submit(self, task: Task) -> None:
+        with self._cond:
+            key = _key(task)
+            self._open[key] = task
+            s = self._sessions.get(task.party_id)
+            if s is None or not s.alive:
+                self._fail(key, "party not connected")
+                return
+            s.queued.append(task)
+            self._cond.notify_all()
+
+    def poll(self, timeout: float | None = None) -> Reply | None:
+        try:
+            return self._replies.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._open) + self._replies.qsize()
+
+    def forget(self, round: int) -> None:
+        with self._cond:
+            for s in self._sessions.values():
+                s.queued = deque(t for t in s.queued if t.round > round)
+                for key in s.inflight:
+                    if key[1] <= round:
+                        s.forgotten.add(key)
+            for key in [k for k in self._open if k[1] <= round]:
+                del self._open[key]
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+
+    def wait_stopped(self, timeout: float) -> None:
+        """After ``close``: wait until every live party was told to stop (at most ``timeout`` s)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while any(s.alive and s.party_id not in self._told_stop for s in self._sessions.values()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(timeout=left)
+
+    @property
+    def closing(self) -> bool:
+        """True once the run is over (parties polling are told to stop)."""
+        return self._closing
+
+    def wait_for_parties(self, count: int, timeout: float | None) -> bool:
+        """Block until ``count`` parties are connected; False after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while len([s for s in self._sessions.values() if s.alive]) < count:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(timeout=min(left, 1.0) if left is not None else 1.0)
+        return True
+
+    # ------------------------------------------------------------ called by the gRPC service
+    def join(self, party_id: str, peer: str) -> Session:
+        """Open a new session for ``party_id`` (a reconnecting party replaces its old one)."""
+        with self._cond:
+            old = self._sessions.get(party_id)
+            if old is not None:
+                self._drop(old, "party reconnected; its earlier task is lost")
+                self._by_token.pop(old.token, None)
+            s = Session(party_id, secrets.token_urlsafe(24), peer, time.monotonic())
+            self._sessions[party_id] = s
+            self._by_token[s.token] = s
+            self.stats.joins += 1
+            self._cond.notify_all()
+        log.info("party %s joined from %s", party_id, peer)
+        return s
+
+    def session(self, token: str) -> Session | None:
+        """The live session of a token, refreshing its heartbeat; None if unknown or dropped."""
+        with self._cond:
+            s = self._by_token.get(token)
+            if s is None or not s.alive:
+                return None
+            s.last_seen = time.monotonic()
+            return s
+
+    def leave(self, s: Session) -> None:
+        """A party leaves on purpose."""
+        with self._cond:
+            self._drop(s, "party left")
+            self._by_token.pop(s.token, None)
+        log.info("party %s left", s.party_id)
+
+    def next_task(self, s: Session, wait: float) -> Task | None | str:
+        """The party's next task, ``None`` after ``wait`` seconds without one, ``"stop"`` at the end."""
+        deadline = time.monotonic() + wait
+        with self._cond:
+            while not self._closing and s.alive and not s.queued:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(timeout=left)
+            if self._closing:
+                self._told_stop.add(s.party_id)
+                self._cond.notify_all()
+                return "stop"
+            if not s.alive:
+                return None
+            task = s.queued.popleft()
+            s.inflight[_key(task)] = task
+            return task
+
+    def stream_task(self, s: Session, task: Task) -> Iterator[pb.Chunk]:
+        """The chunks of a task; bytes sent are counted for the reply's ``bytes_down``."""
+        key, sent = _key(task), 0
+        try:
+            for chunk in to_chunks(task_header(task), self._payload(task), chunk_bytes=self.chunk_bytes):
+                sent += chunk.ByteSize()
+                yield chunk
+        finally:
+            with self._cond:
+                self._down[key] = sent
+                self.stats.bytes_out += sent
+
+    def open_task(self, s: Session, party_id: str, rnd: int, kind: str) -> Task | str:
+        """The in-flight task a reply answers, ``"late"`` for a forgotten one, or a refusal reason."""
+        with self._cond:
+            key = (party_id, rnd, kind)
+            if key in s.forgotten:
+                s.forgotten.discard(key)
+                s.inflight.pop(key, None)
+                self.stats.late_replies += 1
+                return "late"
+            task = s.inflight.get(key)
+            return task if task is not None else f"no open {kind} task for party {party_id} in round {rnd} (replayed or stale message)"
+
+    def deliver(self, s: Session, reply: Reply, bytes_up: int) -> None:
+        """Hand a checked reply to the round loop."""
+        with self._cond:
+            key = (reply.party_id, reply.round, reply.kind)
+            s.inflight.pop(key, None)
+            s.tasks_done += 1
+            self.stats.bytes_in += bytes_up
+            if self._open.pop(key, None) is None:
+                return
+            self._replies.put(replace(reply, bytes_up=bytes_up, bytes_down=self._down.pop(key, 0)))
+
+    def reject(self, reason: str, detail: str, s: Session | None = None, key: TaskKey | None = None) -> None:
+        """Count and log a refused message; a refused reply costs its party that task."""
+        log.warning("refused message (%s): %s", reason, detail)
+        with self._cond:
+            self.stats.rejected[reason] += 1
+            if s is not None and key is not None and key in s.inflight:
+                s.inflight.pop(key)
+                self._fail(key, f"reply refused: {detail}")
+
+    def sessions(self) -> list[Session]:
+        """All known sessions (for status)."""
+        with self._cond:
+            return list(self._sessions.values())
+
+    # ------------------------------------------------------------ internals
+    def _payload(self, task: Task) -> bytes:
+        # Every party of a round gets the same global model: serialise it once per round.
+        with self._cache_lock:
+            if self._cache is None or self._cache[0] is not task.state:
+                self._cache = (task.state, state_payload(task.state))
+            return self._cache[1]
+
+    def _fail(self, key: TaskKey, reason: str) -> None:
+        task = self._open.pop(key, None)
+        if task is not None:
+            self._replies.put(Reply(task.party_id, task.kind, task.round, failure=reason))
+
+    def _drop(self, s: Session, reason: str) -> None:
+        s.alive = False
+        for task in [*s.queued, *s.inflight.values()]:
+            self._fail(_key(task), reason)
+        s.queued.clear()
+        s.inflight.clear()
+        self._cond.notify_all()
+
+    def _watch(self) -> None:
+        while not self._closing:
+            time.sleep(self.heartbeat_interval / 10)
+            now = time.monotonic()
+            with self._cond:
+                for s in list(self._sessions.values()):
+                    silent = now - s.last_seen
+                    if s.alive and silent > DEAD_AFTER * self.heartbeat_interval:
+                        self.stats.dropped += 1
+                        log.warning("party %s silent for %.1f s: dropped", s.party_id, silent)
+                        self._drop(s, f"party lost: no heartbeat for {silent:.1f} s")
+                        self._by_token.pop(s.token, None)
+
+
+def _id_order(party_id: str) -> tuple[int, int | str]:
+    return (0, int(party_id)) if party_id.isdigit() else (1, party_id)

@@ -1,0 +1,138 @@
+"""Tasks and replies as (header, payload) pairs, and the checks every reply passes before use.
+
+The coordinator trusts nothing a party sends: the reply must answer a task the party was given
+(same party, same round, same kind), its tensors must be the names, shapes and dtypes that task
+asked for, and every number must be finite. A reply that fails is refused with a
+``ProtocolError`` that says what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from pollen.errors import ProtocolError
+from pollen.serialization import state_from_bytes, state_to_bytes
+from pollen.types import EvalResult, ModelState, Reply, RoundConfig, Task, Update
+
+ALLOWED_DTYPES = {np.dtype(t) for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")}
+MAX_EXAMPLES = 10**12
+
+
+# ---------------------------------------------------------------- tasks (coordinator → party)
+def task_header(task: Task) -> dict[str, Any]:
+    """The JSON header of a task (the model goes in the payload)."""
+    return {"type": "task", "party_id": task.party_id, "kind": task.kind, "round": task.round,
+            "config": task.config.to_dict()}
+
+
+def state_payload(state: Mapping[str, np.ndarray]) -> bytes:
+    """A model as safetensors bytes (tensor order kept in the metadata)."""
+    return state_to_bytes(state, {"order": list(state)})
+
+
+def task_from_message(header: Mapping[str, Any], payload: bytes) -> Task:
+    """Rebuild a task on the party side.
+
+    Raises:
+        ProtocolError: a header without the task fields, or a bad payload.
+    """
+    try:
+        config = RoundConfig.from_dict(header["config"])
+        party_id, kind, rnd = str(header["party_id"]), str(header["kind"]), int(header["round"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"task header lacks or has a bad field: {exc}") from None
+    state, _ = state_from_bytes(payload)
+    return Task(party_id, kind, rnd, state, config)
+
+
+# ---------------------------------------------------------------- replies (party → coordinator)
+def reply_message(reply: Reply) -> tuple[dict[str, Any], bytes]:
+    """A party's reply as header and payload."""
+    header: dict[str, Any] = {"type": "reply", "party_id": reply.party_id, "kind": reply.kind,
+                              "round": reply.round, "failure": reply.failure, "seconds": reply.seconds}
+    state: ModelState = {}
+    if reply.update is not None:
+        u = reply.update
+        state = u.delta
+        header.update(num_examples=u.num_examples, metrics=dict(u.metrics), codec=dict(u.codec))
+    if reply.evaluation is not None:
+        e = reply.evaluation
+        header["evaluation"] = [e.loss, e.accuracy, e.num_examples]
+    return header, state_payload(state)
+
+
+def check_reply(header: Mapping[str, Any], payload: bytes, task: Task) -> Reply:
+    """Validate a reply against the task it answers and rebuild it.
+
+    Args:
+        header: the reply's JSON header.
+        payload: its tensor bytes.
+        task: the task this party was given (same party, round and kind expected).
+
+    Raises:
+        ProtocolError: anything that does not fit, with what was expected and what came.
+    """
+    for key, want in (("party_id", task.party_id), ("kind", task.kind), ("round", task.round)):
+        if header.get(key) != want:
+            raise ProtocolError(f"reply {key} is {header.get(key)!r}, the open task has {want!r}")
+    failure = header.get("failure")
+    seconds = _number(header.get("seconds", 0.0), "seconds", low=0.0)
+    if failure is not None:
+        return Reply(task.party_id, task.kind, task.round, failure=str(failure)[:2000], seconds=seconds)
+    update = evaluation = None
+    if task.kind == "fit":
+        delta, _ = state_from_bytes(payload)
+        _check_delta(delta, task, header.get("codec") or {})
+        n = _number(header.get("num_examples"), "num_examples", low=1, high=MAX_EXAMPLES)
+        metrics = header.get("metrics") or {}
+        if not isinstance(metrics, dict):
+            raise ProtocolError(f"metrics must be an object, got {type(metrics).__name__}")
+        metrics = {str(k): _number(v, f"metric {k!r}") for k, v in metrics.items()}
+        update = Update(delta, int(n), metrics, dict(header.get("codec") or {}))
+    elif task.kind == "evaluate":
+        ev = header.get("evaluation")
+        if not isinstance(ev, list) or len(ev) != 3:
+            raise ProtocolError(f"evaluate reply needs evaluation [loss, accuracy, examples], got {ev!r}")
+        evaluation = EvalResult(_number(ev[0], "loss"), _number(ev[1], "accuracy", 0.0, 1.0),
+                                int(_number(ev[2], "examples", 0, MAX_EXAMPLES)))
+    else:  # extra task kinds (secure aggregation stages, …): tensors checked for dtype and finiteness
+        delta, _ = state_from_bytes(payload)
+        _check_finite(delta)
+        n = header.get("num_examples")
+        update = Update(delta, int(_number(n, "num_examples", 0, MAX_EXAMPLES)), {}, dict(header.get("codec") or {})) if n is not None else None
+    return Reply(task.party_id, task.kind, task.round, update=update, evaluation=evaluation, seconds=seconds)
+
+
+def _number(value: Any, name: str, low: float | None = None, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ProtocolError(f"{name} must be a finite number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ProtocolError(f"{name}={value!r} is outside [{low}, {high}]")
+    return float(value)
+
+
+def _check_delta(delta: ModelState, task: Task, codec: Mapping[str, Any]) -> None:
+    if codec:  # an encoded update: its decoder checks the layout; here dtypes and finiteness
+        _check_finite(delta)
+        return
+    names = list(task.config.shared_names) if task.config.shared_names is not None else list(task.state)
+    if set(delta) != set(names):
+        missing, extra = sorted(set(names) - set(delta))[:5], sorted(set(delta) - set(names))[:5]
+        raise ProtocolError(f"update tensors do not match the model: missing {missing}, unexpected {extra}")
+    for name in names:
+        got, ref = delta[name], task.state[name]
+        if got.shape != ref.shape or got.dtype != ref.dtype:
+            raise ProtocolError(f"tensor {name!r}: expected {ref.dtype}{list(ref.shape)}, got {got.dtype}{list(got.shape)}")
+    _check_finite(delta)
+
+
+def _check_finite(state: ModelState) -> None:
+    for name, arr in state.items():
+        if arr.dtype not in ALLOWED_DTYPES:
+            raise ProtocolError(f"tensor {name!r} has dtype {arr.dtype}; allowed: {sorted(map(str, ALLOWED_DTYPES))}")
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            raise ProtocolError(f"tensor {name!r} contains NaN or Inf")
