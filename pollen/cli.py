@@ -223,4 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m pollen.cli``: run the imported module's main, so that plugin modules (which
+    # import ``pollen.cli``) register their commands into the same table.
+    from pollen.cli import main as _main
+
+    sys.exit(_main())

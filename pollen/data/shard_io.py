@@ -82,7 +82,10 @@ def write_shards(dataset: Dataset, parts: list[np.ndarray], out_dir: str | Path,
         folder = out / f"party{i}"
         folder.mkdir(parents=True, exist_ok=True)
         save_file({"x": np.ascontiguousarray(dataset.x_train[part]),
-                   "y": np.ascontiguousarray(dataset.y_train[part])}, str(folder / DATA_FILE))
+                   "y": np.ascontiguousarray(dataset.y_train[part]),
+                   # original training-set indices: lets a deployed party order its examples
+                   # exactly as the simulation does (same batches, same result)
+                   "index": np.ascontiguousarray(part, dtype=np.int64)}, str(folder / DATA_FILE))
         meta = {"dataset": dataset.name, "num_classes": dataset.num_classes,
                 "input_shape": list(dataset.input_shape), "party": i, "n": len(part),
                 "scheme": scheme, "seed": seed, "params": dict(params or {}),
