@@ -62,8 +62,36 @@ class FederationConfig(_Section):
 
 
 class StrategyConfig(_Section):
-    name: str = Field("fedavg", description="aggregation strategy")
-    server_lr: float = Field(1.0, gt=0, description="server learning rate applied to the aggregated update")
+    """Strategy, server optimizer, asynchronous mode and per-round schedules (docs/strategies.md)."""
+
+    name: str = Field("fedavg", description="aggregation strategy: fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad, scaffold, fednova, fedbn, fedper, fedbuff, fedasync (and robust ones)")
+    server_lr: float | None = Field(None, gt=0, description="server learning rate (default per strategy: 1.0; 0.01 for fedadam/fedyogi/fedadagrad; 0.6 for fedasync's mixing α)")
+    proximal_mu: float | None = Field(None, ge=0, description="FedProx proximal term μ (default 0.01 for fedprox; set it to add the term to any strategy)")
+    server_momentum: float = Field(0.9, ge=0, lt=1, description="fedavgm server momentum β")
+    beta1: float = Field(0.9, ge=0, lt=1, description="fedadam/fedyogi/fedadagrad first-moment decay β1")
+    beta2: float = Field(0.99, ge=0, lt=1, description="fedadam/fedyogi second-moment decay β2")
+    tau: float = Field(1e-3, gt=0, description="fedadam/fedyogi/fedadagrad adaptivity τ")
+    local_layers: str | None = Field(None, description="fedper: comma-separated module names kept on each party (default: the last layer)")
+    async_buffer: int = Field(10, ge=1, description="fedbuff: updates K buffered per server step")
+    async_concurrency: int | None = Field(None, ge=1, description="fedbuff/fedasync: parties training at once (default: parties per round)")
+    max_staleness: int = Field(20, ge=0, description="fedbuff/fedasync: discard updates staler than this many server steps")
+    staleness: Literal["constant", "polynomial", "hinge"] = Field("polynomial", description="fedbuff/fedasync staleness weight s(τ)")
+    staleness_a: float = Field(0.5, ge=0, description="staleness exponent (polynomial: (1+τ)^-a) or slope (hinge)")
+    staleness_b: float = Field(4.0, ge=0, description="hinge staleness: updates up to b steps stale keep full weight")
+    party_speed: str | None = Field(None, description="simulated party slowness factors: constant, lognormal:SIGMA or uniform:LO:HI (enables a virtual clock)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="simulated probability that a party drops a task (virtual clock)")
+    step_seconds: float | None = Field(None, gt=0, description="virtual seconds per local step (default: the measured compute time)")
+    lr_schedule: Literal["constant", "step", "exp", "cosine"] = Field("constant", description="local learning-rate schedule over rounds")
+    lr_gamma: float = Field(0.5, gt=0, le=1, description="decay factor of the step and exp lr schedules")
+    lr_step_rounds: int = Field(10, ge=1, description="rounds between decays of the step lr schedule")
+    lr_min: float = Field(0.0, ge=0, description="final learning rate of the cosine schedule")
+    epochs_schedule: str | None = Field(None, description="local epochs by round, e.g. '1:1,10:2' (2 epochs from round 10)")
+    config_hook: str | None = Field(None, description="user function fn(round, RoundConfig) -> RoundConfig, as path/to/file.py:fn or module:fn")
+    byzantine_f: int | None = Field(None, ge=0, description="malicious updates a robust aggregator tolerates per round (default: round(malicious_fraction × parties per round), 0 without an attack)")
+    trim_ratio: float | None = Field(None, ge=0, lt=0.5, description="trimmed_mean: fraction cut from each end per coordinate (default: byzantine_f / parties per round, 0.1 when f = 0)")
+    multikrum_m: int | None = Field(None, ge=1, description="multikrum: best-scored updates averaged (default: n − byzantine_f)")
+    norm_bound: float | None = Field(None, gt=0, description="normbound: L2 norm each update is clipped to (default: the round's median update norm)")
+
     byzantine_f: int | None = Field(None, ge=0, description="malicious updates a robust aggregator tolerates per round (default: round(malicious_fraction × parties per round), 0 without an attack)")
     trim_ratio: float | None = Field(None, ge=0, lt=0.5, description="trimmed_mean: fraction cut from each end per coordinate (default: byzantine_f / parties per round, 0.1 when f = 0)")
     multikrum_m: int | None = Field(None, ge=1, description="multikrum: best-scored updates averaged (default: n − byzantine_f)")

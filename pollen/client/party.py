@@ -15,15 +15,49 @@ from typing import Any
 import numpy as np
 import torch
 
-from pollen.client.trainer import Trainer
-from pollen.errors import PollenError
+from pollen.client.trainer import GradHook, Trainer
+from pollen.errors import ConfigError, PollenError
 from pollen.transforms.base import Pipeline, StepContext, empty_pipeline
-from pollen.types import Reply, Task
+from pollen.types import ModelState, Reply, Task, Update
 
 
 # Extra task kinds (secure-aggregation stages, …): kind -> handler(party, task) -> Reply.
 # Registered by the subsystem that defines the kind; the party runtime stays one class.
 TASK_HANDLERS: dict[str, Callable[["LocalParty", Task], Reply]] = {}
+
+
+class ClientHook:
+    """A strategy's party-side part (SCAFFOLD's control variates, …), run around local training.
+
+    A round config names the hooks it needs in ``extra["client_hooks"]``; strategies register
+    theirs in ``CLIENT_HOOKS``. Per-party state lives in ``party.state`` under the hook's own key.
+    """
+
+    def prepare(self, party: "LocalParty", task: Task, state: ModelState) -> tuple[ModelState, tuple[GradHook, ...]]:
+        """Before training: the state to train from (server extras removed) and gradient hooks."""
+        return state, ()
+
+    def finish(self, party: "LocalParty", task: Task, update: Update) -> Update:
+        """After training: a new update (extra tensors added, party state advanced)."""
+        return update
+
+
+CLIENT_HOOKS: dict[str, ClientHook] = {}
+
+
+def client_hooks(names: object) -> list[ClientHook]:
+    """The registered hooks ``names`` lists (strategies register theirs when imported).
+
+    Raises:
+        ConfigError: a name no strategy registered.
+    """
+    names = list(names or ())  # type: ignore[call-overload]
+    if any(n not in CLIENT_HOOKS for n in names):
+        import pollen.strategy  # noqa: F401 - registers the built-in strategies' hooks
+    unknown = [n for n in names if n not in CLIENT_HOOKS]
+    if unknown:
+        raise ConfigError(f"round config asks for client hook(s) {unknown}; registered: {sorted(CLIENT_HOOKS)}")
+    return [CLIENT_HOOKS[n] for n in names]
 
 
 def party_index(party_id: str) -> int:
@@ -111,13 +145,19 @@ class LocalParty:
         """Train on local data and run the update pipeline."""
         seed = round_seed(self.seed, self.party_id, task.round)
         gen = torch.Generator().manual_seed(seed)
-        start_state = task.state
+        hooks = client_hooks(task.config.extra.get("client_hooks"))  # SCAFFOLD's correction, …
+        start_state, grad_hooks = task.state, ()
+        for hook in hooks:
+            start_state, more = hook.prepare(self, task, start_state)
+            grad_hooks += more
         shared = task.config.shared_names
         private = self.state.get("private")
         if shared is not None and private:
             # FedBN / FedPer: this party's own copies of the tensors that are not shared.
-            start_state = {**task.state, **private}
-        update = self.trainer.fit(start_state, *self.train.tensors(), task.config, gen)
+            start_state = {**start_state, **private}
+        update = self.trainer.fit(start_state, *self.train.tensors(), task.config, gen, grad_hooks)
+        for hook in hooks:
+            update = hook.finish(self, task, update)
         if shared is not None:
             keep = set(shared)
             own = self.trainer.model.state_dict()

@@ -12,6 +12,10 @@ Simulation (in-process, process pool), gRPC and any other transport drive this s
         delta     = pipeline.after_aggregate(delta)         # central DP noise
         global    = strategy.server_optimizer.step(global, delta)
         evaluate, checkpoint, emit RoundCompleted
+
+An asynchronous strategy (FedBuff, FedAsync: ``strategy.asynchronous`` set) runs the same round
+with ``_async_collect`` in place of sampling + ``collect``: up to C tasks stay in flight across
+rounds, and a round is one server step taken after K arrivals, each tagged with its staleness.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ import numpy as np
 
 from pollen.server.checkpoint import Checkpointer
 from pollen.strategy.base import Strategy
+from pollen.strategy.fedbuff import STALENESS_KEY
 from pollen.telemetry.events import EventBus, PartyReplied, RoundCompleted, RoundStarted, RunCompleted, RunStarted
 from pollen.transforms.base import Pipeline, check_compatible, empty_pipeline
 from pollen.transport.base import Transport
-from pollen.types import EvalResult, ModelState, Reply, Task, Update, state_nbytes
+from pollen.types import EvalResult, ModelState, Reply, RoundConfig, Task, Update, state_nbytes
 
 Evaluator = Callable[[Mapping[str, np.ndarray]], EvalResult]
 
@@ -52,6 +57,7 @@ def collect(transport: Transport, tasks: Sequence[Task], timeout: float | None) 
         transport.submit(task)
     waiting = {t.party_id for t in tasks}
     rnd = tasks[0].round if tasks else 0
+    kind = tasks[0].kind if tasks else "fit"
     deadline = None if timeout is None else time.monotonic() + timeout
     replies: list[Reply] = []
     while waiting:
@@ -63,7 +69,7 @@ def collect(transport: Transport, tasks: Sequence[Task], timeout: float | None) 
             if deadline is None and transport.pending() == 0:
                 break  # nothing in flight will ever answer
             continue
-        if reply.round != rnd or reply.party_id not in waiting:
+        if reply.round != rnd or reply.kind != kind or reply.party_id not in waiting:
             continue  # a late reply from an earlier round, or a duplicate
         waiting.discard(reply.party_id)
         replies.append(reply)
@@ -129,6 +135,8 @@ class Coordinator:
     round_timeout: float | None = None
     events: EventBus = field(default_factory=EventBus)
     checkpointer: Checkpointer | None = None
+    _in_flight: dict[str, int] = field(default_factory=dict, init=False, repr=False)  # async: party -> version
+    _dispatched: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         agg = self.strategy.aggregator
@@ -157,25 +165,37 @@ class Coordinator:
     ) -> tuple[RoundOutcome, dict[str, np.ndarray]]:
         """One round: sample, instruct, collect, aggregate, step, evaluate."""
         t0 = time.perf_counter()
-        chosen = self.strategy.sampler.select(rnd, self.transport.available())
-        self.events.emit(RoundStarted(rnd, tuple(chosen)))
         config = self.pipeline.configure(self.strategy.configure(rnd, list(state)))
-        tasks = [Task(pid, "fit", rnd, state, config) for pid in chosen]
-        replies, late = collect(self.transport, tasks, self.round_timeout)
-        down = sum(r.bytes_down or state_nbytes(state) for r in replies) + state_nbytes(state) * len(late)
+        sent = self.strategy.server_optimizer.broadcast(state, opt_state)  # the model (+ SCAFFOLD's c)
+        staleness: list[int] | None = None
+        info: dict[str, Any] = {}
+        if self.strategy.asynchronous is None:
+            chosen = self.strategy.sampler.select(rnd, self.transport.available())
+            self.events.emit(RoundStarted(rnd, tuple(chosen)))
+            tasks = [Task(pid, "fit", rnd, sent, config) for pid in chosen]
+            replies, late = collect(self.transport, tasks, self.round_timeout)
+            down = sum(r.bytes_down or state_nbytes(sent) for r in replies) + state_nbytes(sent) * len(late)
+        else:  # FedBuff / FedAsync: K arrivals from the tasks in flight
+            tasks, replies, staleness, info = self._async_collect(rnd, sent, config)
+            late = []
+            down = state_nbytes(sent) * len(tasks)  # the tasks sent this round
         up = 0
         ok: list[Reply] = []
+        taus: list[int] = []
         failed: list[str] = list(late)
-        for reply in replies:
+        for i, reply in enumerate(replies):
             self.events.emit(PartyReplied(rnd, reply.party_id, "fit", reply.seconds, reply.failure))
             if reply.ok and reply.update is not None:
                 ok.append(reply)
+                taus.append(staleness[i] if staleness is not None else 0)
                 up += reply.bytes_up or state_nbytes(reply.update.delta)
             else:
                 failed.append(reply.party_id)
-        record: dict[str, Any] = {"round": rnd, "parties": [r.party_id for r in ok], "parties_failed": sorted(failed)}
+        record: dict[str, Any] = {"round": rnd, "parties": [r.party_id for r in ok], "parties_failed": sorted(failed), **info}
         if len(ok) >= max(self.min_fit_parties, 1):
             updates = [self.pipeline.decode(r.update) for r in ok]
+            if staleness is not None:  # the async aggregator weights by it
+                updates = [u.with_(metrics={**u.metrics, STALENESS_KEY: float(t)}) for u, t in zip(updates, taus)]
             updates = self.pipeline.combine(updates, [r.party_id for r in ok], rnd, self.transport)
             delta = self.strategy.aggregator.aggregate(updates)
             delta = self.pipeline.after_aggregate(delta, rnd, len(updates))
@@ -184,10 +204,76 @@ class Coordinator:
             record.update(self.pipeline.report(rnd))
         else:
             record.update(aggregated=False, reason=f"{len(ok)} replies < min_fit_parties={self.min_fit_parties}")
+        if self.transport.clock() is not None and "virtual_seconds" not in record:
+            record.update(virtual_seconds=self.transport.clock())
         record.update(self._evaluate(rnd, state))
         record.update(seconds=time.perf_counter() - t0, bytes_up=up, bytes_down=down)
         self.events.emit(RoundCompleted(rnd, record))
         return RoundOutcome(state, record), opt_state
+
+    def _async_collect(
+        self, rnd: int, sent: ModelState, config: RoundConfig
+    ) -> tuple[list[Task], list[Reply], list[int], dict[str, Any]]:
+        """FedBuff (FedAsync when K = 1): keep C tasks in flight, return K arrivals no staler than
+        the bound with their staleness ``rnd − version started from``.
+
+        Returns:
+            (tasks sent this round, replies, staleness of each reply, extra history fields).
+        """
+        spec = self.strategy.asynchronous
+        last = rnd == self.rounds
+        tasks = self._top_up(rnd, sent, config)
+        self.events.emit(RoundStarted(rnd, tuple(t.party_id for t in tasks)))
+        deadline = None if self.round_timeout is None else time.monotonic() + self.round_timeout
+        replies: list[Reply] = []
+        staleness: list[int] = []
+        stale: list[str] = []
+        while sum(r.ok for r in replies) < spec.buffer_size and self._in_flight:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            reply = self.transport.poll(left)
+            if reply is None:
+                if deadline is None and self.transport.pending() == 0:
+                    self._in_flight.clear()  # nothing in flight will ever answer
+                continue
+            if reply.kind != "fit" or self._in_flight.get(reply.party_id) != reply.round:
+                continue  # a duplicate, or a task abandoned earlier
+            del self._in_flight[reply.party_id]
+            tau = rnd - reply.round
+            if reply.ok and tau > spec.max_staleness:
+                stale.append(reply.party_id)
+                self.events.emit(PartyReplied(rnd, reply.party_id, "fit", reply.seconds, f"stale by {tau} steps"))
+            else:
+                replies.append(reply)
+                staleness.append(tau)
+            if not last:
+                tasks += self._top_up(rnd, sent, config)
+        info: dict[str, Any] = {"parties_stale": sorted(stale), "staleness_max": max(staleness, default=0),
+                                "staleness_mean": float(np.mean(staleness)) if staleness else 0.0}
+        if self.transport.clock() is not None:
+            info["virtual_seconds"] = self.transport.clock()  # the K-th arrival, before abandoning the rest
+        if last:  # the run ends: abandon what is still in flight
+            self.transport.forget(rnd)
+            self._in_flight.clear()
+        return tasks, replies, staleness, info
+
+    def _top_up(self, rnd: int, sent: ModelState, config: RoundConfig) -> list[Task]:
+        """Submit fit tasks of version ``rnd`` to random idle parties until C are in flight."""
+        spec = self.strategy.asynchronous
+        available = self.transport.available()
+        idle = [p for p in available if p not in self._in_flight]
+        want = spec.in_flight(self.strategy.sampler.sample_size(len(available)))
+        need = min(want - len(self._in_flight), len(idle))
+        if need <= 0:
+            return []
+        rng = np.random.default_rng([self.strategy.sampler.seed, rnd, self._dispatched])
+        tasks = [Task(idle[i], "fit", rnd, sent, config) for i in rng.choice(len(idle), need, replace=False)]
+        for task in tasks:
+            self.transport.submit(task)
+            self._in_flight[task.party_id] = rnd
+            self._dispatched += 1
+        return tasks
 
     def _evaluate(self, rnd: int, state: ModelState) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -195,13 +281,16 @@ class Coordinator:
         if self.evaluate is not None and (rnd % max(self.eval_every, 1) == 0 or last):
             res = self.evaluate(state)
             out.update(accuracy=res.accuracy, loss=res.loss)
-        if self.fed_eval and (last or (self.fed_eval_every and rnd % self.fed_eval_every == 0)):
+        periodic = self.fed_eval_every and rnd % self.fed_eval_every == 0 and self.strategy.asynchronous is None
+        if self.fed_eval and (last or periodic):  # async: only at the end (before, tasks are in flight)
             cfg = self.strategy.configure(rnd, list(state)).with_(extra={"personalized": True})
             tasks = [Task(pid, "evaluate", rnd, state, cfg) for pid in self.transport.available()]
             replies, _ = collect(self.transport, tasks, self.round_timeout)
-            res = weighted_eval([r.evaluation for r in replies if r.ok and r.evaluation is not None])
+            good = [r for r in replies if r.ok and r.evaluation is not None]
+            res = weighted_eval([r.evaluation for r in good])
             if res is not None:
-                out.update(fed_accuracy=res.accuracy, fed_loss=res.loss)
+                out.update(fed_accuracy=res.accuracy, fed_loss=res.loss,
+                           fed_accuracy_parties={r.party_id: r.evaluation.accuracy for r in good})
         for k, v in list(out.items()):
             if isinstance(v, float) and not math.isfinite(v):
                 out[k] = None

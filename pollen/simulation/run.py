@@ -18,6 +18,7 @@ from pollen.client.trainer import Trainer, load_numpy_state, state_to_numpy
 from pollen.config import RunConfig, make_config, to_toml
 from pollen.server.checkpoint import Checkpointer
 from pollen.server.coordinator import Coordinator
+from pollen.simulation.clock import with_simulated_clock
 from pollen.simulation.build import Federation, cores, initial_state, make_pipeline, make_strategy
 from pollen.simulation.process_pool import ProcessPoolTransport
 from pollen.telemetry.events import EventBus, RoundCompleted, RunStarted
@@ -87,6 +88,7 @@ def simulate(cfg: RunConfig, resume: Path | None = None) -> RunResult:
         transport = ProcessPoolTransport(cfg.to_dict(), fed.party_ids, workers, cfg.simulation.threads or 1)
     else:
         transport = InProcessTransport(fed.make_parties(trainer, pipeline=pipeline))
+    transport = with_simulated_clock(transport, cfg)  # --party-speed / --dropout: virtual time
     coordinator = Coordinator(
         strategy=strategy, transport=transport, rounds=cfg.federation.rounds, pipeline=pipeline,
         evaluate=fed.make_evaluator(trainer), eval_every=cfg.federation.eval_every,

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pollen.errors import StrategyError
+from pollen.strategy.schedule import LrSchedule, epochs_for
 from pollen.types import ModelState, RoundConfig, Update, is_float
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pollen.strategy.fedbuff import AsyncSpec
 
 
 # ---------------------------------------------------------------- sampler
@@ -63,26 +67,35 @@ ConfigFn = Callable[[int, RoundConfig], RoundConfig]
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """What parties are told each round: the base config, a learning-rate schedule, and an
-    optional user hook ``fn(round, config) -> config`` for custom instructions.
+    """What parties are told each round: the base config, a learning-rate schedule, local epochs
+    by round, and an optional user hook ``fn(round, config) -> config`` applied last.
 
     Attributes:
         base: the round config before schedules.
-        lr_decay: multiply the local lr by this every round (1.0 keeps it fixed).
+        lr_decay: multiply the local lr by this every round (used when ``lr_schedule`` is None).
         extra: settings merged into ``RoundConfig.extra`` (strategy-specific).
-        hook: a user function applied last.
+        hook: a user function applied last (no subclassing needed).
+        lr_schedule: step / exp / cosine schedule of the local lr (overrides ``lr_decay``).
+        epochs_by_round: ``((from_round, epochs), …)``: local epochs change at those rounds.
     """
 
     base: RoundConfig = field(default_factory=RoundConfig)
     lr_decay: float = 1.0
     extra: Mapping[str, Any] = field(default_factory=dict)
     hook: ConfigFn | None = None
+    lr_schedule: LrSchedule | None = None
+    epochs_by_round: tuple[tuple[int, int], ...] = ()
 
     def configure(self, round: int, shared_names: tuple[str, ...] | None) -> RoundConfig:
         """The config for ``round``."""
+        if self.lr_schedule is not None:
+            lr = self.lr_schedule.lr(self.base.lr, round)
+        else:
+            lr = self.base.lr * self.lr_decay ** (round - 1)
         cfg = self.base.with_(
             round=round,
-            lr=self.base.lr * self.lr_decay ** (round - 1),
+            lr=lr,
+            epochs=epochs_for(self.epochs_by_round, round, self.base.epochs),
             shared_names=shared_names,
             extra={**self.base.extra, **self.extra},
         )
@@ -162,12 +175,17 @@ class ServerOptimizer:
 
     name = "sgd"
 
-    def __init__(self, lr: float = 1.0) -> None:
-        self.lr = lr
+    def __init__(self, lr: float | None = 1.0) -> None:
+        self.lr = 1.0 if lr is None else lr  # None: the plain step (a config's "strategy default")
 
     def init(self, global_state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The optimizer's initial state."""
         return {}
+
+    def broadcast(self, global_state: ModelState, state: Mapping[str, np.ndarray]) -> ModelState:
+        """What parties receive with a fit task: the global model, plus whatever server state
+        the strategy shares (SCAFFOLD's control variate). Default: the global model itself."""
+        return global_state
 
     def step(
         self, global_state: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray]
@@ -177,6 +195,13 @@ class ServerOptimizer:
         for k, d in delta.items():
             new[k] = apply_delta(global_state[k], d, self.lr)
         return new, dict(state)
+
+
+def is_statistic(name: str, array: np.ndarray) -> bool:
+    """True for tensors that are running statistics, not trained weights (integer counters and
+    BatchNorm's ``running_mean`` / ``running_var``): server optimizers apply their averaged delta
+    as is instead of treating it as a pseudo-gradient."""
+    return not is_float(array) or name.endswith(("running_mean", "running_var", "num_batches_tracked"))
 
 
 def apply_delta(x: np.ndarray, d: np.ndarray, lr: float) -> np.ndarray:
@@ -215,6 +240,7 @@ class Strategy:
     aggregator: Aggregator
     server_optimizer: ServerOptimizer
     share: NameFilter = field(default_factory=NameFilter)
+    asynchronous: "AsyncSpec | None" = None  # FedBuff / FedAsync: buffered, staleness-weighted
 
     def configure(self, round: int, names: Sequence[str]) -> RoundConfig:
         """The round config every sampled party receives."""

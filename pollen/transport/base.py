@@ -11,6 +11,7 @@ Contract (tested against every implementation in ``tests/transport/test_contract
 - ``poll(timeout)`` returns the next finished ``Reply`` (a failure is a reply with ``failure``
   set), or ``None`` when none finished within ``timeout`` seconds (``None`` waits for ever).
 - ``pending()`` counts submitted tasks not yet returned by ``poll``.
+- ``clock()`` is None, or the virtual time of a simulated clock (heterogeneous party speeds).
 - ``close()`` releases resources; the transport is unusable afterwards.
 """
 
@@ -39,6 +40,10 @@ class Transport(ABC):
     @abstractmethod
     def pending(self) -> int:
         """Submitted tasks whose replies have not been returned yet."""
+
+    def clock(self) -> float | None:
+        """Virtual seconds elapsed on a simulated clock (``SimulatedClock``); None on real time."""
+        return None
 
     def forget(self, round: int) -> None:
         """Discard tasks of ``round`` (and earlier) not yet started (stragglers past a deadline)."""
