@@ -1,0 +1,135 @@
+"""Stochastic quantisation of real-valued updates into the ring Z_{2^bits}, with a range check
+that guarantees the (weighted) sum of every party's values cannot wrap around.
+
+Bonawitz et al. 2017 ("Practical Secure Aggregation for Privacy-Preserving Machine Learning",
+CCS) and Bell et al. 2020 (SecAgg+) sum vectors in Z_R; masks are uniform in Z_R, so the masked
+vectors are uniform whatever the inputs. We use R = 2^32 (or 2^64): masks are AES-CTR keystream
+words taken as they come (uniform, no rejection sampling), sums wrap with numpy's unsigned
+arithmetic, and a masked update costs 4 bytes per parameter, as a float32 update does.
+
+A value ``x`` is clipped to ``[−clip, clip]``, scaled by ``scale`` and rounded stochastically
+(unbiased: ``E[q] = x · scale``), so ``|q| ≤ B = clip · scale``. A party multiplies ``q`` by its
+integer weight ``w`` (its example count, or 1). The sum is exact in Z_R as long as
+``Σ w · B ≤ 2^(bits−1) − 1``; decoding reads it as a two's-complement signed integer. The error of
+the weighted mean is at most ``1 / scale`` per coordinate, on top of clipping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pollen.errors import PrivacyError
+
+DTYPES = {32: np.uint32, 64: np.uint64}
+SIGNED = {32: np.int32, 64: np.int64}
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """How one round quantises: ring Z_{2^bits}, clip range and scale.
+
+    Attributes:
+        bits: 32 or 64 (the ring and the width of every masked element).
+        clip: each coordinate is clipped to ``[−clip, clip]`` first.
+        scale: integer units per unit of the update (``clip · scale`` is a whole number).
+    """
+
+    bits: int
+    clip: float
+    scale: float
+
+    @property
+    def dtype(self) -> type[np.unsignedinteger]:
+        """The unsigned container type of a masked element."""
+        return DTYPES[self.bits]
+
+    @property
+    def bound(self) -> int:
+        """Largest magnitude ``B`` of one quantised coordinate before weighting."""
+        return int(round(self.clip * self.scale))
+
+    @property
+    def error_bound(self) -> float:
+        """Largest rounding error of one coordinate of the weighted mean (``1 / scale``)."""
+        return 1.0 / self.scale
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON-able form (travels in a stage payload)."""
+        return {"bits": self.bits, "clip": self.clip, "scale": self.scale}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FieldSpec":
+        """Inverse of ``to_dict`` (validated)."""
+        spec = cls(int(d["bits"]), float(d["clip"]), float(d["scale"]))
+        if spec.bits not in DTYPES or not spec.clip > 0 or not spec.scale > 0:
+            raise PrivacyError(f"invalid field parameters {d}; expected bits 32 or 64, clip > 0, scale > 0")
+        return spec
+
+
+def limit(bits: int) -> int:
+    """Largest magnitude a signed sum may reach in Z_{2^bits}: ``2^(bits−1) − 1``."""
+    return 2 ** (bits - 1) - 1
+
+
+def choose(bits: int, clip: float, total_weight: int) -> FieldSpec:
+    """The finest scale at which ``total_weight`` weighted values in ``[−clip, clip]`` still sum
+    without overflow.
+
+    Raises:
+        PrivacyError: not even one integer unit per party fits (weights too large for the ring).
+    """
+    if bits not in DTYPES:
+        raise PrivacyError(f"secure aggregation works in Z_2^32 or Z_2^64; got bits={bits}")
+    if total_weight < 1:
+        raise PrivacyError(f"total weight must be at least 1; got {total_weight}")
+    per_party = limit(bits) // int(total_weight)
+    if per_party < 1:
+        raise PrivacyError(
+            f"a weighted sum over {total_weight} examples cannot fit in Z_2^{bits}; "
+            "use --secagg-bits 64 or uniform weights"
+        )
+    spec = FieldSpec(bits, float(clip), per_party / float(clip))
+    check_range(spec, total_weight)
+    return spec
+
+
+def check_range(spec: FieldSpec, total_weight: int) -> None:
+    """Refuse a field in which the sum of values with total weight ``total_weight`` could wrap.
+
+    Raises:
+        PrivacyError: ``total_weight · clip · scale`` exceeds ``2^(bits−1) − 1``.
+    """
+    worst = int(total_weight) * spec.bound
+    if worst > limit(spec.bits):
+        raise PrivacyError(
+            f"secure sum could overflow: total weight {total_weight} × bound {spec.bound} = {worst} "
+            f"> 2^{spec.bits - 1} − 1; lower the scale or the clip range, or use 64 bits"
+        )
+
+
+def quantize(values: np.ndarray, spec: FieldSpec, weight: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """``weight · q`` in Z_{2^bits}, where ``q`` stochastically rounds ``clip(values) · scale``.
+
+    Args:
+        values: float vector ``(D,)``.
+        spec: the round's field.
+        weight: the party's integer weight (example count, or 1).
+        rng: seeded source of the rounding randomness (not security relevant).
+
+    Returns:
+        (the vector as ``spec.dtype``, fraction of coordinates that were clipped).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    clipped = float(np.mean(np.abs(x) > spec.clip)) if x.size else 0.0
+    v = np.clip(x, -spec.clip, spec.clip) * spec.scale  # (D,) in [−B, B]
+    q = np.floor(v)
+    q += rng.random(v.shape) < (v - q)  # unbiased stochastic rounding
+    q = q.astype(np.int64) * np.int64(weight)
+    return q.astype(spec.dtype), clipped  # two's complement wrap into Z_{2^bits}
+
+
+def dequantize(total: np.ndarray, spec: FieldSpec) -> np.ndarray:
+    """The signed integer sum in ``total`` (Z_{2^bits}) back to real units (float64)."""
+    return total.view(SIGNED[spec.bits]).astype(np.float64) / spec.scale

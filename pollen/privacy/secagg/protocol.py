@@ -1,0 +1,267 @@
+"""The coordinator side of SecAgg+: route keys and encrypted shares, sum masked updates, rebuild
+the masks of survivors and of dropped parties from Shamir shares, and recover only the sum.
+
+Bell et al. 2020, "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead" (CCS), on
+Bonawitz et al. 2017, "Practical Secure Aggregation for Privacy-Preserving Machine Learning" (CCS).
+
+Threat model: an honest-but-curious coordinator (it follows the protocol but tries to learn from
+what it sees), together with fewer than ``t`` colluding parties in any party's neighbourhood.
+What it sees: public keys, example counts, ciphertexts it cannot open, masked vectors uniform in
+Z_{2^bits}, and shares that rebuild survivors' self-mask seeds and dropped parties' mask keys —
+never both for one party. The sum of the included updates is all it can compute.
+
+Every stage goes through the transport's ``submit``/``poll`` (the coordinator's ``collect``), so
+the protocol runs unchanged over the in-process, process-pool and gRPC transports.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field as dc_field
+from typing import Any
+
+import numpy as np
+
+from pollen.errors import RunError
+from pollen.privacy.he import Layout
+from pollen.privacy.secagg import constants as C
+from pollen.privacy.secagg import field, masks, shamir
+from pollen.privacy.secagg.graph import degree, harary, order_key, threshold
+from pollen.types import Reply, RoundConfig, Task, Update, state_nbytes
+
+
+@dataclass(frozen=True)
+class SecAggParams:
+    """Protocol parameters (``--secagg-*`` flags).
+
+    Attributes:
+        threshold: fraction of a party's share holders (neighbours + itself) that rebuild its secrets.
+        neighbours: degree k of the neighbour graph (None: all parties, as the original SecAgg).
+        bits: the ring Z_{2^bits} (32 or 64).
+        clip: coordinate range ``[−clip, clip]`` of the quantiser.
+        weighted: weight each update by its example count (FedAvg) instead of uniformly.
+        dropout: simulation: fraction of each round's parties that drop after masking.
+        timeout: seconds each stage waits for replies (None: wait for all).
+        seed: seeds the choice of simulated dropouts (not security relevant).
+    """
+
+    threshold: float = 0.5
+    neighbours: int | None = None
+    bits: int = 32
+    clip: float = 1.0
+    weighted: bool = True
+    dropout: float = 0.0
+    timeout: float | None = None
+    seed: int = 0
+
+
+@dataclass
+class SecureSum:
+    """The outcome of one round of the protocol."""
+
+    update: Update  # the weighted mean of the included updates, as one update
+    included: list[str]
+    dropped: dict[str, list[str]]  # stage -> parties lost there
+    spec: field.FieldSpec
+    k: int
+    t: int
+    bytes_up: int
+    bytes_down: int
+    seconds_unmask: float
+    clipped: float = 0.0
+
+
+@dataclass
+class _Round:
+    """The coordinator's view of one round (public keys, graph, who is still in)."""
+
+    round: int
+    keys: dict[str, tuple[np.ndarray, np.ndarray]]  # party -> (enc_pk, mask_pk)
+    examples: dict[str, int]
+    graph: dict[str, tuple[str, ...]]
+    t: int
+    base: RoundConfig
+    drop: Mapping[str, set[str]]
+    bytes_up: int = 0
+    bytes_down: int = 0
+    dropped: dict[str, list[str]] = dc_field(default_factory=dict)
+
+
+def run(updates: Sequence[Update], parties: Sequence[str], rnd: int, transport: Any, params: SecAggParams,
+        drop: Mapping[str, set[str]] | None = None) -> SecureSum:
+    """Stages 2–4 after the advertise replies ``updates`` of ``parties``; the mean as one update.
+
+    Args:
+        drop: simulation/tests: stage -> parties told to drop out after doing that stage's work.
+
+    Raises:
+        RunError: fewer than 2 parties, or too many dropouts to rebuild a needed secret.
+    """
+    layout = _check_advertised(updates, parties, rnd)
+    if len(parties) < 2:
+        raise RunError(f"round {rnd}: secure aggregation needs at least 2 parties; {len(parties)} advertised keys")
+    k = degree(params.neighbours, len(parties))
+    keys = {p: (u.delta[C.ENC_PK], u.delta[C.MASK_PK]) for p, u in zip(parties, updates)}
+    st = _Round(rnd, keys, {p: int(u.num_examples) for p, u in zip(parties, updates)},
+                harary(parties, k, secrets.token_bytes(32)), threshold(params.threshold, k),
+                RoundConfig(round=rnd), dict(drop or {}))
+    st.bytes_up = sum(_payload(u.delta, u.codec) for u in updates)
+    cts = _share_keys(transport, st, list(parties), params.timeout)
+    u2 = sorted({s for s, _ in cts}, key=order_key)
+    weights = {p: st.examples[p] if params.weighted else 1 for p in u2}
+    spec = field.choose(params.bits, params.clip, max(1, sum(weights.values())))
+    acc, u3, clipped = _masked_input(transport, st, u2, cts, spec, weights, params, layout.size)
+    t0 = time.perf_counter()
+    seeds, sks = _unmask(transport, st, u2, u3, params.timeout)
+    _remove_masks(acc, st, u2, u3, seeds, sks)
+    total = field.dequantize(acc, spec)
+    seconds = time.perf_counter() - t0
+    w3 = sum(weights[p] for p in u3)
+    metrics = _mean_metrics([u for p, u in zip(parties, updates) if p in set(u3)])
+    update = Update(layout.unflatten(total / w3), sum(st.examples[p] for p in u3), metrics, {})
+    return SecureSum(update, u3, st.dropped, spec, k, st.t, st.bytes_up, st.bytes_down, seconds, clipped)
+
+
+def _check_advertised(updates: Sequence[Update], parties: Sequence[str], rnd: int) -> Layout:
+    layouts = set()
+    for p, u in zip(parties, updates):
+        meta = u.codec.get(C.CODEC, {})
+        if meta.get("stage") != C.STAGE_ADVERTISE or C.ENC_PK not in u.delta or C.MASK_PK not in u.delta:
+            raise RunError(f"round {rnd}: party {p} did not advertise secure-aggregation keys; every party "
+                           "must run with --secagg")
+        layouts.add(json.dumps(meta["layout"], sort_keys=True))
+    if len(layouts) != 1:
+        raise RunError(f"round {rnd}: parties advertised {len(layouts)} different model layouts")
+    return Layout.from_dict(json.loads(layouts.pop()))
+
+
+def _stage(transport: Any, st: _Round, stage: str, payloads: Mapping[str, tuple[dict, dict]],
+           timeout: float | None, keep: Callable[[Reply], None]) -> list[str]:
+    """Send one stage's tasks, hand each good reply to ``keep``; the parties that answered."""
+    from pollen.server.coordinator import collect  # the round loop's own collector
+
+    tasks = []
+    for p, (arrays, extra) in payloads.items():
+        extra = {**extra, C.DROP: sorted(st.drop.get(stage, ()))}
+        tasks.append(Task(p, stage, st.round, arrays, st.base.with_(extra={C.EXTRA: extra})))
+        st.bytes_down += _payload(arrays, extra)
+    replies, late = collect(transport, tasks, timeout)
+    ok = []
+    for r in replies:
+        if r.ok and r.kind == stage and r.update is not None:
+            st.bytes_up += r.bytes_up or _payload(r.update.delta, r.update.codec)
+            keep(r)
+            ok.append(r.party_id)
+    lost = sorted(set(payloads) - set(ok), key=order_key)
+    if lost:
+        st.dropped[stage] = lost
+    return ok
+
+
+def _share_keys(transport: Any, st: _Round, u1: list[str], timeout: float | None) -> dict[tuple[str, str], np.ndarray]:
+    """Stage 2: each party gets its neighbours' public keys; returns (sender, recipient) -> ciphertext."""
+    payloads = {}
+    for p in u1:
+        arrays = {}
+        for j in st.graph[p]:
+            arrays[f"{C.PK_PREFIX}{j}/enc"], arrays[f"{C.PK_PREFIX}{j}/mask"] = st.keys[j]
+        payloads[p] = (arrays, {C.NEIGHBOURS: list(st.graph[p]), C.THRESHOLD: st.t})
+    cts: dict[tuple[str, str], np.ndarray] = {}
+
+    def keep(r: Reply) -> None:
+        for name, ct in r.update.delta.items():
+            if name.startswith(C.CT_PREFIX) and name[len(C.CT_PREFIX):] in st.graph[r.party_id]:
+                cts[(r.party_id, name[len(C.CT_PREFIX):])] = ct
+
+    _stage(transport, st, C.STAGE_SHARE_KEYS, payloads, timeout, keep)
+    return cts
+
+
+def _masked_input(transport: Any, st: _Round, u2: list[str], cts: Mapping[tuple[str, str], np.ndarray],
+                  spec: field.FieldSpec, weights: Mapping[str, int], params: SecAggParams,
+                  size: int) -> tuple[np.ndarray, list[str], float]:
+    """Stage 3: route shares, sum the masked updates as they arrive (none is kept)."""
+    if params.dropout > 0:  # simulation: parties that drop after masking, chosen reproducibly
+        rng = np.random.default_rng([params.seed, st.round, 3])
+        chosen = rng.choice(len(u2), int(round(params.dropout * len(u2))), replace=False)
+        st.drop = {**st.drop, C.STAGE_MASKED_INPUT: set(st.drop.get(C.STAGE_MASKED_INPUT, ())) | {u2[i] for i in chosen}}
+    in2 = set(u2)
+    payloads = {}
+    for p in u2:
+        peers = [j for j in st.graph[p] if j in in2]
+        arrays = {C.CT_PREFIX + j: cts[(j, p)] for j in peers}
+        payloads[p] = (arrays, {C.SURVIVORS: peers, C.FIELD: spec.to_dict(), "weight": int(weights[p])})
+    acc = np.zeros(size, dtype=spec.dtype)
+    clipped: list[float] = []
+
+    def keep(r: Reply) -> None:
+        y = r.update.delta.get(C.MASKED)
+        if y is None or y.dtype != spec.dtype or y.shape != (size,):
+            raise RunError(f"round {st.round}: party {r.party_id} sent a masked update of the wrong type or size")
+        np.add(acc, y, out=acc)  # wraps in Z_{2^bits}
+        clipped.append(float(r.update.metrics.get("secagg_clipped", 0.0)))
+
+    u3 = sorted(_stage(transport, st, C.STAGE_MASKED_INPUT, payloads, params.timeout, keep), key=order_key)
+    if not u3:
+        raise RunError(f"round {st.round}: no masked update arrived")
+    return acc, u3, float(np.mean(clipped))
+
+
+def _unmask(transport: Any, st: _Round, u2: list[str], u3: list[str],
+            timeout: float | None) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """Stage 4: collect shares; rebuild survivors' seeds and dropped parties' mask keys."""
+    in3, gone = set(u3), [p for p in u2 if p not in set(u3)]
+    payloads = {p: ({}, {C.SURVIVORS: [j for j in (p, *st.graph[p]) if j in in3],
+                         C.DROPPED: [j for j in st.graph[p] if j in set(gone)]}) for p in u3}
+    seed_shares: dict[str, list[bytes]] = {}
+    key_shares: dict[str, list[bytes]] = {}
+
+    def keep(r: Reply) -> None:
+        for name, arr in r.update.delta.items():
+            for prefix, into in ((C.SEED_SHARE_PREFIX, seed_shares), (C.KEY_SHARE_PREFIX, key_shares)):
+                if name.startswith(prefix):
+                    into.setdefault(name[len(prefix):], []).append(arr.tobytes())
+
+    _stage(transport, st, C.STAGE_UNMASK, payloads, timeout, keep)
+    seeds = {p: _rebuild(seed_shares.get(p, []), st, p, "self-mask seed") for p in u3}
+    needed = [j for j in gone if any(i in in3 for i in st.graph[j])]
+    sks = {j: _rebuild(key_shares.get(j, []), st, j, "mask key") for j in needed}
+    for j, sk in sks.items():
+        if masks.public_bytes(masks.private_from_bytes(sk)) != st.keys[j][1].tobytes():
+            raise RunError(f"round {st.round}: the mask key rebuilt for party {j} does not match its public key")
+    return seeds, sks
+
+
+def _rebuild(shares: list[bytes], st: _Round, party: str, what: str) -> bytes:
+    if len(shares) < st.t:
+        raise RunError(f"round {st.round}: only {len(shares)} shares of party {party}'s {what} came back, "
+                       f"threshold {st.t}: too many dropouts; raise --secagg-neighbours or lower --secagg-threshold")
+    return shamir.reconstruct(shares[: st.t])
+
+
+def _remove_masks(acc: np.ndarray, st: _Round, u2: list[str], u3: list[str],
+                  seeds: Mapping[str, bytes], sks: Mapping[str, bytes]) -> None:
+    """Subtract survivors' self masks and the pairwise masks survivors shared with dropped parties."""
+    for p in u3:
+        masks.add_stream(acc, masks.derive(seeds[p], C.INFO_SELF, st.round), -1)
+    in3 = set(u3)
+    for j, sk in sks.items():
+        key = masks.private_from_bytes(sk)
+        for i in st.graph[j]:
+            if i in in3:
+                pair = masks.derive(masks.agree(key, st.keys[i][1].tobytes()), C.INFO_PAIR, st.round)
+                masks.add_stream(acc, pair, -1 if order_key(i) < order_key(j) else +1)
+
+
+def _payload(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> int:
+    """Bytes a message carries: its arrays plus its JSON metadata."""
+    return state_nbytes(arrays) + len(json.dumps(dict(meta), default=str))
+
+
+def _mean_metrics(updates: Sequence[Update]) -> dict[str, float]:
+    from pollen.server.coordinator import mean_metrics
+
+    return mean_metrics(updates)
