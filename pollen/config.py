@@ -92,11 +92,6 @@ class StrategyConfig(_Section):
     multikrum_m: int | None = Field(None, ge=1, description="multikrum: best-scored updates averaged (default: n − byzantine_f)")
     norm_bound: float | None = Field(None, gt=0, description="normbound: L2 norm each update is clipped to (default: the round's median update norm)")
 
-    byzantine_f: int | None = Field(None, ge=0, description="malicious updates a robust aggregator tolerates per round (default: round(malicious_fraction × parties per round), 0 without an attack)")
-    trim_ratio: float | None = Field(None, ge=0, lt=0.5, description="trimmed_mean: fraction cut from each end per coordinate (default: byzantine_f / parties per round, 0.1 when f = 0)")
-    multikrum_m: int | None = Field(None, ge=1, description="multikrum: best-scored updates averaged (default: n − byzantine_f)")
-    norm_bound: float | None = Field(None, gt=0, description="normbound: L2 norm each update is clipped to (default: the round's median update norm)")
-
 
 class PrivacyConfig(_Section):
     """Differential privacy, secure aggregation and homomorphic encryption (docs/privacy-dp.md, …)."""
@@ -119,6 +114,14 @@ class PrivacyConfig(_Section):
     he: bool = Field(False, description="encrypt each party's update with CKKS (TenSEAL); the server sums ciphertexts, a party decrypts only the sum")
     he_keys: str | None = Field(None, description="directory made by 'pollen keys' (public.ctx for the server; parties also need secret.ctx)")
 
+    # --- secure aggregation (pollen/privacy/secagg, docs/secure-aggregation.md) ---
+    secagg: bool = Field(False, description="secure aggregation (SecAgg+): parties mask their updates; the coordinator learns only the sum")
+    secagg_threshold: float = Field(0.5, gt=0, le=1, description="SecAgg+: fraction t/(k+1) of a party's share holders (its k neighbours and itself) needed to rebuild its masks; fewer colluding parties learn nothing")
+    secagg_neighbours: int | None = Field(None, ge=2, description="SecAgg+: degree k of the random neighbour graph (rounded up to even; default: all parties of the round, the original SecAgg)")
+    secagg_bits: Literal[32, 64] = Field(32, description="SecAgg+: masked values live in Z_2^bits (32 costs as much uplink as float32)")
+    secagg_clip: float = Field(1.0, gt=0, description="SecAgg+: each update coordinate is clipped to [-c, c] before quantisation")
+    secagg_dropout: float = Field(0.0, ge=0, lt=1, description="simulation: fraction of each round's parties that drop out after masking (their masks are recovered)")
+
 
 Codec = Literal["none", "fp16", "bf16", "int8", "qsgd", "terngrad", "topk"]
 
@@ -137,6 +140,15 @@ class CompressionConfig(_Section):
     prune: Literal["none", "magnitude", "channel"] = Field("none", description="client-side pruning of the local model before upload")
     prune_fraction: float = Field(0.5, ge=0, lt=1, description="fraction of each weight tensor's entries (or channels) pruned")
     autocast: Literal["off", "bf16", "fp16"] = Field("off", description="mixed-precision local training with torch.autocast on the CPU")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_is_a_name(cls, data: Any) -> Any:
+        # the CLI turns a flag value "none" into None; here "none"/"off" are real choices
+        if isinstance(data, dict):
+            off = {"codec": "none", "downlink": "none", "prune": "none", "autocast": "off"}
+            data = {k: (off[k] if k in off and v is None else v) for k, v in data.items()}
+        return data
 
 
 class NetworkConfig(_Section):
@@ -196,6 +208,7 @@ class RunConfig(_Section):
     privacy: PrivacyConfig = PrivacyConfig()
     compression: CompressionConfig = CompressionConfig()
     network: NetworkConfig = NetworkConfig()
+    attack: AttackConfig = AttackConfig()
     simulation: SimulationConfig = SimulationConfig()
     run: RunSection = RunSection()
 

@@ -145,6 +145,7 @@ class LocalParty:
         """Train on local data and run the update pipeline."""
         seed = round_seed(self.seed, self.party_id, task.round)
         gen = torch.Generator().manual_seed(seed)
+        task = replace(task, state=self.pipeline.decode_model(task.state, task.config))  # downlink codec
         hooks = client_hooks(task.config.extra.get("client_hooks"))  # SCAFFOLD's correction, …
         start_state, grad_hooks = task.state, ()
         for hook in hooks:
@@ -155,14 +156,20 @@ class LocalParty:
         if shared is not None and private:
             # FedBN / FedPer: this party's own copies of the tensors that are not shared.
             start_state = {**start_state, **private}
-        update = self.trainer.fit(start_state, *self.train.tensors(), task.config, gen, grad_hooks)
+        if task.config.extra.get("dp_sgd"):
+            from pollen.privacy.dpsgd import dp_fit  # record-level DP (needs the 'dp' extra)
+
+            update = dp_fit(self.trainer, start_state, *self.train.tensors(), task.config, gen, self.state)
+        else:
+            update = self.trainer.fit(start_state, *self.train.tensors(), task.config, gen, grad_hooks)
         for hook in hooks:
             update = hook.finish(self, task, update)
         if shared is not None:
             keep = set(shared)
             own = self.trainer.model.state_dict()
             self.state["private"] = {k: own[k].detach().numpy().copy() for k in own if k not in keep}
-        ctx = StepContext(self.party_id, task.round, np.random.default_rng(seed), self.state, task.state)
+        ctx = StepContext(self.party_id, task.round, np.random.default_rng(seed), self.state, task.state,
+                          task.config.extra)
         return self.pipeline.encode(update, ctx)
 
     def evaluate(self, task: Task):

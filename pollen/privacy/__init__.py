@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 def steps_from_config(cfg, where: str) -> list:
     """Update-pipeline steps for ``cfg.privacy``.
@@ -9,10 +11,16 @@ def steps_from_config(cfg, where: str) -> list:
     Args:
         where: ``before_compress`` (clip, noise) or ``after_compress`` (mask, encrypt).
     """
-    steps: list = []
-    if where == "after_compress":
-        steps += _he_steps(cfg)
-    return steps
+    if where not in STEP_CONTRIBUTORS:
+        raise ValueError(f"where must be one of {sorted(STEP_CONTRIBUTORS)}, got {where!r}")
+    return [step for contribute in STEP_CONTRIBUTORS[where] for step in contribute(cfg)]
+
+
+def _dp_steps(cfg) -> list:
+    """Party-level DP clip + noise when ``--client-dp`` is on (see pollen/privacy/client_dp.py)."""
+    from pollen.privacy.plan import client_dp_steps
+
+    return client_dp_steps(cfg)
 
 
 def _he_steps(cfg) -> list:
@@ -30,3 +38,20 @@ def _he_steps(cfg) -> list:
     from pollen.privacy.he_step import CKKSEncrypt
 
     return [CKKSEncrypt(cfg.privacy.he_keys, decrypt_timeout=cfg.federation.round_timeout)]
+
+
+def _secagg_steps(cfg) -> list:
+    """The SecAgg+ ``mask`` step when ``--secagg`` is on (see pollen/privacy/secagg/)."""
+    if not getattr(cfg.privacy, "secagg", False):
+        return []
+    from pollen.privacy.secagg.config import secagg_step
+
+    return [secagg_step(cfg)]
+
+
+# where -> functions cfg -> steps; each privacy subsystem adds its own contributor here
+# (DP: clip/noise before compression; secure aggregation and HE: masking after it).
+STEP_CONTRIBUTORS: dict[str, list[Callable[..., list]]] = {
+    "before_compress": [_dp_steps],
+    "after_compress": [_he_steps, _secagg_steps],
+}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -70,27 +71,31 @@ def dp_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches: Sequen
                                         generator=generator)
     loss_fn = nn.CrossEntropyLoss()
     total, correct, seen = 0.0, 0, 0
-    try:
-        gsm.train()
-        for idx in batches:
+    with warnings.catch_warnings():
+        # Opacus' hooks on the first layer fire although its input needs no grad: harmless, but
+        # torch warns about it on every batch.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        try:
+            gsm.train()
+            for idx in batches:
+                opt.zero_grad(set_to_none=True)
+                if len(idx) == 0:
+                    for p in params:
+                        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                else:
+                    xb, yb = x[idx], y[idx]
+                    if augment is not None:
+                        xb = augment(xb, augment_generator)
+                    logits = gsm(xb)  # (B, classes)
+                    loss = loss_fn(logits, yb)
+                    loss.backward()
+                    total += float(loss.detach()) * len(idx)
+                    correct += int((logits.detach().argmax(1) == yb).sum())
+                    seen += len(idx)
+                opt.step()
+        finally:
             opt.zero_grad(set_to_none=True)
-            if len(idx) == 0:
-                for p in params:
-                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
-            else:
-                xb, yb = x[idx], y[idx]
-                if augment is not None:
-                    xb = augment(xb, augment_generator)
-                logits = gsm(xb)  # (B, classes)
-                loss = loss_fn(logits, yb)
-                loss.backward()
-                total += float(loss.detach()) * len(idx)
-                correct += int((logits.detach().argmax(1) == yb).sum())
-                seen += len(idx)
-            opt.step()
-    finally:
-        opt.zero_grad(set_to_none=True)
-        gsm._close()  # remove Opacus' hooks: the trainer's model is reused by other parties
+            gsm._close()  # remove Opacus' hooks: the trainer's model is reused by other parties
     return {"train_loss": total / max(seen, 1), "train_accuracy": correct / max(seen, 1), "steps": float(len(batches))}
 
 

@@ -5,8 +5,9 @@ Simulation (in-process, process pool), gRPC and any other transport drive this s
     for each round r:
         parties   = strategy.sampler.select(r, transport.available())
         config    = strategy.configure(r)                  # what each party is told
+        sent      = pipeline.encode_model(global, config)   # downlink compression (or as is)
         replies   = collect(transport, tasks, deadline)     # stragglers past it are dropped
-        updates   = [pipeline.decode(u) for u in replies]   # decompress
+        updates   = [pipeline.decode(u, global) for u in replies]   # decompress
         updates   = pipeline.combine(updates, …)           # HE / secure sum: one recovered sum
         delta     = strategy.aggregator(updates)
         delta     = pipeline.after_aggregate(delta)         # central DP noise
@@ -20,6 +21,7 @@ rounds, and a round is one server step taken after K arrivals, each tagged with 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from pollen.errors import PollenError
+from pollen.serialization import reply_to_bytes, task_to_bytes
 from pollen.server.checkpoint import Checkpointer
 from pollen.strategy.base import Strategy
 from pollen.strategy.fedbuff import STALENESS_KEY
@@ -76,6 +80,22 @@ def collect(transport: Transport, tasks: Sequence[Task], timeout: float | None) 
     if waiting:
         transport.forget(rnd)
     return replies, sorted(waiting)
+
+
+def task_sizes(tasks: Sequence[Task]) -> dict[str, int]:
+    """Exact bytes of each task's serialised message (``pollen.serialization``).
+
+    Tasks that share their state and config differ only in the party id, so one serialisation per
+    length of the (JSON-quoted) party id gives every size.
+    """
+    seen: dict[tuple[int, int, int], int] = {}
+    out: dict[str, int] = {}
+    for task in tasks:
+        key = (id(task.state), id(task.config), len(json.dumps(task.party_id)))
+        if key not in seen:
+            seen[key] = len(task_to_bytes(task))
+        out[task.party_id] = seen[key]
+    return out
 
 
 def weighted_eval(results: Sequence[EvalResult]) -> EvalResult | None:
@@ -166,7 +186,8 @@ class Coordinator:
         """One round: sample, instruct, collect, aggregate, step, evaluate."""
         t0 = time.perf_counter()
         config = self.pipeline.configure(self.strategy.configure(rnd, list(state)))
-        sent = self.strategy.server_optimizer.broadcast(state, opt_state)  # the model (+ SCAFFOLD's c)
+        payload = self.strategy.server_optimizer.broadcast(state, opt_state)  # the model (+ SCAFFOLD's c)
+        sent = self.pipeline.encode_model(payload, config)  # downlink compression (identity by default)
         staleness: list[int] | None = None
         info: dict[str, Any] = {}
         if self.strategy.asynchronous is None:
@@ -174,28 +195,36 @@ class Coordinator:
             self.events.emit(RoundStarted(rnd, tuple(chosen)))
             tasks = [Task(pid, "fit", rnd, sent, config) for pid in chosen]
             replies, late = collect(self.transport, tasks, self.round_timeout)
-            down = sum(r.bytes_down or state_nbytes(sent) for r in replies) + state_nbytes(sent) * len(late)
         else:  # FedBuff / FedAsync: K arrivals from the tasks in flight
             tasks, replies, staleness, info = self._async_collect(rnd, sent, config)
             late = []
-            down = state_nbytes(sent) * len(tasks)  # the tasks sent this round
+        sizes = task_sizes(tasks)
+        if staleness is None:
+            down = sum(r.bytes_down or sizes[r.party_id] for r in replies) + sum(sizes[p] for p in late)
+        else:
+            down = sum(sizes.values())  # the tasks sent this round (replies may answer older ones)
         up = 0
         ok: list[Reply] = []
-        taus: list[int] = []
+        updates: list[Update] = []
         failed: list[str] = list(late)
         for i, reply in enumerate(replies):
-            self.events.emit(PartyReplied(rnd, reply.party_id, "fit", reply.seconds, reply.failure))
+            update, failure = None, reply.failure
             if reply.ok and reply.update is not None:
+                up += reply.bytes_up or len(reply_to_bytes(reply))  # transports that measure set bytes_up
+                update, failure = self._decode(reply.update, state)
+            if update is not None and staleness is not None:  # the async aggregator weights by it
+                update = update.with_(metrics={**update.metrics, STALENESS_KEY: float(staleness[i])})
+            self.events.emit(PartyReplied(rnd, reply.party_id, "fit", reply.seconds, failure))
+            if update is not None:
                 ok.append(reply)
-                taus.append(staleness[i] if staleness is not None else 0)
-                up += reply.bytes_up or state_nbytes(reply.update.delta)
+                updates.append(update)
             else:
                 failed.append(reply.party_id)
         record: dict[str, Any] = {"round": rnd, "parties": [r.party_id for r in ok], "parties_failed": sorted(failed), **info}
+        raw_up = sum(state_nbytes(u.delta) for u in updates)
+        record.update(compression_up=raw_up / up if up else None,
+                      compression_down=state_nbytes(state) * len(tasks) / down if down else None)
         if len(ok) >= max(self.min_fit_parties, 1):
-            updates = [self.pipeline.decode(r.update) for r in ok]
-            if staleness is not None:  # the async aggregator weights by it
-                updates = [u.with_(metrics={**u.metrics, STALENESS_KEY: float(t)}) for u, t in zip(updates, taus)]
             updates = self.pipeline.combine(updates, [r.party_id for r in ok], rnd, self.transport)
             delta = self.strategy.aggregator.aggregate(updates)
             delta = self.pipeline.after_aggregate(delta, rnd, len(updates))
@@ -274,6 +303,14 @@ class Coordinator:
             self._in_flight[task.party_id] = rnd
             self._dispatched += 1
         return tasks
+
+    def _decode(self, update: Update, reference: ModelState) -> tuple[Update | None, str | None]:
+        """One party's update through the pipeline's decoders; a message that fails to decode
+        costs that party its round (``(None, reason)``), not the server its life."""
+        try:
+            return self.pipeline.decode(update, reference), None
+        except PollenError as exc:
+            return None, f"decode: {type(exc).__name__}: {exc}"
 
     def _evaluate(self, rnd: int, state: ModelState) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -38,20 +38,37 @@ def model_name(cfg: RunConfig, dataset: Dataset) -> str:
 def initial_state(cfg: RunConfig, dataset: Dataset) -> ModelState:
     """The global model at round 0: built with torch's RNG seeded by the run seed."""
     torch.manual_seed(cfg.run.seed)
-    return state_to_numpy(build_model(model_name(cfg, dataset), dataset.input_shape, dataset.num_classes))
+    return state_to_numpy(make_model(cfg, dataset))
+
+
+def make_model(cfg: RunConfig, dataset: Dataset) -> torch.nn.Module:
+    """A fresh model for the run (BatchNorm → GroupNorm under DP-SGD, on every side alike)."""
+    model = build_model(model_name(cfg, dataset), dataset.input_shape, dataset.num_classes)
+    if cfg.privacy.dp_sgd:
+        from pollen.privacy.dpsgd import make_private_model
+
+        model = make_private_model(model)
+    return model
 
 
 def base_round_config(cfg: RunConfig) -> RoundConfig:
     """The round config before strategy schedules."""
     t = cfg.train
+    from pollen.privacy.plan import dp_sgd_extra
+
     return RoundConfig(epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, optimizer=t.optimizer,
-                       momentum=t.momentum, weight_decay=t.weight_decay)
+                       momentum=t.momentum, weight_decay=t.weight_decay, extra=dp_sgd_extra(cfg))
+
+
+def make_sampler(cfg: RunConfig) -> Sampler:
+    """The configured party sampler."""
+    f = cfg.federation
+    return Sampler(fraction=f.fraction, count=f.parties_per_round, seed=cfg.run.seed)
 
 
 def make_strategy(cfg: RunConfig) -> Strategy:
     """The configured strategy."""
-    f = cfg.federation
-    sampler = Sampler(fraction=f.fraction, count=f.parties_per_round, seed=cfg.run.seed)
+    sampler = make_sampler(cfg)
     client = ClientConfig(base=base_round_config(cfg), lr_decay=cfg.train.lr_decay)
     return build_strategy(cfg, sampler, client)
 
@@ -62,11 +79,14 @@ def make_pipeline(cfg: RunConfig) -> Pipeline:
     Each subsystem contributes its steps from its own config section (``privacy.steps_from_config``,
     ``compression.steps_from_config``); ``Pipeline`` sorts nothing and refuses a wrong order.
     """
+    from pollen.compression import check_pipeline
     from pollen.compression import steps_from_config as compression_steps
     from pollen.privacy import steps_from_config as privacy_steps
 
     steps = [*privacy_steps(cfg, "before_compress"), *compression_steps(cfg), *privacy_steps(cfg, "after_compress")]
-    return Pipeline(tuple(steps)) if steps else empty_pipeline()
+    pipeline = Pipeline(tuple(steps)) if steps else empty_pipeline()
+    check_pipeline(pipeline)  # codecs under masking, error feedback with DP clipping
+    return pipeline
 
 
 @dataclass
@@ -101,21 +121,44 @@ class Federation:
 
     def make_trainer(self) -> Trainer:
         """A trainer with a fresh model (one per process; reused for every party there)."""
-        model = build_model(model_name(self.cfg, self.dataset), self.dataset.input_shape, self.dataset.num_classes)
+        model = make_model(self.cfg, self.dataset)
         return Trainer(model, get_augmentation(self.cfg.model.augmentation))
 
     def make_parties(self, trainer: Trainer, ids: Iterable[str] | None = None,
                      pipeline: Pipeline | None = None) -> dict[str, LocalParty]:
-        """The ``LocalParty`` runtimes for ``ids`` (all parties when None)."""
+        """The ``LocalParty`` runtimes for ``ids`` (all parties when None).
+
+        With a simulated attack (``cfg.attack``) the malicious parties get a ``MaliciousTrainer``
+        wrapping ``trainer`` (``pollen.attacks``); every process that builds parties builds the
+        same attackers, so the process-pool backend simulates them too.
+        """
         out = {}
-        holdout = self.cfg.data.holdout
+        trainer_of = self._attack_trainers(trainer)
         for pid in (ids if ids is not None else self.party_ids):
-            idx = self.parts[int(pid)]
-            train_idx, val_idx = split_holdout(idx, holdout, self.cfg.run.seed + int(pid)) if holdout > 0 else (idx, idx[:0])
-            train = Shard(self.x_train, self.y_train, torch.from_numpy(np.sort(train_idx)))
-            val = Shard(self.x_train, self.y_train, torch.from_numpy(np.sort(val_idx)))
-            out[pid] = LocalParty(pid, train, trainer, val, seed=self.cfg.run.seed, pipeline=pipeline)
+            train, val = self.party_shards(pid)
+            out[pid] = LocalParty(pid, train, trainer_of(pid), val, seed=self.cfg.run.seed, pipeline=pipeline)
         return out
+
+    def party_shards(self, pid: str) -> tuple[Shard, Shard]:
+        """(train, held-out) shards of one party (the held-out split cut by the run seed)."""
+        idx = self.parts[int(pid)]
+        holdout = self.cfg.data.holdout
+        train_idx, val_idx = split_holdout(idx, holdout, self.cfg.run.seed + int(pid)) if holdout > 0 else (idx, idx[:0])
+        return (Shard(self.x_train, self.y_train, torch.from_numpy(np.sort(train_idx))),
+                Shard(self.x_train, self.y_train, torch.from_numpy(np.sort(val_idx))))
+
+    def _attack_trainers(self, trainer: Trainer):
+        """``pid -> trainer``: the honest one, or a ``MaliciousTrainer`` for a malicious party."""
+        from pollen.attacks import Collusion, MaliciousTrainer, select_malicious, spec_from_config
+
+        spec = spec_from_config(self.cfg, self.dataset.num_classes)
+        if spec is None:
+            return lambda pid: trainer
+        bad = select_malicious(self.party_ids, self.cfg.attack.malicious_fraction, self.cfg.run.seed)
+        sampler, everyone = make_sampler(self.cfg), self.party_ids
+        collusion = Collusion(bad, lambda p: self.party_shards(p)[0].tensors(), lambda r: sampler.select(r, everyone),
+                              seed=self.cfg.run.seed)
+        return lambda pid: MaliciousTrainer(trainer, pid, spec, collusion) if pid in bad else trainer
 
     def make_evaluator(self, trainer: Trainer):
         """Server-side evaluation of a state on the full test set."""

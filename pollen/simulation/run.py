@@ -67,6 +67,9 @@ def simulate(cfg: RunConfig, resume: Path | None = None) -> RunResult:
         cfg: the run configuration.
         resume: a run directory to continue from its last checkpoint.
     """
+    from pollen.privacy.checks import check_config
+
+    check_config(cfg)  # refuse combinations that cannot work before loading anything
     run_dir = Path(resume) if resume is not None else run_dir_for(cfg)
     threads = cfg.simulation.threads or cores()
     torch.set_num_threads(threads)
@@ -98,14 +101,16 @@ def simulate(cfg: RunConfig, resume: Path | None = None) -> RunResult:
     )
     with transport:
         state = coordinator.run(state, start_round=start, optimizer_state=opt_state)
-    finish_run(run_dir, state, fed, method=strategy.name)
+    from pollen.attacks import describe_attack  # simulated malicious parties, if any, go in summary.json
+
+    finish_run(run_dir, state, fed, method=strategy.name, extra=describe_attack(cfg, fed.party_ids))
     return RunResult(run_dir, state, read_history(run_dir))
 
 
 def finish_run(run_dir: Path, state: ModelState, fed: Federation, method: str,
                extra: dict[str, Any] | None = None) -> None:
     """Write the final model, summary.json and report.md (+ plot) of a run."""
-    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(run_dir / "model.safetensors"))
+    save_file({k: np.asarray(v, order="C") for k, v in state.items()}, str(run_dir / "model.safetensors"))
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary.update(method=method, data_bytes=int(fed.dataset.x_train.nbytes + fed.dataset.y_train.nbytes),

@@ -49,6 +49,8 @@ class ProgressSink:
         elif isinstance(event, RoundCompleted):
             r = event.record
             status = f"acc {_fmt(r.get('accuracy'))} loss {_fmt(r.get('loss'))}"
+            if r.get("epsilon") is not None:
+                status += f" ε {r['epsilon']:.2f}"
             if r.get("parties_failed"):
                 status += f" failed {len(r['parties_failed'])}"
             if self._progress is not None:

@@ -61,6 +61,19 @@ class UpdateStep:
         """Server side: invert ``encode`` for one party's update (before aggregation)."""
         return update
 
+    def decode_against(self, update: Update, reference: Mapping[str, np.ndarray] | None) -> Update:
+        """Server side: ``decode`` for steps that need the global model the party started from
+        (client-side pruning rebuilds pruned weights from it). The default ignores it."""
+        return self.decode(update)
+
+    def encode_model(self, state: ModelState, config: RoundConfig) -> ModelState:
+        """Server side: the global model as sent to parties (downlink compression)."""
+        return state
+
+    def decode_model(self, state: ModelState, config: RoundConfig) -> ModelState:
+        """Party side: invert ``encode_model`` before training."""
+        return state
+
     def after_aggregate(self, delta: ModelState, round: int, num_updates: int) -> ModelState:
         """Server side: act on the aggregated delta (central DP noise, …)."""
         return delta
@@ -107,11 +120,24 @@ class Pipeline:
             update = step.encode(update, ctx)
         return update
 
-    def decode(self, update: Update) -> Update:
-        """Apply every step's server-side inverse, in reverse order."""
+    def decode(self, update: Update, reference: Mapping[str, np.ndarray] | None = None) -> Update:
+        """Apply every step's server-side inverse, in reverse order (``reference``: the global
+        model the update is relative to, for steps that need it)."""
         for step in reversed(self.steps):
-            update = step.decode(update)
+            update = step.decode_against(update, reference)
         return update
+
+    def encode_model(self, state: ModelState, config: RoundConfig) -> ModelState:
+        """The global model as sent to parties: every step's ``encode_model``, in order."""
+        for step in self.steps:
+            state = step.encode_model(state, config)
+        return state
+
+    def decode_model(self, state: ModelState, config: RoundConfig) -> ModelState:
+        """Party side: every step's ``decode_model``, in reverse order."""
+        for step in reversed(self.steps):
+            state = step.decode_model(state, config)
+        return state
 
     def after_aggregate(self, delta: ModelState, round: int, num_updates: int) -> ModelState:
         """Apply every step's post-aggregation action."""
