@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from pollen.errors import ConfigError
 from pollen.strategy.base import ClientConfig, Sampler, Strategy
+from pollen.strategy.byzantine import ROBUST_STRATEGIES
 from pollen.strategy.fedasync import Staleness
 from pollen.strategy.fedavg import fedavg
 from pollen.strategy.fedavgm import fedavgm
@@ -67,6 +68,7 @@ _BUILDERS: dict[str, Builder] = {
     "fedper": lambda cfg, sampler, client: fedper(sampler, client, _lr(cfg), _layers(cfg.strategy.local_layers)),
     "fedbuff": lambda cfg, sampler, client: fedbuff(sampler, client, _async_spec(cfg, cfg.strategy.async_buffer), _lr(cfg)),
     "fedasync": lambda cfg, sampler, client: fedbuff(sampler, client, _async_spec(cfg, 1), _lr(cfg, 0.6), "fedasync"),
+    **ROBUST_STRATEGIES,
 }
 
 
