@@ -108,9 +108,9 @@ def run_server(cfg: RunConfig, resume: Path | None = None) -> RunResult:
         bus.subscribe(sink)
     revoked = net.revoked or str(Path(net.certs_dir) / "revoked.txt")
     service = FederationService(hub, cfg.to_dict(), int(net.max_message_mb * 1e6), net.insecure, RevocationList(revoked))
-    server = start_server(service, net.host, net.port, None if net.insecure else net.certs_dir,
+    server, port = start_server(service, net.host, net.port, None if net.insecure else net.certs_dir,
                           workers=max(32, 4 * cfg.data.parties + 8))
-    print(f"coordinator listening on {net.host}:{net.port}; waiting for {net.min_parties} parties "
+    print(f"coordinator listening on {net.host}:{port}; waiting for {net.min_parties} parties "
           f"(run directory {run_dir})", file=sys.stderr, flush=True)
     try:
         if not hub.wait_for_parties(net.min_parties, net.join_timeout):

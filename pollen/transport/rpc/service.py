@@ -157,8 +157,11 @@ class FederationService(pb_grpc.FederationServicer):
 
 
 def start_server(service: FederationService, host: str, port: int, certs_dir: str | Path | None,
-                 workers: int = 64) -> grpc.Server:
-    """Start the gRPC server (mutual TLS unless ``certs_dir`` is None); returns it running.
+                 workers: int = 64) -> tuple[grpc.Server, int]:
+    """Start the gRPC server (mutual TLS unless ``certs_dir`` is None).
+
+    Returns:
+        ``(server, port)``: the running server and the port it bound (useful with port 0).
 
     Raises:
         TransportError: missing credentials, or the port cannot be bound.
@@ -180,4 +183,4 @@ def start_server(service: FederationService, host: str, port: int, certs_dir: st
     if not bound:
         raise TransportError(f"cannot listen on {address} (port in use?); choose another with --port")
     server.start()
-    return server
+    return server, bound

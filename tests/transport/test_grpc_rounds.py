@@ -1,0 +1,139 @@
+"""Rounds over real gRPC with mutual TLS on 127.0.0.1: parties are ``GrpcParty`` threads of this
+process, the coordinator is the same ``Coordinator`` simulation runs."""
+
+import time
+
+import numpy as np
+import pytest
+
+from pollen.config import make_config, merge
+from pollen.server.coordinator import Coordinator
+from pollen.simulation import simulate
+from pollen.simulation.build import Federation, initial_state, make_strategy
+from pollen.transport.rpc.party import Backoff, GrpcParty, PartyOptions
+from pollen.transport.rpc.service import start_server
+from pollen.transport.rpc.status import fetch_status
+from pollen.types import RoundConfig, Task, state_nbytes
+
+from conftest import PARTIES, run_in_thread
+
+
+def _parties(c, shards, ids=PARTIES, **kw):
+    out = []
+    for pid in ids:
+        party = GrpcParty(PartyOptions(pid, c.address, str(shards / f"party{pid}"), certs_dir=str(c.certs),
+                                       backoff_base=0.05, backoff_cap=0.5, **kw))
+        out.append((party, run_in_thread(party.run)))
+    return out
+
+
+def test_grpc_rounds_equal_inline_simulation(coordinator, shards, run_cfg, tmp_path):
+    c = coordinator()
+    threads = _parties(c, shards)
+    assert c.hub.wait_for_parties(3, timeout=60)
+    fed = Federation(run_cfg, Federation.from_config(run_cfg).dataset, [])
+    state0 = initial_state(run_cfg, fed.dataset)
+    records = []
+    coord = Coordinator(strategy=make_strategy(run_cfg), transport=c.hub, rounds=2, round_timeout=60)
+    coord.events.subscribe(lambda e: records.append(e.record) if hasattr(e, "record") and "round" in e.record else None)
+    final = coord.run(state0)
+    c.hub.close()
+    for _, t in threads:
+        t.join(timeout=10)
+        assert not t.is_alive(), "party did not stop when the run ended"
+    cfg = make_config(merge(run_cfg.to_dict(), {"run": {"runs_dir": str(tmp_path), "name": "sim", "progress": False}}))
+    sim = simulate(cfg).state
+    assert list(final) == list(sim)
+    for name in sim:
+        np.testing.assert_allclose(final[name], sim[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    payload = state_nbytes(state0)
+    for rec in records:
+        assert rec["parties"] and not rec["parties_failed"]
+        ratio = rec["bytes_down"] / (3 * payload)
+        assert 1.0 < ratio < 1.05, ratio  # measured on the wire: model bytes + safetensors/protobuf framing
+        assert 1.0 < rec["bytes_up"] / (3 * payload) < 1.05
+
+
+def test_status_lists_parties_and_progress(coordinator, shards, certs):
+    c = coordinator()
+    _parties(c, shards, ids=["0", "1"])
+    assert c.hub.wait_for_parties(2, timeout=60)
+    c.hub.stats.progress.update(round=3, rounds=5, phase="training", accuracy=0.5)
+    s = fetch_status(c.address, certs)
+    assert (s["round"], s["rounds"], s["phase"], s["last_accuracy"]) == (3, 5, "training", 0.5)
+    assert sorted(p["party_id"] for p in s["parties"] if p["alive"]) == ["0", "1"]
+
+
+def test_dead_party_is_dropped_within_two_heartbeats(coordinator, shards, run_cfg):
+    c = coordinator(heartbeat=1.0)
+    _parties(c, shards, ids=["0"])  # a live party: heartbeats keep it
+    ch, stub, session = c.join("1")  # joins, then goes silent (as if killed)
+    joined = time.monotonic()
+    assert c.hub.available() == ["0", "1"]
+    state = initial_state(run_cfg, Federation.from_config(run_cfg).dataset)
+    c.hub.submit(Task("1", "fit", 1, state, RoundConfig(round=1)))
+    reply = c.hub.poll(timeout=10)
+    detected = time.monotonic() - joined
+    assert reply is not None and reply.party_id == "1" and "no heartbeat" in reply.failure
+    assert detected < 2 * c.hub.heartbeat_interval, detected
+    assert c.hub.available() == ["0"] and c.hub.stats.dropped == 1
+    time.sleep(2.5)
+    assert c.hub.available() == ["0"], "a heartbeating party must stay"
+    ch.close()
+
+
+def test_party_reconnects_after_coordinator_restart(coordinator, shards):
+    c = coordinator()
+    party, thread = _parties(c, shards, ids=["0"])[0]
+    assert c.hub.wait_for_parties(1, timeout=60)
+    port = c.address.rsplit(":", 1)[1]
+    c.server.stop(grace=0).wait()
+    c2 = coordinator()  # a new coordinator process would be the same: no sessions known
+    c2.server.stop(grace=0).wait()
+    c2.server, _ = start_server(c2.service, "127.0.0.1", int(port), c2.certs)
+    assert c2.hub.wait_for_parties(1, timeout=30), "party did not reconnect"
+    assert thread.is_alive()
+
+
+def test_backoff_grows_exponentially_with_full_jitter():
+    import random
+
+    b = Backoff(0.5, 8.0, random.Random(0))
+    waits = [b.next() for _ in range(8)]
+    for k, w in enumerate(waits):
+        assert 0 <= w <= min(8.0, 0.5 * 2**k)
+    assert max(waits[4:]) > 0.5  # the cap grew past the base
+    b.reset()
+    assert b.next() <= 0.5
+
+
+def test_tasks_to_an_absent_party_fail_at_once(coordinator, run_cfg):
+    c = coordinator()
+    c.hub.submit(Task("7", "fit", 1, {"w": np.zeros(2, np.float32)}, RoundConfig(round=1)))
+    reply = c.hub.poll(timeout=1)
+    assert reply.failure == "party not connected" and c.hub.pending() == 0
+
+
+@pytest.mark.slow
+def test_300mb_model_streams_both_ways(coordinator):
+    from pollen.transport.rpc import pollen_pb2 as pb
+    from pollen.transport.rpc.framing import assemble, to_chunks
+    from pollen.transport.rpc.messages import reply_message, task_from_message
+    from pollen.types import Reply, Update
+
+    c = coordinator(heartbeat=60.0, max_bytes=400 * 10**6)  # this raw party sends no heartbeats
+    rng = np.random.default_rng(0)
+    state = {"big": rng.standard_normal(75_000_000, dtype=np.float32), "bias": np.ones(10, np.float32)}  # 300 MB
+    ch, stub, session = c.join("0")
+    c.hub.submit(Task("0", "fit", 1, state, RoundConfig(round=1)))
+    msg = assemble(stub.GetTask(pb.TaskRequest(session=session, wait_seconds=5)), 2**40)
+    task = task_from_message(msg.header, msg.payload)
+    assert task.state["big"].shape == (75_000_000,) and np.array_equal(task.state["big"][:1000], state["big"][:1000])
+    del msg
+    delta = {k: np.full_like(v, 0.5) for k, v in task.state.items()}
+    header, payload = reply_message(Reply("0", "fit", 1, update=Update(delta, 10)))
+    assert stub.SendReply(to_chunks(header, payload, session=session)).accepted
+    reply = c.hub.poll(timeout=60)
+    assert reply.ok and reply.update.delta["big"].shape == (75_000_000,) and float(reply.update.delta["big"][-1]) == 0.5
+    assert reply.bytes_down > 300_000_000 and reply.bytes_up > 300_000_000
+    ch.close()
