@@ -34,3 +34,59 @@ def _keys(args: argparse.Namespace) -> int:
     print(f"wrote {paths['info']} (parameters)")
     print(f"use: pollen simulate --he --he-keys {args.out} …")
     return 0
+
+
+@command("attack", "run a privacy attack on a finished run: membership inference or gradient inversion")
+def _attack_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="attack_kind", metavar="ATTACK", required=True)
+    m = sub.add_parser("membership", help="loss-threshold and offline-LiRA membership inference on the final model")
+    m.add_argument("--run", required=True, metavar="RUN_DIR", help="a finished run directory (runs/<name>)")
+    m.add_argument("--candidates", type=int, default=1000, help="members and non-members drawn (each) (default: 1000)")
+    m.add_argument("--shadows", type=int, default=4, help="LiRA shadow models (0: loss threshold only) (default: 4)")
+    m.add_argument("--shadow-epochs", type=int, default=None, help="epochs per shadow model (default: the target's passes over a record, at most 10)")
+    m.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the confidence intervals (default: 200)")
+    m.add_argument("--fpr", type=float, default=1e-3, help="the low false-positive rate TPR is reported at (default: 0.001)")
+    m.add_argument("--seed", type=int, default=0, help="seed of the candidate draw, shadows and bootstrap (default: 0)")
+    i = sub.add_parser("inversion", help="gradient inversion (DLG / inverting gradients) of one party's update")
+    i.add_argument("--run", required=True, metavar="RUN_DIR", help="a run directory (its config and initial model are used)")
+    i.add_argument("--party", default="0", help="the party whose update is attacked (default: 0)")
+    i.add_argument("--batch", type=int, default=1, help="records in the attacked step (default: 1)")
+    i.add_argument("--steps", type=int, default=500, help="optimisation steps of the attack (default: 500)")
+    i.add_argument("--protection", choices=("none", "dp", "sum"), default="none",
+                   help="what the coordinator sees: the plain update, a DP-noised one, or a sum of parties (secure aggregation / HE)")
+    i.add_argument("--noise-multiplier", type=float, default=1.0, help="--protection dp: noise std / clip norm (default: 1.0)")
+    i.add_argument("--clip-norm", type=float, default=None, help="--protection dp: L2 clip of the update (default: its own norm)")
+    i.add_argument("--sum-of", type=int, default=10, help="--protection sum: parties in the sum (default: 10)")
+    i.add_argument("--seed", type=int, default=0, help="seed of the attack's initialisation (default: 0)")
+
+
+@_attack_args.handler
+def _attack(args: argparse.Namespace) -> int:
+    from pollen.attacks.privacy_audit import LoadedRun, attack_inversion, attack_membership, write_result
+
+    run = LoadedRun.load(args.run)
+    if args.attack_kind == "membership":
+        res = attack_membership(run, args.candidates, args.shadows, args.shadow_epochs, args.bootstrap, args.fpr, args.seed)
+        print(f"membership inference on {run.run_dir.name}: {res['candidates_per_side']} members (party training data) "
+              f"vs {res['candidates_per_side']} non-members (test set)")
+        print(f"| attack | AUC [95% CI] | TPR at {args.fpr:.1%} FPR [95% CI] |\n| --- | --- | --- |")
+        for name, r in res["attacks"].items():
+            a, t = r["auc"], r["tpr_at_fpr"]
+            print(f"| {name} | {a['value']:.4f} [{a['low']:.4f}, {a['high']:.4f}] | {t['value']:.4f} [{t['low']:.4f}, {t['high']:.4f}] |")
+        for name, r in res["attacks"].items():
+            if "dp_bound" in r:
+                b = r["dp_bound"]
+                verdict = "holds" if b["holds"] else "VIOLATED"
+                print(f"{name}: DP bound TPR ≤ e^ε·FPR + δ (ε={b['epsilon']:.3g}, δ={b['delta']:.3g}) {verdict}; "
+                      f"tightest point FPR={b['worst_fpr']:.4f} TPR={b['worst_tpr']:.4f} (TPR − bound {b['worst_excess']:+.4f})")
+        if res["privacy"] is None:
+            print("the run has no ε in its history (trained without DP): no DP bound to check")
+    else:
+        res = attack_inversion(run, args.party, args.batch, args.steps, args.protection, args.noise_multiplier,
+                               args.clip_norm, args.sum_of, args.seed)
+        print(f"gradient inversion of party {res['party']}'s update ({res['protection']}): PSNR {res['psnr_db']:.1f} dB, "
+              f"labels right {res['label_correct']:.0%}, gradient cosine distance {res['gradient_distance']:.3g}")
+        print("attacker knows: " + "; ".join(res["attacker_knows"]))
+    path = write_result(run.run_dir, args.attack_kind, res)
+    print(f"written to {path}")
+    return 0

@@ -85,7 +85,9 @@ class CKKSEncrypt(UpdateStep):
             raise PrivacyError(f"round {round}: the decrypted sum reaches the CKKS bound {limit:.3g} (overflow); "
                                "create keys with a smaller --scale-bits or clip updates")
         delta = layout.unflatten(plain / max(n, 1))
-        return [Update(delta=delta, num_examples=n, metrics=_mean_metrics(updates), codec={})]
+        from pollen.server.coordinator import mean_metrics
+
+        return [Update(delta=delta, num_examples=n, metrics=mean_metrics(updates), codec={})]
 
     def _ask_key_holder(self, total: dict[str, np.ndarray], layout: he.Layout, parties: Sequence[str],
                         round: int, transport: Any) -> np.ndarray:
@@ -100,12 +102,6 @@ class CKKSEncrypt(UpdateStep):
                 return np.asarray(reply.update.delta[SUM_KEY], dtype=np.float64)
             failures.append(f"{pid}: {reply.failure if reply is not None else 'no reply'}")
         raise RunError(f"round {round}: no key holder decrypted the CKKS sum ({'; '.join(failures)})")
-
-
-def _mean_metrics(updates: Sequence[Update]) -> dict[str, float]:
-    n = sum(u.num_examples for u in updates) or 1
-    keys = {k for u in updates for k, v in u.metrics.items() if isinstance(v, (int, float))}
-    return {k: sum(float(u.metrics.get(k, 0.0)) * u.num_examples for u in updates) / n for k in sorted(keys)}
 
 
 def handle_decrypt(party: Any, task: Task) -> Reply:
