@@ -7,6 +7,7 @@ from typing import Any
 
 from pollen.attacks.adversary import AttackSpec, Collusion, DataOf, MaliciousTrainer, SampledIn
 from pollen.attacks.poison import ATTACKS, alie_z_max, select_malicious
+from pollen.errors import ConfigError
 
 
 def spec_from_config(cfg, num_classes: int) -> AttackSpec | None:
@@ -14,6 +15,9 @@ def spec_from_config(cfg, num_classes: int) -> AttackSpec | None:
     a = cfg.attack
     if a.attack == "none" or a.malicious_fraction == 0:
         return None
+    if getattr(cfg.privacy, "dp_sgd", False):
+        raise ConfigError("attack simulation and privacy.dp_sgd cannot be combined yet: DP-SGD parties train "
+                          "outside the attack wrapper, so the attack would silently not happen; drop one of them")
     return AttackSpec(a.attack, scale=a.attack_scale, sigma=a.attack_sigma, epsilon=a.ipm_epsilon, z=a.alie_z,
                       num_classes=num_classes)
 

@@ -62,3 +62,13 @@ def test_ipm_signflip_scaling_gaussian():
 def test_flip_labels_is_a_permutation():
     y = np.arange(10)
     assert list(poison.flip_labels(y, 10)) == list(range(9, -1, -1))
+
+
+def test_attack_with_dp_sgd_is_refused(digits_cfg):
+    from pollen.attacks import spec_from_config
+
+    cfg = digits_cfg(attack={"malicious_fraction": 0.25, "attack": "signflip"})
+    assert spec_from_config(cfg, 10).kind == "signflip"
+    dp = cfg.model_copy(update={"privacy": cfg.privacy.model_copy(update={"dp_sgd": True})})
+    with pytest.raises(ConfigError, match="dp_sgd"):
+        spec_from_config(dp, 10)
