@@ -21,7 +21,7 @@ _META_KEY = "pollen"
 
 def state_to_bytes(state: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> bytes:
     """Serialise a state and JSON-able metadata."""
-    arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
+    arrays = {k: np.asarray(v, order="C") for k, v in state.items()}
     return _st_save(arrays, metadata={_META_KEY: json.dumps(meta or {})})
 
 

@@ -22,7 +22,7 @@ from pollen.errors import RunError
 
 def _atomic_save(arrays: Mapping[str, np.ndarray], path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+    save_file({k: np.asarray(v, order="C") for k, v in arrays.items()}, str(tmp))
     os.replace(tmp, path)
 
 

@@ -1,0 +1,171 @@
+"""W1 / W2 of BENCHMARKS.md: Pollen's inline simulation against a plain PyTorch loop doing the
+same training (same parties, same order, same seeds), measured in the same script.
+
+Each variant runs in its own subprocess (so peak RSS is its own); variants alternate, and the
+overhead ratio is the median over repetitions of pollen_wall / plain_wall.
+
+    python benchmarks/bench_w1_overhead.py --workload w1 --reps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+
+ROUNDS, PARTIES, PER_ROUND = 30, 100, 10
+
+
+def plain_loop(partition: str) -> dict:
+    """The reference: a plain PyTorch FedAvg loop with no framework."""
+    import numpy as np
+    import torch
+
+    from pollen.client.party import round_seed
+    from pollen.data import load_dataset, partition as split
+    from pollen.models import build_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    ds = load_dataset("fmnist")
+    parts = split(ds, partition, PARTIES, 0, alpha=0.5)
+    x_all, y_all = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
+    xt, yt = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
+    torch.manual_seed(0)
+    model = build_model("fedavg_cnn", ds.input_shape, ds.num_classes)
+    glob = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    loss_fn = torch.nn.CrossEntropyLoss()
+    accs, t0 = {}, time.perf_counter()
+    for r in range(1, ROUNDS + 1):
+        chosen = np.random.default_rng([0, r]).choice(PARTIES, PER_ROUND, replace=False)
+        acc_sum = {k: torch.zeros_like(v) for k, v in glob.items()}
+        total = 0
+        for p in chosen:
+            idx = torch.from_numpy(np.sort(parts[p]))
+            x, y = x_all[idx], y_all[idx]
+            model.load_state_dict(glob)
+            model.train()
+            opt = torch.optim.SGD(model.parameters(), lr=0.05)
+            gen = torch.Generator().manual_seed(round_seed(0, str(p), r))
+            order = torch.randperm(len(x), generator=gen)
+            for s in range(0, len(x), 32):
+                b = order[s : s + 32]
+                opt.zero_grad()
+                loss_fn(model(x[b]), y[b]).backward()
+                opt.step()
+            for k, v in model.state_dict().items():
+                acc_sum[k] += v * len(x)
+            total += len(x)
+        glob = {k: v / total for k, v in acc_sum.items()}
+        model.load_state_dict(glob)
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for s in range(0, len(xt), 128):
+                correct += int((model(xt[s : s + 128]).argmax(1) == yt[s : s + 128]).sum())
+        accs[r] = correct / len(xt)
+    return {"wall": time.perf_counter() - t0, "acc": accs}
+
+
+def pollen_run(partition: str) -> dict:
+    """The same training through Pollen's inline simulation."""
+    from pollen.config import make_config
+    from pollen.simulation import simulate
+
+    out = tempfile.mkdtemp(prefix="pollen-bench-")
+    cfg = make_config({
+        "data": {"dataset": "fmnist", "parties": PARTIES, "partition": partition, "alpha": 0.5, "holdout": 0.0},
+        "model": {"model": "fedavg_cnn"},
+        "train": {"lr": 0.05, "batch_size": 32, "epochs": 1},
+        "federation": {"rounds": ROUNDS, "parties_per_round": PER_ROUND},
+        "run": {"name": "bench", "runs_dir": out, "seed": 0, "progress": False},
+    })
+    t0 = time.perf_counter()
+    result = simulate(cfg)
+    wall = time.perf_counter() - t0
+    secs = sorted(r["seconds"] for r in result.history)
+    return {"wall": wall, "acc": {r["round"]: r["accuracy"] for r in result.history},
+            "median_round_s": secs[len(secs) // 2]}
+
+
+def child(kind: str, partition: str) -> None:
+    res = plain_loop(partition) if kind == "plain" else pollen_run(partition)
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(res))
+
+
+def run_child(kind: str, partition: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", kind, "--partition", partition],
+                         capture_output=True, text=True, check=True)
+    line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
+    return json.loads(line[7:])
+
+
+def cpu_model() -> str:
+    try:
+        return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def thread_scaling() -> str:
+    """Time a fixed matmul workload with 1 and 2 threads (BENCHMARKS.md warns of slow starts)."""
+    import torch
+
+    a = torch.randn(1024, 1024)
+    out = []
+    for n in (1, os.cpu_count() or 1):
+        torch.set_num_threads(n)
+        t = time.perf_counter()
+        for _ in range(20):
+            a @ a
+        out.append(f"{n} thread(s): {time.perf_counter() - t:.2f}s")
+    return ", ".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--workload", choices=["w1", "w2"], default="w1")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--child")
+    ap.add_argument("--partition", default="iid")
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.partition)
+        return
+    partition = "iid" if args.workload == "w1" else "dirichlet"
+    print(f"# {args.workload} ({partition}) on {os.cpu_count()} cores, {cpu_model()}; threads: {thread_scaling()}")
+    rows = []
+    for rep in range(args.reps):
+        plain = run_child("plain", partition)
+        ours = run_child("pollen", partition)
+        ratio = ours["wall"] / plain["wall"]
+        rows.append((plain, ours, ratio))
+        print(f"rep {rep + 1}: plain {plain['wall']:.1f}s {plain['peak_rss_mb']:.0f}MB | pollen {ours['wall']:.1f}s "
+              f"{ours['peak_rss_mb']:.0f}MB | ratio {ratio:.3f}", flush=True)
+    ratios = [r[2] for r in rows]
+    mem = [r[1]["peak_rss_mb"] / r[0]["peak_rss_mb"] for r in rows]
+    p, o = rows[-1][0], rows[-1][1]
+    summary = {
+        "workload": args.workload, "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+        "machine": f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, {cpu_model()}",
+        "overhead_ratio_median": statistics.median(ratios), "overhead_ratios": ratios,
+        "memory_ratio_median": statistics.median(mem),
+        "plain_wall": [r[0]["wall"] for r in rows], "pollen_wall": [r[1]["wall"] for r in rows],
+        "plain_rss_mb": [r[0]["peak_rss_mb"] for r in rows], "pollen_rss_mb": [r[1]["peak_rss_mb"] for r in rows],
+        "pollen_median_round_s": [r[1]["median_round_s"] for r in rows],
+        "acc_pollen_10_20_30": [o["acc"][str(k)] if str(k) in o["acc"] else o["acc"][k] for k in (10, 20, 30)],
+        "acc_plain_10_20_30": [p["acc"][str(k)] if str(k) in p["acc"] else p["acc"][k] for k in (10, 20, 30)],
+    }
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
