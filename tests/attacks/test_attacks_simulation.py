@@ -28,6 +28,7 @@ def test_median_beats_mean_under_20_percent_signflip(digits_cfg):
     assert 'attack = "signflip"' in (median.run_dir / "config.toml").read_text()
 
 
+@pytest.mark.slow  # two spawned worker processes: ~30 s on an idle 2-core machine
 def test_process_pool_simulates_the_same_colluding_attack(digits_cfg):
     attack = {"malicious_fraction": 0.2, "attack": "alie"}
     # Attackers live in both workers; each worker's colluders recompute the others' benign updates.
