@@ -127,6 +127,10 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> 
     if tl:
         a2.plot([r["round"] for r in tl], [r["train_loss"] for r in tl], marker=".", color="tab:orange", label="train loss")
     a2.set_xlabel("round"), a2.set_ylabel("loss"), a2.grid(alpha=0.3), a2.legend()
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (a1, a2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
