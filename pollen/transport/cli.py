@@ -54,6 +54,7 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure", action="store_true", help="connect without TLS (only to an --insecure coordinator)")
     p.add_argument("--server-name", metavar="NAME", help="name on the server certificate when it differs from HOST")
     p.add_argument("--retry-seconds", type=float, default=300.0, help="give up after this long without the coordinator (default: 300)")
+    p.add_argument("--backoff-cap", type=float, default=30.0, help="longest wait between reconnect attempts, seconds (default: 30)")
     p.add_argument("--threads", type=int, metavar="N", help="torch threads for local training (default: torch's)")
 
 
@@ -63,7 +64,7 @@ def _client(args: argparse.Namespace) -> int:
 
     opts = PartyOptions(party_id=args.party_id, server=args.server, data_path=args.data_path, certs_dir=args.certs_dir,
                         insecure=args.insecure, server_name=args.server_name, retry_seconds=args.retry_seconds,
-                        threads=args.threads)
+                        backoff_cap=args.backoff_cap, threads=args.threads)
     if args.insecure:
         print("WARNING: --insecure: this party sends its updates without TLS; local experiments only", file=sys.stderr)
     party = GrpcParty(opts)

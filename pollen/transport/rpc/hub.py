@@ -70,10 +70,17 @@ class GrpcTransport(Transport):
     Args:
         heartbeat_interval: seconds between a party's heartbeats.
         chunk_bytes: payload bytes per streamed chunk.
+        min_parties: ``available()`` first waits until this many parties are connected, so a
+            round never starts below the quorum (a party that dropped out is waited for).
+        quorum_timeout: longest such wait in seconds (None: for ever); after it the round goes
+            on with the parties there are.
     """
 
-    def __init__(self, heartbeat_interval: float = 5.0, chunk_bytes: int = CHUNK_BYTES) -> None:
+    def __init__(self, heartbeat_interval: float = 5.0, chunk_bytes: int = CHUNK_BYTES, min_parties: int = 0,
+                 quorum_timeout: float | None = None) -> None:
         self.heartbeat_interval = heartbeat_interval
+        self.min_parties = min_parties
+        self.quorum_timeout = quorum_timeout
         self.chunk_bytes = chunk_bytes
         self.stats = NetStats()
         self._sessions: dict[str, Session] = {}  # party id -> its current session
@@ -91,6 +98,13 @@ class GrpcTransport(Transport):
 
     # ------------------------------------------------------------ Transport interface
     def available(self) -> list[str]:
+        if self.min_parties and not self._closing and not self.wait_for_parties(self.min_parties, self.quorum_timeout):
+            log.warning("fewer than %d parties connected after %s s; going on with %d",
+                        self.min_parties, self.quorum_timeout, len(self.connected()))
+        return self.connected()
+
+    def connected(self) -> list[str]:
+        """Ids of the parties connected and alive now (never waits)."""
         with self._cond:
             return sorted((s.party_id for s in self._sessions.values() if s.alive), key=_id_order)
 
@@ -149,7 +163,7 @@ class GrpcTransport(Transport):
         """Block until ``count`` parties are connected; False after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while len([s for s in self._sessions.values() if s.alive]) < count:
+            while len([s for s in self._sessions.values() if s.alive]) < count and not self._closing:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False

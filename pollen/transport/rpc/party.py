@@ -153,7 +153,9 @@ class _Heartbeat(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.wait(self.interval):
+        # Two beats per interval: the coordinator drops a party after 1.5 silent intervals, so a
+        # party is only dropped after missing three beats in a row.
+        while not self.stopped.wait(self.interval / 2):
             try:
                 self.stub.Heartbeat(pb.HeartbeatRequest(session=self.session), timeout=self.interval)
             except grpc.RpcError as exc:
@@ -212,13 +214,13 @@ class GrpcParty:
                                           num_examples=len(self.y)), timeout=30)
         backoff.reset()
         self.session = joined.session
-        if self.party is None:
-            self.party = build_party(self.opts.party_id, json.loads(joined.run_config_json), self.x, self.y,
-                                     self.index, self.meta)
-        log.info("party %s joined", self.opts.party_id)
         beat = _Heartbeat(stub, joined.session, joined.heartbeat_interval)
-        beat.start()
+        beat.start()  # before building the model: that may take longer than a heartbeat interval
         try:
+            if self.party is None:
+                self.party = build_party(self.opts.party_id, json.loads(joined.run_config_json), self.x, self.y,
+                                         self.index, self.meta)
+            log.info("party %s joined", self.opts.party_id)
             while True:
                 msg = assemble(stub.GetTask(pb.TaskRequest(session=self.session, wait_seconds=POLL_SECONDS)), 2**62)
                 if msg is None:

@@ -57,7 +57,7 @@ class _Progress:
 def transport_stats(hub: GrpcTransport) -> dict:
     """The transport counters the Prometheus collector reads."""
     s = hub.stats
-    return {"parties_connected": len(hub.available()), "bytes_in": s.bytes_in, "bytes_out": s.bytes_out,
+    return {"parties_connected": len(hub.connected()), "bytes_in": s.bytes_in, "bytes_out": s.bytes_out,
             "rejected": dict(s.rejected), "dropped": s.dropped}
 
 
@@ -98,7 +98,7 @@ def run_server(cfg: RunConfig, resume: Path | None = None) -> RunResult:
     if resume is None:
         (run_dir / "config.toml").write_text(to_toml(cfg.to_dict()))
     bus = make_bus(cfg, run_dir, start - 1 if resume is not None else None, run_dir.name)
-    hub = GrpcTransport(net.heartbeat_interval)
+    hub = GrpcTransport(net.heartbeat_interval, min_parties=net.min_parties, quorum_timeout=net.join_timeout)
     bus.subscribe(_Progress(hub.stats))
     if net.metrics_port:
         from pollen.telemetry.prometheus import PrometheusSink
@@ -114,7 +114,7 @@ def run_server(cfg: RunConfig, resume: Path | None = None) -> RunResult:
           f"(run directory {run_dir})", file=sys.stderr, flush=True)
     try:
         if not hub.wait_for_parties(net.min_parties, net.join_timeout):
-            raise RunError(f"only {len(hub.available())} of --min-parties={net.min_parties} parties joined within "
+            raise RunError(f"only {len(hub.connected())} of --min-parties={net.min_parties} parties joined within "
                            f"{net.join_timeout} s; start more parties or lower --min-parties")
         f = cfg.federation
         coordinator = Coordinator(

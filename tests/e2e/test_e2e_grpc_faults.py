@@ -1,0 +1,48 @@
+"""Faults with real processes: a party killed mid-run costs its reply and comes back; a coordinator
+killed with SIGKILL resumes from its checkpoint and ends with the uninterrupted run's model."""
+
+import signal
+
+from conftest import PARTIES, ROUNDS, RUN_FLAGS, assert_same_model, free_port, history, setup_root, wait_until
+
+
+def test_killed_party_costs_its_reply_and_rejoins(procs, prepared):
+    setup_root(procs, prepared)
+    port = free_port()
+    rounds = 8
+    server = procs.start("server", "server", *RUN_FLAGS, "--rounds", str(rounds), "--port", str(port),
+                         "--heartbeat-interval", "2", "--round-timeout", "60", "--runs-dir", "runs", "--name", "faults",
+                         "--certs-dir", "certs")
+    parties = [procs.party(i, port) for i in range(PARTIES)]
+    run_dir = procs.root / "runs" / "faults"
+    wait_until(lambda: len(history(run_dir)) >= 2, 120, "two rounds")
+    parties[2].send_signal(signal.SIGKILL)
+    killed_after = len(history(run_dir))
+    procs.party(2, port)  # restarted: reconnects and takes part again (each round waits for --min-parties)
+    assert server.wait(timeout=150) == 0, procs.log("server")
+    records = history(run_dir)
+    assert [r["round"] for r in records] == list(range(1, rounds + 1))
+    assert all(r["aggregated"] for r in records), "a lost party must not cost the round"
+    lost = [r["round"] for r in records if "2" in r["parties_failed"]]
+    assert [r for r in lost if r >= killed_after], records
+    assert "2" in records[-1]["parties"], "the restarted party did not take part again"
+
+
+def test_coordinator_killed_and_resumed_equals_uninterrupted(procs, prepared, simulated):
+    setup_root(procs, prepared)
+    port = free_port()
+    args = ["--port", str(port), "--certs-dir", "certs"]
+    server = procs.start("server", "server", *RUN_FLAGS, *args, "--runs-dir", "runs", "--name", "resume")
+    for i in range(PARTIES):
+        procs.party(i, port)
+    run_dir = procs.root / "runs" / "resume"
+    wait_until(lambda: len(history(run_dir)) >= 2, 120, "two rounds")
+    server.send_signal(signal.SIGKILL)
+    server.wait(timeout=10)
+    done = len(history(run_dir))
+    assert done < ROUNDS, "the run finished before the kill; nothing was resumed"
+    resumed = procs.start("server2", "server", "--resume", str(run_dir), *args)
+    assert resumed.wait(timeout=150) == 0, procs.log("server2")
+    records = history(run_dir)
+    assert [r["round"] for r in records] == list(range(1, ROUNDS + 1))
+    assert_same_model(run_dir, simulated)
