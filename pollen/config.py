@@ -156,8 +156,8 @@ class NetworkConfig(_Section):
 
     host: str = Field("0.0.0.0", description="address the coordinator listens on (127.0.0.1 keeps it on this machine)")
     port: int = Field(9394, ge=1, le=65535, description="TCP port of the coordinator's gRPC service")
-    min_parties: int = Field(1, ge=1, description="parties that must be connected before the first round starts")
-    join_timeout: float | None = Field(None, gt=0, description="seconds to wait for --min-parties before giving up (default: wait for ever)")
+    min_parties: int = Field(1, ge=1, description="parties that must be connected before a round starts (a round waits for them)")
+    join_timeout: float | None = Field(None, gt=0, description="seconds to wait for --min-parties: before round 1 the run then fails, later rounds go on with fewer (default: wait for ever)")
     heartbeat_interval: float = Field(5.0, gt=0, le=3600, description="seconds between party heartbeats; a party silent for two intervals is dropped")
     certs_dir: str = Field("certs", description="folder with ca.pem, server.pem/key and party-<id>.pem/key (made by 'pollen certs')")
     revoked: str | None = Field(None, description="file of revoked party ids or certificate serials, one per line (default: <certs-dir>/revoked.txt)")
