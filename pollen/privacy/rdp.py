@@ -6,7 +6,9 @@
   ``binom``/``log_ndtr`` replaced by ``math`` so that the core works without the ``dp`` extra.
 - Sampling without replacement (a fixed number of parties per round): Wang, Balle,
   Kasiviswanathan, "Subsampled Rényi Differential Privacy and Analytical Moments Accountant"
-  (AISTATS 2019), Theorem 9, for integer orders; replace-one adjacency.
+  (AISTATS 2019), Theorem 27 (its tighter bound for the Gaussian, via forward differences), for
+  integer orders; replace-one adjacency. TF-Privacy's ``compute_rdp_sample_without_replacement``
+  implements the same theorem.
 - RDP → (ε, δ): the classic conversion (Mironov 2017, Proposition 3) and the tighter one of
   Balle et al., "Hypothesis Testing Interpretations and Rényi DP" (AISTATS 2020), Theorem 21,
   which Opacus uses.
@@ -14,15 +16,18 @@
 
 from __future__ import annotations
 
+import decimal
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 
 # Opacus' default orders (RDPAccountant.DEFAULT_ALPHAS), also TF-Privacy's.
 DEFAULT_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
 # Integer orders for the without-replacement bound (Theorem 9 holds for integer α ≥ 2).
-INTEGER_ORDERS: tuple[int, ...] = tuple(range(2, 257))
+INTEGER_ORDERS: tuple[int, ...] = tuple(range(2, 65)) + (80, 96, 128, 192, 256)
+WOR_EXACT_MAX = 64  # orders up to this use Theorem 27 (forward differences), larger ones Theorem 9
 
 
 def _log_add(x: float, y: float) -> float:
@@ -98,9 +103,33 @@ def rdp_poisson(q: float, sigma: float, order: float) -> float:
     return log_a / (order - 1)
 
 
+@lru_cache(maxsize=256)
+def _log_forward_diffs(sigma: float, top: int) -> tuple[float, ...]:
+    """log |Δ^(ℓ)| for ℓ = 0 … top, where Δ^(ℓ) = Σ_k (−1)^(ℓ−k) C(ℓ,k) e^((k−1)ε(k)) is the ℓ-th
+    forward difference of g(x) = exp(x(x+1)/(2σ²)) at x = −1 (Wang et al. 2019, Theorem 27).
+
+    The alternating sum cancels almost everything when σ is large, so it is evaluated in decimal
+    arithmetic with enough digits to survive the cancellation.
+    """
+    # Decimal is floating point: only the cancellation costs digits, at most log10 of
+    # (largest term ≈ 2^ℓ·g) / (result ≳ g·(2σ²)^(−ℓ/2)); twice that, to be safe.
+    digits = 40 + int(top * (math.log10(2) + max(0.0, math.log10(2 * sigma**2))))
+    ctx = decimal.Context(prec=digits, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+    g = [ctx.exp(ctx.divide(decimal.Decimal((k - 1) * k), decimal.Decimal(2 * sigma**2))) for k in range(top + 1)]
+    out = []
+    for ell in range(top + 1):
+        total = decimal.Decimal(0)
+        for k in range(ell + 1):
+            term = ctx.multiply(decimal.Decimal(math.comb(ell, k)), g[k])
+            total = ctx.add(total, term) if (ell - k) % 2 == 0 else ctx.subtract(total, term)
+        out.append(float(abs(total).ln(ctx)) if total != 0 else -math.inf)
+    return tuple(out)
+
+
 def rdp_without_replacement(q: float, sigma: float, order: int) -> float:
     """RDP at integer ``order`` ≥ 2 of one step of the Gaussian on a uniformly drawn subset of
-    size q·N (Wang et al. 2019, Theorem 9; the Gaussian's ε(∞) = ∞, so each min{2, ·} is 2).
+    size q·N (Wang et al. 2019: Theorem 27 for orders up to ``WOR_EXACT_MAX``, the looser
+    Theorem 9 above; the Gaussian's ε(∞) = ∞, so each min{2, ·} is 2).
 
     ``sigma`` is the noise std over the replace-one sensitivity of the function.
     """
@@ -111,16 +140,20 @@ def rdp_without_replacement(q: float, sigma: float, order: int) -> float:
     if q == 1.0:
         return order / (2 * sigma**2)
 
-    def eps(j: int) -> float:  # the Gaussian mechanism's RDP at order j
-        return j / (2 * sigma**2)
+    def cgf(x: int) -> float:  # (x)·ε(x + 1): log of the Gaussian's e^{(j−1)ε(j)} at j = x + 1
+        return x * (x + 1) / (2 * sigma**2)
 
     log_q = math.log(q)
-    # j = 2 term: γ² C(α,2) min{4(e^{ε(2)} − 1), 2 e^{ε(2)}}
-    log_min2 = min(math.log(4) + math.log(math.expm1(eps(2))), math.log(2) + eps(2))
+    eps2 = 1 / sigma**2
+    # j = 2: γ² C(α,2) min{4(e^{ε(2)} − 1), 2 e^{ε(2)}}
+    log_min2 = min(math.log(4) + math.log(math.expm1(eps2)), math.log(2) + eps2)
     log_sum = _log_add(0.0, 2 * log_q + math.log(math.comb(order, 2)) + log_min2)
+    diffs = _log_forward_diffs(float(sigma), WOR_EXACT_MAX + 1) if order <= WOR_EXACT_MAX else None
     for j in range(3, order + 1):
-        term = j * log_q + math.log(math.comb(order, j)) + (j - 1) * eps(j) + math.log(2)
-        log_sum = _log_add(log_sum, term)
+        term = math.log(2) + cgf(j - 1)  # Theorem 9
+        if diffs is not None:  # Theorem 27: 4·sqrt(Δ^(2⌊j/2⌋) Δ^(2⌈j/2⌉)) when smaller
+            term = min(term, math.log(4) + 0.5 * (diffs[2 * (j // 2)] + diffs[2 * ((j + 1) // 2)]))
+        log_sum = _log_add(log_sum, term + j * log_q + math.log(math.comb(order, j)))
     return log_sum / (order - 1)
 
 

@@ -101,3 +101,30 @@ def test_state_dict_round_trip_and_names():
 def test_participation_steps():
     assert participation_steps(1, 600, 32) == (32 / 600, 19)
     assert participation_steps(2, 10, 32) == (1.0, 2)
+
+
+def test_without_replacement_forward_differences_are_precise():
+    import decimal
+
+    from pollen.privacy import rdp
+
+    for sigma in (0.7, 3.0, 50.0):
+        got = rdp._log_forward_diffs.__wrapped__(sigma, 20)
+        ctx = decimal.Context(prec=400, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+        g = [ctx.exp(ctx.divide(decimal.Decimal((k - 1) * k), decimal.Decimal(2 * sigma**2))) for k in range(21)]
+        for ell in (3, 10, 20):
+            exact = decimal.Decimal(0)
+            for k in range(ell + 1):
+                exact = ctx.add(exact, ctx.multiply(decimal.Decimal((-1) ** (ell - k) * math.comb(ell, k)), g[k]))
+            assert got[ell] == pytest.approx(float(abs(exact).ln(ctx)), rel=1e-9, abs=1e-9)
+
+
+def test_without_replacement_theorem_27_is_tighter_and_vanishes_with_noise():
+    from pollen.privacy.rdp import rdp_without_replacement
+
+    # Theorem 9 alone (2·e^{(j-1)ε(j)} for every j ≥ 3) never goes below a floor as σ grows;
+    # Theorem 27 does go to 0.
+    assert rdp_without_replacement(0.2, 1000.0, 8) < 1e-6
+    assert rdp_without_replacement(0.2, 2.0, 8) < rdp_without_replacement(0.2, 1.0, 8)
+    eps = [epsilon_for(s, 0.2, 30, 1e-5, sampling="without_replacement") for s in (2.0, 8.0, 32.0)]
+    assert eps[0] > eps[1] > eps[2] > 0
