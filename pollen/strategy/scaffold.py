@@ -8,8 +8,10 @@ its own cᵢ (in ``LocalParty.state``, kept between rounds). Every local step is
     x ← x + η_g · mean_S(Δyᵢ)                          (server)
     c ← c + |S|/N · mean_S(Δcᵢ)
 
-c travels to parties with the global model under ``scaffold.c.<name>`` and Δcᵢ comes back in the
-delta under ``scaffold.dc.<name>`` (twice FedAvg's bytes, as in the paper). Means are plain (not
+c travels to parties with the global model under ``scaffold.c.<name>``, and Δcᵢ comes back under
+the same name: the reply's delta holds the change of every tensor the task sent, as for any other
+strategy, so a transport that checks reply names against the task (gRPC) accepts it. Twice
+FedAvg's bytes each way, as in the paper. Means are plain (not
 example-weighted), as in the paper. The correction is exact for plain local SGD; with local
 momentum or Adam, (x − y)/(K η_l) is the paper's approximation of the mean local gradient.
 """
@@ -38,7 +40,7 @@ from pollen.strategy.base import (
 from pollen.types import ModelState, Task, Update
 
 C_PREFIX = "scaffold.c."  # server control variate, sent with the model
-DC_PREFIX = "scaffold.dc."  # a party's control-variate change, sent with its delta
+DC_PREFIX = C_PREFIX  # a party's control-variate change Δcᵢ, in its delta under c's name
 PARTY_KEY = "scaffold_ci"  # the party's own control variate in LocalParty.state
 
 

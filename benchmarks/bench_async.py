@@ -1,0 +1,101 @@
+"""Asynchronous federation: virtual wall time to 85 % test accuracy on Fashion-MNIST with
+heterogeneous party speeds, FedBuff against synchronous FedAvg under the same speeds.
+
+Setting: W1 of BENCHMARKS.md (100 parties, IID shards of 600, FedAvg-paper CNN, SGD lr 0.05, batch
+32, 1 local epoch). Every party gets a slowness factor exp(N(0, σ²)) (``--party-speed
+lognormal:1.0``); a fit task takes ``slowness × local steps × step_seconds`` of virtual time
+(deterministic, so the comparison does not depend on this machine's load); each task is dropped
+with probability ``--dropout``. FedAvg samples 10 parties per round and waits for all of them
+(a dropout is noticed when the task would have finished); FedBuff keeps C = 10 parties training
+and steps every K arrivals with staleness weight 1/√(1+τ). The server's evaluation is not
+charged to virtual time. The ratio FedAvg time / FedBuff time is the speed-up.
+
+    python benchmarks/bench_async.py                 # 3 seeds
+    python benchmarks/bench_async.py --seeds 0 --eval-every 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+TARGET = 0.85
+
+
+def run(strategy: str, seed: int, args: argparse.Namespace) -> dict:
+    """One run until the target accuracy or ``max_rounds`` server steps; its time to target."""
+    import torch
+
+    from pollen.config import make_config
+    from pollen.server import Coordinator
+    from pollen.simulation.build import Federation, initial_state, make_strategy
+    from pollen.simulation.clock import with_simulated_clock
+    from pollen.transport.inprocess import InProcessTransport
+
+    torch.set_num_threads(args.threads)
+    max_rounds = args.max_rounds if strategy == "fedavg" else args.max_rounds * 10 // args.buffer
+    cfg = make_config({
+        "data": {"dataset": "fmnist", "parties": 100, "partition": "iid", "holdout": 0.0},
+        "model": {"model": "fedavg_cnn"}, "train": {"lr": 0.05, "batch_size": 32, "epochs": 1},
+        "federation": {"rounds": max_rounds, "parties_per_round": 10},
+        "strategy": {"name": strategy, "async_buffer": args.buffer, "async_concurrency": 10,
+                     "party_speed": args.party_speed, "dropout": args.dropout, "step_seconds": args.step_seconds},
+        "run": {"seed": seed, "progress": False},
+    })
+    fed = Federation.from_config(cfg)
+    trainer = fed.make_trainer()
+    transport = with_simulated_clock(InProcessTransport(fed.make_parties(trainer)), cfg)
+    evaluate = fed.make_evaluator(trainer)
+    coord = Coordinator(make_strategy(cfg), transport, max_rounds)
+    state = initial_state(cfg, fed.dataset)
+    opt_state = coord.strategy.server_optimizer.init(state)
+    t0, trained, curve, reached = time.perf_counter(), 0, [], None
+    for rnd in range(1, max_rounds + 1):
+        outcome, opt_state = coord.run_round(rnd, state, opt_state)
+        state = outcome.state
+        trained += len(outcome.record["parties"]) + len(outcome.record["parties_failed"])
+        if rnd % args.eval_every == 0:
+            acc = evaluate(state).accuracy
+            curve.append((rnd, transport.clock(), acc))
+            print(f"  {strategy} seed {seed} step {rnd}: virtual {transport.clock():.1f} s, accuracy {acc:.4f}", flush=True)
+            if acc >= TARGET:
+                reached = {"step": rnd, "virtual_s": transport.clock(), "accuracy": acc, "tasks_done": trained}
+                break
+    return {"strategy": strategy, "seed": seed, "reached": reached, "steps_run": rnd, "virtual_s_end": transport.clock(),
+            "final_accuracy": curve[-1][2] if curve else None, "wall_s": time.perf_counter() - t0, "curve": curve,
+            "settings": {k: v for k, v in vars(args).items() if k not in ("results",)}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--strategies", default="fedavg,fedbuff")
+    p.add_argument("--party-speed", default="lognormal:1.0")
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--step-seconds", type=float, default=0.02, help="virtual seconds per local step (the FedAvg/FedBuff ratio does not depend on it)")
+    p.add_argument("--buffer", type=int, default=5, help="FedBuff K (C = 10)")
+    p.add_argument("--max-rounds", type=int, default=60, help="FedAvg rounds at most (FedBuff: the same party-task budget)")
+    p.add_argument("--eval-every", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--results", default="benchmarks/results/async.jsonl")
+    args = p.parse_args()
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for strategy in args.strategies.split(","):
+            row = run(strategy, seed, args)
+            rows.append(row)
+            with Path(args.results).open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps({k: row[k] for k in ("strategy", "seed", "reached", "steps_run", "wall_s")}), flush=True)
+    by = {s: [r["reached"]["virtual_s"] for r in rows if r["strategy"] == s and r["reached"]] for s in args.strategies.split(",")}
+    for s, times in by.items():
+        print(f"{s}: virtual seconds to {TARGET:.0%}: {times} (median {statistics.median(times) if times else '—'})")
+    if by.get("fedavg") and by.get("fedbuff"):
+        print(f"speed-up FedAvg/FedBuff (medians): {statistics.median(by['fedavg']) / statistics.median(by['fedbuff']):.2f}")
+
+
+if __name__ == "__main__":
+    main()
