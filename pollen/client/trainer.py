@@ -6,6 +6,7 @@ Batches are slices of a tensor permuted once per epoch (no DataLoader, no per-sa
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping
 
@@ -45,6 +46,24 @@ def load_numpy_state(model: nn.Module, state: Mapping[str, np.ndarray], strict: 
             if tuple(target.shape) != tuple(value.shape):
                 raise ModelError(f"tensor {name!r}: model has shape {tuple(target.shape)}, state has {value.shape}")
             target.copy_(torch.from_numpy(np.asarray(value)))
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(config: RoundConfig) -> contextlib.AbstractContextManager:
+    """``torch.autocast('cpu', dtype)`` when ``config.extra["autocast"]`` asks for bf16/fp16
+    (set by ``--autocast``); a no-op context otherwise. fp16 runs without loss scaling.
+
+    Raises:
+        ConfigError: an unknown dtype name.
+    """
+    name = config.extra.get("autocast", "off")
+    if name in (None, "off"):
+        return contextlib.nullcontext()
+    if name not in AUTOCAST_DTYPES:
+        raise ConfigError(f"autocast dtype {name!r} is unknown; choose off, {', '.join(AUTOCAST_DTYPES)}")
+    return torch.autocast("cpu", dtype=AUTOCAST_DTYPES[name])
 
 
 def make_optimizer(params, config: RoundConfig) -> torch.optim.Optimizer:
@@ -109,8 +128,9 @@ class Trainer:
                 if self.augment is not None:
                     xb = self.augment(xb, generator)
                 opt.zero_grad(set_to_none=True)
-                logits = model(xb)
-                loss = self.loss_fn(logits, yb)
+                with autocast(config):
+                    logits = model(xb)
+                    loss = self.loss_fn(logits, yb)
                 if anchors is not None:
                     # FedProx (Li et al. 2020): + mu/2 · ||w − w_global||²
                     prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors))

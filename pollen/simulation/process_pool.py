@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from collections import deque
+from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -76,6 +77,7 @@ class ProcessPoolTransport(Transport):
                 raise TransportError(f"worker {w} died while loading its parties (see its error above)") from None
         self._queues: list[deque[bytes]] = [deque() for _ in self._conns]
         self._busy: list[Task | None] = [None] * len(self._conns)
+        self._sent: list[int] = [0] * len(self._conns)
         self._tasks: list[deque[Task]] = [deque() for _ in self._conns]
 
     def available(self) -> list[str]:
@@ -92,7 +94,9 @@ class ProcessPoolTransport(Transport):
         if self._busy[w] is None and self._tasks[w]:
             task = self._tasks[w].popleft()
             self._busy[w] = task
-            self._conns[w].send_bytes(task_to_bytes(task))
+            data = task_to_bytes(task)
+            self._sent[w] = len(data)
+            self._conns[w].send_bytes(data)
 
     def poll(self, timeout: float | None = None) -> Reply | None:
         busy = [self._conns[w] for w in range(len(self._conns)) if self._busy[w] is not None]
@@ -106,7 +110,9 @@ class ProcessPoolTransport(Transport):
         task = self._busy[w]
         self._busy[w] = None
         try:
-            reply = reply_from_bytes(conn.recv_bytes())
+            data = conn.recv_bytes()
+            # bytes as they crossed the pipe, both ways (the coordinator's byte accounting)
+            reply = replace(reply_from_bytes(data), bytes_down=self._sent[w], bytes_up=len(data))
         except (EOFError, OSError):
             reply = Reply(task.party_id, task.kind, task.round, failure=f"worker process {w} died")
         self._dispatch(w)

@@ -1,0 +1,140 @@
+"""W8 of BENCHMARKS.md: W1 (Fashion-MNIST, 100 parties with 600 examples each, 10 sampled per
+round, 30 rounds, FedAvg CNN, SGD lr 0.05, batch 32) with each uplink codec; IID and Dirichlet 0.5.
+
+For every codec it records the exact uplink bytes per round (serialised messages, as the
+coordinator counts them), the compression ratio against the same update in float32, the test
+accuracy after rounds 10 / 20 / 30 and the seed's metric communication / data size.
+
+Each variant runs in its own subprocess and appends one JSON line to ``--out`` as soon as it
+finishes, so a long session can be stopped and resumed; ``--report`` turns the lines into the
+markdown tables of benchmarks/results/w8-compression.md.
+
+    python benchmarks/bench_w8_compression.py --partition iid
+    python benchmarks/bench_w8_compression.py --partition dirichlet --codecs none,topk1-ef
+    python benchmarks/bench_w8_compression.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROUNDS, PARTIES, PER_ROUND = 30, 100, 10
+
+# name -> (label, [compression] config section)
+CODECS: dict[str, tuple[str, dict]] = {
+    "none": ("none (fp32)", {}),
+    "fp16": ("fp16", {"codec": "fp16"}),
+    "int8": ("int8 (per tensor)", {"codec": "int8"}),
+    "terngrad": ("ternary (TernGrad)", {"codec": "terngrad"}),
+    "topk10": ("top-k 10 %", {"codec": "topk", "topk_fraction": 0.10}),
+    "topk1-ef": ("top-k 1 % + error feedback", {"codec": "topk", "topk_fraction": 0.01, "error_feedback": True}),
+    "topk3-ef-int8": ("top-k 3 % + EF, int8 values", {"codec": "topk", "topk_fraction": 0.03, "error_feedback": True,
+                                                      "topk_values": "int8"}),
+    "topk1-ef-int8": ("top-k 1 % + EF, int8 values", {"codec": "topk", "topk_fraction": 0.01, "error_feedback": True,
+                                                      "topk_values": "int8"}),
+    "qsgd4": ("QSGD 4 bits (bucket 512)", {"codec": "qsgd", "qsgd_bits": 4}),
+}
+DEFAULT_OUT = Path(__file__).parent / "results" / "w8-compression.jsonl"
+
+
+def run_variant(name: str, partition: str, rounds: int = ROUNDS) -> dict:
+    """One W1/W2 run with one codec, through Pollen's inline simulation."""
+    from pollen.config import make_config
+    from pollen.simulation import simulate
+    from pollen.telemetry.report import load_run, summarize
+
+    out = tempfile.mkdtemp(prefix="pollen-w8-")
+    cfg = make_config({
+        "data": {"dataset": "fmnist", "parties": PARTIES, "partition": partition, "alpha": 0.5, "holdout": 0.0},
+        "model": {"model": "fedavg_cnn"},
+        "train": {"lr": 0.05, "batch_size": 32, "epochs": 1},
+        "federation": {"rounds": rounds, "parties_per_round": PER_ROUND},
+        "compression": CODECS[name][1],
+        "run": {"name": "w8", "runs_dir": out, "seed": 0, "progress": False},
+    })
+    t0 = time.perf_counter()
+    result = simulate(cfg)
+    wall = time.perf_counter() - t0
+    h = result.history
+    s = summarize(*load_run(result.run_dir))
+    ups = [r["bytes_up"] / max(len(r["parties"]), 1) for r in h]
+    return {
+        "codec": name, "partition": partition, "rounds": rounds, "wall_s": wall,
+        "acc": {r["round"]: r.get("accuracy") for r in h},
+        "bytes_up_round": sum(r["bytes_up"] for r in h) / len(h),
+        "bytes_up_party": sum(ups) / len(ups),
+        "bytes_down_round": sum(r["bytes_down"] for r in h) / len(h),
+        "compression_up": sum(r["compression_up"] for r in h) / len(h),
+        "comm_ratio": s["comm_ratio"], "uplink_ratio": s["uplink_ratio"],
+        "bytes_up_total": s["bytes_up"], "bytes_down_total": s["bytes_down"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def report(lines: list[dict]) -> str:
+    """Markdown tables (one per partition) from the recorded runs."""
+    out = []
+    base = {l["partition"]: l for l in lines if l["codec"] == "none"}
+    for part in ("iid", "dirichlet"):
+        rows = [l for l in lines if l["partition"] == part]
+        if not rows:
+            continue
+        b = base.get(part)
+        out += [f"### {'W1 (IID)' if part == 'iid' else 'W2 (Dirichlet α = 0.5)'}", "",
+                "| codec | bytes up / round | per party | × fewer than fp32 | acc r10 | acc r20 | acc r30 | Δ r30 (points) "
+                "| comm / data | uplink / data | wall s |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for l in rows:
+            acc = {int(k): v for k, v in l["acc"].items()}
+            fewer = b["bytes_up_round"] / l["bytes_up_round"] if b else float("nan")
+            delta = 100 * (acc[ROUNDS] - {int(k): v for k, v in b["acc"].items()}[ROUNDS]) if b else float("nan")
+            out.append(
+                f"| {CODECS[l['codec']][0]} | {l['bytes_up_round'] / 1e6:.3f} MB | {l['bytes_up_party'] / 1e3:.1f} kB "
+                f"| {fewer:.1f}× | {100 * acc[10]:.2f} | {100 * acc[20]:.2f} | {100 * acc[30]:.2f} | {delta:+.2f} "
+                f"| {100 * l['comm_ratio']:.0f} % | {100 * l['uplink_ratio']:.1f} % | {l['wall_s']:.0f} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--partition", choices=["iid", "dirichlet"], default="iid")
+    ap.add_argument("--codecs", default=",".join(CODECS), help=f"comma-separated subset of {', '.join(CODECS)}")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON lines file the results are appended to")
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help="rounds (W8 is 30; fewer only to measure bytes)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--report", action="store_true", help="print the markdown tables of --out and exit")
+    args = ap.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(run_variant(args.child, args.partition, args.rounds)))
+        return
+    if args.report:
+        print(report([json.loads(l) for l in args.out.read_text().splitlines() if l.strip()]))
+        return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for name in args.codecs.split(","):
+        if name not in CODECS:
+            sys.exit(f"unknown codec variant {name!r}; choose from {', '.join(CODECS)}")
+        proc = subprocess.run([sys.executable, __file__, "--child", name, "--partition", args.partition,
+                               "--rounds", str(args.rounds)],
+                              capture_output=True, text=True)
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if line is None:
+            print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            continue
+        with args.out.open("a") as f:
+            f.write(line[7:] + "\n")
+        res = json.loads(line[7:])
+        print(f"{args.partition} {name}: acc {res['acc'][str(args.rounds)]:.4f} up/round {res['bytes_up_round']:.0f} "
+              f"wall {res['wall_s']:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
