@@ -87,7 +87,7 @@ def test_truncated_stream_is_refused(party0):
     c, stub, session = party0
     _open_task(c, stub, session)
     header, payload = _good()
-    details = _refused(lambda: _send(stub, session, header, payload, total_size=len(payload) + 1000),
+    details = _refused(lambda: _send(stub, session, header, payload, total_size=payload.size + 1000),
                        grpc.StatusCode.INVALID_ARGUMENT)
     assert "truncated" in details and c.hub.stats.rejected["malformed"] == 1
 

@@ -1,8 +1,8 @@
 """Messages as chunk streams: a JSON header plus a safetensors payload, cut below gRPC's limit.
 
 A message is ``(header, payload)``: ``header`` a small JSON object (what the message is: kind,
-round, party id, round config, …) and ``payload`` the tensors as safetensors bytes (raw
-little-endian buffers, dtype and shape in its own JSON header; never pickle). On the wire it is a
+round, party id, round config, …) and ``payload`` the tensors in the safetensors layout (raw
+little-endian buffers, dtype and shape in its own JSON header; never pickle; ``tensors.py``). On the wire it is a
 stream of ``Chunk`` messages; the first carries the header and the payload's total size.
 
 Receiving checks the declared size against a limit before allocating, refuses a stream that
@@ -18,6 +18,7 @@ from typing import Any
 
 from pollen.errors import ProtocolError
 from pollen.transport.rpc import pollen_pb2 as pb
+from pollen.transport.rpc.tensors import Encoded
 
 PROTOCOL_VERSION = 1
 CHUNK_BYTES = 3 * 1024 * 1024  # below gRPC's default 4 MiB message limit, framing included
@@ -36,26 +37,40 @@ class Message:
 
     Attributes:
         header: the decoded JSON header.
-        payload: the tensor bytes.
+        payload: the tensor bytes (decoded tensors are views into it).
         wire_bytes: bytes of the protobuf chunks that carried it (what crossed the wire).
         session: the session token of the first chunk (uploads only).
     """
 
     header: dict[str, Any]
-    payload: bytes
+    payload: bytearray
     wire_bytes: int
     session: str = ""
 
 
-def to_chunks(header: Mapping[str, Any], payload: bytes, session: str = "",
+def to_chunks(header: Mapping[str, Any], body: bytes | Encoded, session: str = "",
               chunk_bytes: int = CHUNK_BYTES) -> Iterator[pb.Chunk]:
-    """Cut a message into ``Chunk``s (the first carries the header and the total size)."""
-    view = memoryview(payload)
-    first = pb.Chunk(session=session, header_json=json.dumps(dict(header)), total_size=len(payload),
-                     data=bytes(view[:chunk_bytes]))
-    yield first
-    for start in range(chunk_bytes, len(payload), chunk_bytes):
-        yield pb.Chunk(data=bytes(view[start : start + chunk_bytes]))
+    """Cut a message into ``Chunk``s (the first carries the header and the total size).
+
+    Args:
+        header: the JSON header.
+        body: the payload: raw bytes, or tensors laid out by ``tensors.Encoded`` (streamed
+            straight from the arrays' memory).
+        session: the sender's session token (uploads).
+        chunk_bytes: payload bytes per chunk.
+    """
+    if isinstance(body, Encoded):
+        size, pieces = body.size, body.chunks(chunk_bytes)
+    else:
+        view = memoryview(body)
+        size, pieces = len(view), (bytes(view[i : i + chunk_bytes]) for i in range(0, max(len(view), 1), chunk_bytes))
+    first = True
+    for piece in pieces:
+        if first:
+            yield pb.Chunk(session=session, header_json=json.dumps(dict(header)), total_size=size, data=piece)
+            first = False
+        else:
+            yield pb.Chunk(data=piece)
 
 
 def assemble(chunks: Iterable[pb.Chunk], max_bytes: int) -> Message | None:
@@ -94,7 +109,7 @@ def assemble(chunks: Iterable[pb.Chunk], max_bytes: int) -> Message | None:
             wire += chunk.ByteSize()
     if pos != total:
         raise ProtocolError(f"truncated stream: {pos} of {total} declared bytes arrived")
-    return Message(header, bytes(buf), wire, first.session)
+    return Message(header, buf, wire, first.session)
 
 
 def _chain(first: pb.Chunk, rest: Iterator[pb.Chunk]) -> Iterator[pb.Chunk]:

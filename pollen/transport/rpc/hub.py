@@ -24,6 +24,7 @@ from pollen.transport.base import Transport
 from pollen.transport.rpc import pollen_pb2 as pb
 from pollen.transport.rpc.framing import CHUNK_BYTES, to_chunks
 from pollen.transport.rpc.messages import state_payload, task_header
+from pollen.transport.rpc.tensors import Encoded
 from pollen.types import Reply, Task
 
 log = logging.getLogger("pollen.transport.grpc")
@@ -91,7 +92,7 @@ class GrpcTransport(Transport):
         self._cond = threading.Condition()
         self._closing = False
         self._told_stop: set[str] = set()
-        self._cache: tuple[object, bytes] | None = None
+        self._cache: tuple[object, Encoded] | None = None
         self._cache_lock = threading.Lock()
         self._monitor = threading.Thread(target=self._watch, name="pollen-heartbeats", daemon=True)
         self._monitor.start()
@@ -271,8 +272,8 @@ class GrpcTransport(Transport):
             return list(self._sessions.values())
 
     # ------------------------------------------------------------ internals
-    def _payload(self, task: Task) -> bytes:
-        # Every party of a round gets the same global model: serialise it once per round.
+    def _payload(self, task: Task) -> Encoded:
+        # Every party of a round gets the same global model: lay it out once per round.
         with self._cache_lock:
             if self._cache is None or self._cache[0] is not task.state:
                 self._cache = (task.state, state_payload(task.state))

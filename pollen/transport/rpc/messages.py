@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pollen.errors import ProtocolError
-from pollen.serialization import state_from_bytes, state_to_bytes
+from pollen.transport.rpc.tensors import Encoded, decode
 from pollen.types import EvalResult, ModelState, Reply, RoundConfig, Task, Update
 
 ALLOWED_DTYPES = {np.dtype(t) for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")}
@@ -29,12 +29,12 @@ def task_header(task: Task) -> dict[str, Any]:
             "config": task.config.to_dict()}
 
 
-def state_payload(state: Mapping[str, np.ndarray]) -> bytes:
-    """A model as safetensors bytes (tensor order kept in the metadata)."""
-    return state_to_bytes(state, {"order": list(state)})
+def state_payload(state: Mapping[str, np.ndarray]) -> Encoded:
+    """A model laid out for sending (safetensors layout; tensor order kept in the metadata)."""
+    return Encoded(state, {"order": list(state)})
 
 
-def task_from_message(header: Mapping[str, Any], payload: bytes) -> Task:
+def task_from_message(header: Mapping[str, Any], payload: bytes | bytearray) -> Task:
     """Rebuild a task on the party side.
 
     Raises:
@@ -45,12 +45,12 @@ def task_from_message(header: Mapping[str, Any], payload: bytes) -> Task:
         party_id, kind, rnd = str(header["party_id"]), str(header["kind"]), int(header["round"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"task header lacks or has a bad field: {exc}") from None
-    state, _ = state_from_bytes(payload)
+    state, _ = decode(payload)
     return Task(party_id, kind, rnd, state, config)
 
 
 # ---------------------------------------------------------------- replies (party → coordinator)
-def reply_message(reply: Reply) -> tuple[dict[str, Any], bytes]:
+def reply_message(reply: Reply) -> tuple[dict[str, Any], Encoded]:
     """A party's reply as header and payload."""
     header: dict[str, Any] = {"type": "reply", "party_id": reply.party_id, "kind": reply.kind,
                               "round": reply.round, "failure": reply.failure, "seconds": reply.seconds}
@@ -65,7 +65,7 @@ def reply_message(reply: Reply) -> tuple[dict[str, Any], bytes]:
     return header, state_payload(state)
 
 
-def check_reply(header: Mapping[str, Any], payload: bytes, task: Task) -> Reply:
+def check_reply(header: Mapping[str, Any], payload: bytes | bytearray, task: Task) -> Reply:
     """Validate a reply against the task it answers and rebuild it.
 
     Args:
@@ -85,7 +85,7 @@ def check_reply(header: Mapping[str, Any], payload: bytes, task: Task) -> Reply:
         return Reply(task.party_id, task.kind, task.round, failure=str(failure)[:2000], seconds=seconds)
     update = evaluation = None
     if task.kind == "fit":
-        delta, _ = state_from_bytes(payload)
+        delta, _ = decode(payload)
         _check_delta(delta, task, header.get("codec") or {})
         n = _number(header.get("num_examples"), "num_examples", low=1, high=MAX_EXAMPLES)
         metrics = header.get("metrics") or {}
@@ -100,7 +100,7 @@ def check_reply(header: Mapping[str, Any], payload: bytes, task: Task) -> Reply:
         evaluation = EvalResult(_number(ev[0], "loss"), _number(ev[1], "accuracy", 0.0, 1.0),
                                 int(_number(ev[2], "examples", 0, MAX_EXAMPLES)))
     else:  # extra task kinds (secure aggregation stages, …): tensors checked for dtype and finiteness
-        delta, _ = state_from_bytes(payload)
+        delta, _ = decode(payload)
         _check_finite(delta)
         n = header.get("num_examples")
         update = Update(delta, int(_number(n, "num_examples", 0, MAX_EXAMPLES)), {}, dict(header.get("codec") or {})) if n is not None else None

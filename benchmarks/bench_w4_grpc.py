@@ -1,0 +1,195 @@
+"""W4 of BENCHMARKS.md (`net-10`): a coordinator and 10 party processes over gRPC with mutual TLS
+on 127.0.0.1, against the inline simulation of the same run, measured in the same script.
+
+- Round time: W1 settings (Fashion-MNIST, fedavg_cnn, SGD lr 0.05, batch 32, 1 epoch, IID) with
+  10 parties of 6,000 examples, all sampled, 10 rounds; the per-round seconds of the coordinator
+  (history.jsonl) over gRPC and inline. Variants alternate; each runs in its own processes.
+- Bytes per round: bytes measured on the wire by the transport, against the model's size times
+  the parties (the payload).
+- Throughput: one 100 MB model sent to a party process and a 100 MB update sent back over TLS
+  (serialise, chunk, transfer, check, deserialise), in MB/s, against a plain memory copy.
+
+    python benchmarks/bench_w4_grpc.py --reps 3            # full W4
+    python benchmarks/bench_w4_grpc.py --reps 1 --rounds 3 # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PARTIES = 10
+PY = [sys.executable, "-m", "pollen.cli"]
+W1 = ["--dataset", "fmnist", "--parties", str(PARTIES), "--partition", "iid", "--lr", "0.05", "--batch-size", "32",
+      "--epochs", "1", "--seed", "0", "--holdout", "0", "--model", "fedavg_cnn", "--no-progress"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def history(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
+
+
+def run_inline(root: Path, rounds: int, tag: str) -> tuple[list[dict], float]:
+    t0 = time.perf_counter()
+    subprocess.run([*PY, "simulate", *W1, "--rounds", str(rounds), "--runs-dir", str(root / "runs"), "--name", tag],
+                   check=True, stdout=subprocess.DEVNULL)
+    return history(root / "runs" / tag), time.perf_counter() - t0
+
+
+def run_grpc(root: Path, rounds: int, tag: str) -> tuple[list[dict], float]:
+    port = free_port()
+    t0 = time.perf_counter()
+    log = open(root / f"{tag}.log", "w")
+    server = subprocess.Popen([*PY, "server", *W1, "--rounds", str(rounds), "--num-parties", str(PARTIES), "--host", "127.0.0.1",
+                               "--port", str(port), "--certs-dir", str(root / "certs"), "--runs-dir", str(root / "runs"),
+                               "--name", tag], stdout=log, stderr=subprocess.STDOUT)
+    parties = [subprocess.Popen([*PY, "client", "--party-id", str(i), "--server", f"localhost:{port}", "--data-path",
+                                 str(root / "data" / f"party{i}"), "--certs-dir", str(root / "certs"), "--threads", "1"],
+                                stdout=log, stderr=subprocess.STDOUT) for i in range(PARTIES)]
+    if server.wait() != 0:
+        raise RuntimeError(f"server failed, see {root / (tag + '.log')}")
+    for p in parties:
+        p.wait(timeout=60)
+    return history(root / "runs" / tag), time.perf_counter() - t0
+
+
+def throughput(root: Path, mb: int, reps: int) -> dict:
+    """Round trip of a ``mb`` MB model to a party process and back, over TLS."""
+    import numpy as np
+
+    from pollen.transport.rpc.hub import GrpcTransport
+    from pollen.transport.rpc.service import FederationService, start_server
+    from pollen.transport.rpc.tls import RevocationList
+    from pollen.types import RoundConfig, Task
+
+    hub = GrpcTransport(heartbeat_interval=60.0)
+    service = FederationService(hub, {}, 4 * mb * 10**6, False, RevocationList(None))
+    server, port = start_server(service, "127.0.0.1", 0, root / "certs")
+    child = subprocess.Popen([sys.executable, __file__, "--echo-party", f"localhost:{port}", str(root / "certs")])
+    hub.wait_for_parties(1, timeout=120)
+    n = mb * 10**6 // 4
+    rates, copies = [], []
+    for r in range(1, reps + 1):
+        state = {"w": np.random.default_rng(r).standard_normal(n, dtype=np.float32)}  # a fresh model each time (no cache)
+        t0 = time.perf_counter()
+        hub.submit(Task("0", "fit", r, state, RoundConfig(round=r)))
+        reply = hub.poll(timeout=600)
+        seconds = time.perf_counter() - t0
+        if not reply.ok:
+            raise RuntimeError(reply.failure)
+        rates.append(2 * state["w"].nbytes / 1e6 / seconds)
+        t0 = time.perf_counter()
+        for _ in range(2):
+            np.copy(state["w"])
+        copies.append(2 * state["w"].nbytes / 1e6 / (time.perf_counter() - t0))
+        wire = (reply.bytes_down + reply.bytes_up) / (2 * state["w"].nbytes)
+    hub.close()
+    hub.wait_stopped(10)
+    server.stop(1).wait()
+    child.wait(timeout=30)
+    return {"grpc_mb_s": rates, "memcpy_mb_s": copies, "wire_over_payload": wire}
+
+
+def echo_party(address: str, certs: str) -> None:
+    """A party that answers each fit task with a delta of the same shape (for the throughput test)."""
+    import numpy as np
+
+    from pollen.transport.rpc import pollen_pb2 as pb
+    from pollen.transport.rpc.framing import PROTOCOL_VERSION, assemble, to_chunks
+    from pollen.transport.rpc.messages import reply_message, task_from_message
+    from pollen.transport.rpc.party import PartyOptions, make_channel
+    from pollen.transport.rpc import pollen_pb2_grpc as pb_grpc
+    from pollen.types import Reply, Update
+
+    with make_channel(PartyOptions("0", address, "", certs_dir=certs)) as ch:
+        stub = pb_grpc.FederationStub(ch)
+        session = stub.Join(pb.JoinRequest(protocol_version=PROTOCOL_VERSION, party_id="0")).session
+        while True:
+            msg = assemble(stub.GetTask(pb.TaskRequest(session=session, wait_seconds=10)), 2**40)
+            if msg is None:
+                continue
+            if msg.header.get("type") == "stop":
+                return
+            task = task_from_message(msg.header, msg.payload)
+            delta = {k: np.full_like(v, 1e-3) for k, v in task.state.items()}
+            header, payload = reply_message(Reply("0", "fit", task.round, update=Update(delta, 1)))
+            stub.SendReply(to_chunks(header, payload, session=session))
+
+
+def machine() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    mem = next((int(ln.split()[1]) // 1024**2 for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), 0)
+    return f"{os.cpu_count()} cores, {mem} GiB RAM, {cpu}"
+
+
+def spread(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.2f} (min {min(xs):.2f}, max {max(xs):.2f}, n={len(xs)})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--mb", type=int, default=100)
+    ap.add_argument("--skip-rounds", action="store_true", help="only the throughput part")
+    ap.add_argument("--echo-party", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.echo_party:
+        echo_party(*args.echo_party)
+        return
+    from pollen.transport.rpc.tls import make_certs
+
+    root = Path(tempfile.mkdtemp(prefix="w4-"))
+    make_certs(root / "certs", [str(i) for i in range(PARTIES)])
+    out: dict = {"machine": machine(), "load_before": os.getloadavg(), "reps": args.reps, "rounds": args.rounds}
+    if not args.skip_rounds:
+        subprocess.run([*PY, "partition", "--out", str(root / "data"), *W1[:6], "--seed", "0"], check=True,
+                       stdout=subprocess.DEVNULL)
+        inline, grpc_ = [], []
+        for rep in range(args.reps):  # alternate the variants so that load drifts hit both
+            for name, fn, bucket in (("inline", run_inline, inline), ("grpc", run_grpc, grpc_)):
+                hist, wall = fn(root, args.rounds, f"{name}{rep}")
+                bucket.append({"wall": wall, "round_seconds": [h["seconds"] for h in hist], "history": hist})
+                print(f"rep {rep} {name}: wall {wall:.1f} s, median round {statistics.median(bucket[-1]['round_seconds']):.2f} s, "
+                      f"acc {hist[-1].get('accuracy')}", flush=True)
+        from safetensors.numpy import load_file
+
+        model = load_file(str(root / "runs" / "grpc0" / "model.safetensors"))
+        payload = sum(v.nbytes for v in model.values())
+        g = grpc_[0]["history"]
+        out.update(
+            inline_round_medians=[statistics.median(r["round_seconds"]) for r in inline],
+            grpc_round_medians=[statistics.median(r["round_seconds"]) for r in grpc_],
+            ratios=[statistics.median(g_["round_seconds"]) / statistics.median(i["round_seconds"]) for g_, i in zip(grpc_, inline)],
+            inline_walls=[r["wall"] for r in inline], grpc_walls=[r["wall"] for r in grpc_],
+            model_bytes=payload, bytes_down_over_payload=[h["bytes_down"] / (payload * PARTIES) for h in g],
+            bytes_up_over_payload=[h["bytes_up"] / (payload * PARTIES) for h in g],
+            accuracy_inline=[r["history"][-1].get("accuracy") for r in inline],
+            accuracy_grpc=[r["history"][-1].get("accuracy") for r in grpc_])
+        print(f"round-time ratio gRPC / inline: {spread(out['ratios'])}")
+        print(f"bytes down per round / payload: {max(out['bytes_down_over_payload']):.5f}; "
+              f"up: {max(out['bytes_up_over_payload']):.5f}")
+    tp = throughput(root, args.mb, max(args.reps, 3))
+    out["throughput"] = tp
+    out["load_after"] = os.getloadavg()
+    print(f"{args.mb} MB round trip over TLS: {spread(tp['grpc_mb_s'])} MB/s; memory copy {spread(tp['memcpy_mb_s'])} MB/s; "
+          f"wire/payload {tp['wire_over_payload']:.5f}")
+    (root / "w4.json").write_text(json.dumps(out, indent=1, default=str))
+    print(f"raw results: {root / 'w4.json'}")
+
+
+if __name__ == "__main__":
+    main()
