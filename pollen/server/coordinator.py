@@ -230,7 +230,10 @@ class Coordinator:
             delta = self.pipeline.after_aggregate(delta, rnd, len(updates))
             state, opt_state = self.strategy.server_optimizer.step(state, delta, opt_state)
             record.update(aggregated=True, num_examples=sum(u.num_examples for u in updates), **mean_metrics(updates))
-            record.update(self.pipeline.report(rnd))
+            report = self.pipeline.report(rnd)
+            up += int(report.pop("bytes_up", 0))  # messages a step exchanged in combine (secure aggregation)
+            down += int(report.pop("bytes_down", 0))
+            record.update(report)
         else:
             record.update(aggregated=False, reason=f"{len(ok)} replies < min_fit_parties={self.min_fit_parties}")
         if self.transport.clock() is not None and "virtual_seconds" not in record:

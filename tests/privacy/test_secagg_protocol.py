@@ -103,6 +103,22 @@ def test_dropouts_at_every_stage_up_to_n_minus_t(drop):
         assert np.max(np.abs(out[k] - want[k])) <= step.last.spec.error_bound + 1e-6
 
 
+def test_integer_buffers_are_summed_exactly():
+    """BatchNorm's step counter moves by whole steps, far beyond the clip range: summed exactly."""
+    deltas, examples = federation(n=4)
+    for i, d in enumerate(deltas.values()):
+        d["steps"] = np.array(40 + i, dtype=np.int64)
+    step = SecAggPlus(SecAggParams(clip=0.5))
+    pipeline = Pipeline((step,))
+    parties = {p: LocalParty(p, Shard(torch.zeros(examples[p], 1), torch.zeros(examples[p], dtype=torch.long)),
+                             FixedTrainer(d), pipeline=pipeline) for p, d in deltas.items()}
+    state = {"w": np.zeros(D, np.float32), "b": np.zeros(3, np.float32), "steps": np.array(0, np.int64)}
+    coord = Coordinator(fedavg(Sampler(), ClientConfig()), InProcessTransport(parties), rounds=1, pipeline=pipeline)
+    out = coord.run(state)
+    w = np.array(list(examples.values()), dtype=np.float64)
+    assert out["steps"] == np.rint(np.average([40, 41, 42, 43], weights=w))
+
+
 def test_sparse_graph_with_thirty_percent_dropout():
     deltas, examples = federation(n=20, seed=3)
     step = SecAggPlus(SecAggParams(neighbours=8, threshold=0.4, dropout=0.3, seed=1))
@@ -126,14 +142,14 @@ def test_the_coordinator_never_holds_an_unmasked_update(monkeypatch):
     plain, decoded = {}, []
     real_quantize, real_dequantize = field.quantize, field.dequantize
 
-    def quantize(values, spec, weight, rng):  # party side: remember each plaintext
-        q, clipped = real_quantize(values, spec, weight, rng)
+    def quantize(values, spec, weight, rng, *a):  # party side: remember each plaintext
+        q, clipped = real_quantize(values, spec, weight, rng, *a)
         plain[len(plain)] = q.copy()
         return q, clipped
 
-    def dequantize(total, spec):  # coordinator side: every call is recorded
+    def dequantize(total, spec, *a):  # coordinator side: every call is recorded
         decoded.append(total.copy())
-        return real_dequantize(total, spec)
+        return real_dequantize(total, spec, *a)
 
     monkeypatch.setattr(field, "quantize", quantize)
     monkeypatch.setattr(field, "dequantize", dequantize)
@@ -146,7 +162,7 @@ def test_the_coordinator_never_holds_an_unmasked_update(monkeypatch):
     included_q = [q for q, pid in zip(plain.values(), sorted(deltas, key=int)) if pid != "3"]
     np.testing.assert_array_equal(decoded[0], np.sum(included_q, axis=0, dtype=np.uint32))
 
-    plaintext_floats = [np.concatenate([d["b"], d["w"]]) for d in deltas.values()]
+    plaintext_floats = [np.concatenate([d["w"], d["b"]]) for d in deltas.values()]
     size = D + 3
     masked = []
     for reply in spy.received:

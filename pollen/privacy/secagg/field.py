@@ -16,6 +16,7 @@ the weighted mean is at most ``1 / scale`` per coordinate, on top of clipping.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,7 +110,26 @@ def check_range(spec: FieldSpec, total_weight: int) -> None:
         )
 
 
-def quantize(values: np.ndarray, spec: FieldSpec, weight: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+Segments = Sequence[tuple[int, int]]
+
+
+def integer_segments(shapes: Sequence[Sequence[int]], dtypes: Sequence[str]) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the integer tensors (BatchNorm's step counter, …) in a flattened state.
+
+    Their deltas are whole numbers that may exceed ``clip``: they are summed exactly (scale 1,
+    bounded only by the ring's per-party share ``B``) instead of being clipped and scaled.
+    """
+    out, pos = [], 0
+    for shape, dtype in zip(shapes, dtypes):
+        n = int(np.prod(shape))
+        if not np.issubdtype(np.dtype(dtype), np.floating):
+            out.append((pos, pos + n))
+        pos += n
+    return out
+
+
+def quantize(values: np.ndarray, spec: FieldSpec, weight: int, rng: np.random.Generator,
+             exact: Segments = ()) -> tuple[np.ndarray, float]:
     """``weight · q`` in Z_{2^bits}, where ``q`` stochastically rounds ``clip(values) · scale``.
 
     Args:
@@ -117,19 +137,29 @@ def quantize(values: np.ndarray, spec: FieldSpec, weight: int, rng: np.random.Ge
         spec: the round's field.
         weight: the party's integer weight (example count, or 1).
         rng: seeded source of the rounding randomness (not security relevant).
+        exact: segments holding integers, kept as they are (clipped to ``±B`` only).
 
     Returns:
-        (the vector as ``spec.dtype``, fraction of coordinates that were clipped).
+        (the vector as ``spec.dtype``, fraction of float coordinates that were clipped).
     """
     x = np.asarray(values, dtype=np.float64)
-    clipped = float(np.mean(np.abs(x) > spec.clip)) if x.size else 0.0
+    over = np.abs(x) > spec.clip
+    for a, b in exact:
+        over[a:b] = False
+    clipped = float(np.mean(over)) if x.size else 0.0
     v = np.clip(x, -spec.clip, spec.clip) * spec.scale  # (D,) in [−B, B]
     q = np.floor(v)
     q += rng.random(v.shape) < (v - q)  # unbiased stochastic rounding
+    for a, b in exact:
+        q[a:b] = np.clip(np.rint(x[a:b]), -spec.bound, spec.bound)
     q = q.astype(np.int64) * np.int64(weight)
     return q.astype(spec.dtype), clipped  # two's complement wrap into Z_{2^bits}
 
 
-def dequantize(total: np.ndarray, spec: FieldSpec) -> np.ndarray:
+def dequantize(total: np.ndarray, spec: FieldSpec, exact: Segments = ()) -> np.ndarray:
     """The signed integer sum in ``total`` (Z_{2^bits}) back to real units (float64)."""
-    return total.view(SIGNED[spec.bits]).astype(np.float64) / spec.scale
+    signed = total.view(SIGNED[spec.bits]).astype(np.float64)
+    out = signed / spec.scale
+    for a, b in exact:
+        out[a:b] = signed[a:b]
+    return out

@@ -102,7 +102,9 @@ def masked_input(party: Any, task: Task) -> Reply:
         sess["shares"][j] = (plain[: shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES :])
     spec = field.FieldSpec.from_dict(payload[C.FIELD])
     rng = np.random.default_rng([party.seed, party_index(me), rnd, 0x5EC])  # rounding only
-    y, clipped = field.quantize(sess["layout"].flatten(sess.pop("delta")), spec, int(payload["weight"]), rng)
+    layout = sess["layout"]
+    exact = field.integer_segments(layout.shapes, layout.dtypes)
+    y, clipped = field.quantize(layout.flatten(sess.pop("delta")), spec, int(payload["weight"]), rng, exact)
     masks.add_stream(y, masks.derive(sess["seed"], C.INFO_SELF, rnd), +1)
     for j in peers:
         pair = masks.derive(masks.agree(sess["mask_key"], sess["pks"][j][1]), C.INFO_PAIR, rnd)

@@ -30,7 +30,8 @@ from pollen.privacy.he import Layout
 from pollen.privacy.secagg import constants as C
 from pollen.privacy.secagg import field, masks, shamir
 from pollen.privacy.secagg.graph import degree, harary, order_key, threshold
-from pollen.types import Reply, RoundConfig, Task, Update, state_nbytes
+from pollen.serialization import reply_to_bytes, task_to_bytes
+from pollen.types import Reply, RoundConfig, Task, Update
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class SecureSum:
     spec: field.FieldSpec
     k: int
     t: int
-    bytes_up: int
+    bytes_up: int  # stages 2–4 (the round loop counts stage 1, the fit replies, itself)
     bytes_down: int
     seconds_unmask: float
     clipped: float = 0.0
@@ -108,7 +109,6 @@ def run(updates: Sequence[Update], parties: Sequence[str], rnd: int, transport: 
     st = _Round(rnd, keys, {p: int(u.num_examples) for p, u in zip(parties, updates)},
                 harary(parties, k, secrets.token_bytes(32)), threshold(params.threshold, k),
                 RoundConfig(round=rnd), dict(drop or {}))
-    st.bytes_up = sum(_payload(u.delta, u.codec) for u in updates)
     cts = _share_keys(transport, st, list(parties), params.timeout)
     u2 = sorted({s for s, _ in cts}, key=order_key)
     weights = {p: st.examples[p] if params.weighted else 1 for p in u2}
@@ -117,7 +117,7 @@ def run(updates: Sequence[Update], parties: Sequence[str], rnd: int, transport: 
     t0 = time.perf_counter()
     seeds, sks = _unmask(transport, st, u2, u3, params.timeout)
     _remove_masks(acc, st, u2, u3, seeds, sks)
-    total = field.dequantize(acc, spec)
+    total = field.dequantize(acc, spec, field.integer_segments(layout.shapes, layout.dtypes))
     seconds = time.perf_counter() - t0
     w3 = sum(weights[p] for p in u3)
     metrics = _mean_metrics([u for p, u in zip(parties, updates) if p in set(u3)])
@@ -147,12 +147,12 @@ def _stage(transport: Any, st: _Round, stage: str, payloads: Mapping[str, tuple[
     for p, (arrays, extra) in payloads.items():
         extra = {**extra, C.DROP: sorted(st.drop.get(stage, ()))}
         tasks.append(Task(p, stage, st.round, arrays, st.base.with_(extra={C.EXTRA: extra})))
-        st.bytes_down += _payload(arrays, extra)
+        st.bytes_down += len(task_to_bytes(tasks[-1]))  # exact wire size (small messages)
     replies, late = collect(transport, tasks, timeout)
     ok = []
     for r in replies:
         if r.ok and r.kind == stage and r.update is not None:
-            st.bytes_up += r.bytes_up or _payload(r.update.delta, r.update.codec)
+            st.bytes_up += r.bytes_up or len(reply_to_bytes(r))  # as the round loop counts fit replies
             keep(r)
             ok.append(r.party_id)
     lost = sorted(set(payloads) - set(ok), key=order_key)
@@ -254,11 +254,6 @@ def _remove_masks(acc: np.ndarray, st: _Round, u2: list[str], u3: list[str],
             if i in in3:
                 pair = masks.derive(masks.agree(key, st.keys[i][1].tobytes()), C.INFO_PAIR, st.round)
                 masks.add_stream(acc, pair, -1 if order_key(i) < order_key(j) else +1)
-
-
-def _payload(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> int:
-    """Bytes a message carries: its arrays plus its JSON metadata."""
-    return state_nbytes(arrays) + len(json.dumps(dict(meta), default=str))
 
 
 def _mean_metrics(updates: Sequence[Update]) -> dict[str, float]:

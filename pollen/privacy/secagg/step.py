@@ -74,8 +74,8 @@ class SecAggPlus(UpdateStep):
             "secagg_error_bound": s.spec.error_bound,
             "secagg_clipped": s.clipped,
             "secagg_unmask_seconds": s.seconds_unmask,
-            "secagg_bytes_up": float(s.bytes_up),
-            "secagg_bytes_down": float(s.bytes_down),
+            "bytes_up": float(s.bytes_up),  # stages 2–4; the round loop adds them to its own count
+            "bytes_down": float(s.bytes_down),
         }
 
     def describe(self) -> dict[str, Any]:
