@@ -30,6 +30,8 @@ def _he_steps(cfg) -> list:
     from pollen.compression import steps_from_config as compression_steps
     from pollen.errors import ConfigError
 
+    if getattr(cfg.privacy, "secagg", False):
+        raise ConfigError("--he and --secagg both hide single updates; choose one (both reveal only the sum)")
     if cfg.privacy.he_keys is None:
         raise ConfigError("--he needs --he-keys DIR; create the keys first with 'pollen keys --out DIR'")
     if compression_steps(cfg):

@@ -10,6 +10,7 @@ only the party runtime does, into its own state, when it is asked to decrypt.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ class CKKSEncrypt(UpdateStep):
         self.info = he.read_info(self.keys_dir)
         self.decrypt_timeout = decrypt_timeout
         self._public: Any = None
+        self._exchange: dict[str, float] = {}
 
     def public_context(self) -> Any:
         """The public context (public key, no secret key), loaded once."""
@@ -63,6 +65,12 @@ class CKKSEncrypt(UpdateStep):
         return update.with_(delta=packed, codec={"ckks": {"layout": layout.to_dict()}})
 
     # ------------------------------------------------------------ server side
+    def report(self, round: int) -> dict[str, float]:
+        """Bytes of the decryption exchange (the round loop adds them to its counts) and the
+        coordinator's seconds spent summing ciphertexts."""
+        out, self._exchange = self._exchange, {}
+        return out
+
     def combine(self, updates: list[Update], parties: Sequence[str], round: int, transport: Any) -> list[Update]:
         """Sum the encrypted updates, have a key holder decrypt the sum, return one plain update.
 
@@ -77,8 +85,13 @@ class CKKSEncrypt(UpdateStep):
             raise PrivacyError("the round's updates are not CKKS ciphertexts of one model layout; "
                                "every party must run with --he and the same keys")
         layout = he.Layout.from_dict(updates[0].codec["ckks"]["layout"])
+        t0 = time.perf_counter()
         total = he.sum_encrypted(self.public_context(), [u.delta for u in updates])
+        seconds_sum = time.perf_counter() - t0
         plain = self._ask_key_holder(total, layout, parties, round, transport)
+        # the decryption exchange: the encrypted sum down to the key holder, the plain sum back
+        self._exchange = {"bytes_down": float(sum(a.nbytes for a in total.values())), "bytes_up": float(plain.nbytes),
+                          "he_sum_seconds": seconds_sum, "he_ciphertexts": float(len(total[he.OFFSETS_KEY]) - 1)}
         n = sum(u.num_examples for u in updates)
         limit = float(self.info["max_abs_sum"]) / 2
         if not np.all(np.isfinite(plain)) or (plain.size and float(np.max(np.abs(plain))) >= limit):

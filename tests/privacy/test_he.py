@@ -130,6 +130,8 @@ def test_keys_command_and_config(tmp_path, digits_cfg):
         steps_from_config(digits_cfg(privacy={"he": True}), "after_compress")
     steps = steps_from_config(digits_cfg(privacy={"he": True, "he_keys": str(tmp_path / "k")}), "after_compress")
     assert [s.name for s in steps] == ["ckks"] and steps[0].stage == "mask"
+    with pytest.raises(ConfigError, match="choose one"):
+        steps_from_config(digits_cfg(privacy={"he": True, "he_keys": str(tmp_path / "k"), "secagg": True}), "after_compress")
 
 
 def test_simulation_with_he_matches_plain(tmp_path, digits_cfg):
@@ -142,3 +144,4 @@ def test_simulation_with_he_matches_plain(tmp_path, digits_cfg):
     for k, v in plain.state.items():
         assert np.max(np.abs(enc.state[k] - v)) < 1e-5, k
     assert enc.history[-1]["bytes_up"] > 4 * plain.history[-1]["bytes_up"]  # ciphertexts are bigger
+    assert enc.history[-1]["he_ciphertexts"] >= 1 and enc.history[-1]["bytes_down"] > plain.history[-1]["bytes_down"]
