@@ -137,3 +137,35 @@ def test_300mb_model_streams_both_ways(coordinator):
     assert reply.ok and reply.update.delta["big"].shape == (75_000_000,) and float(reply.update.delta["big"][-1]) == 0.5
     assert reply.bytes_down > 300_000_000 and reply.bytes_up > 300_000_000
     ch.close()
+
+
+def test_insecure_mode_warns_loudly_and_join_timeout_fails_clearly(tmp_path, capsys):
+    import socket
+
+    from pollen.errors import RunError
+    from pollen.transport.rpc.serve import run_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = make_config({"data": {"dataset": "digits", "parties": 2}, "run": {"runs_dir": str(tmp_path), "progress": False},
+                       "network": {"insecure": True, "host": "127.0.0.1", "port": port, "min_parties": 2, "join_timeout": 0.5}})
+    with pytest.raises(RunError, match="min-parties=2"):
+        run_server(cfg)
+    assert "WARNING: --insecure" in capsys.readouterr().err
+
+
+def test_insecure_party_joins_an_insecure_coordinator(run_cfg, shards):
+    from pollen.transport.rpc.hub import GrpcTransport
+    from pollen.transport.rpc.service import FederationService
+    from pollen.transport.rpc.tls import RevocationList
+
+    hub = GrpcTransport(1.0)
+    server, port = start_server(FederationService(hub, run_cfg.to_dict(), 10**8, True, RevocationList(None)), "127.0.0.1", 0, None)
+    try:
+        party = GrpcParty(PartyOptions("1", f"127.0.0.1:{port}", str(shards / "party1"), insecure=True))
+        run_in_thread(party.run)
+        assert hub.wait_for_parties(1, timeout=30) and hub.connected() == ["1"]
+    finally:
+        hub.close()
+        server.stop(0).wait()
