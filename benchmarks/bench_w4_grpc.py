@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -40,6 +41,12 @@ def free_port() -> int:
 
 def history(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) used so far by this script's finished child processes."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def run_inline(root: Path, rounds: int, tag: str) -> tuple[list[dict], float]:
@@ -161,10 +168,13 @@ def main() -> None:
         inline, grpc_ = [], []
         for rep in range(args.reps):  # alternate the variants so that load drifts hit both
             for name, fn, bucket in (("inline", run_inline, inline), ("grpc", run_grpc, grpc_)):
+                cpu0 = children_cpu()
                 hist, wall = fn(root, args.rounds, f"{name}{rep}")
-                bucket.append({"wall": wall, "round_seconds": [h["seconds"] for h in hist], "history": hist})
-                print(f"rep {rep} {name}: wall {wall:.1f} s, median round {statistics.median(bucket[-1]['round_seconds']):.2f} s, "
-                      f"acc {hist[-1].get('accuracy')}", flush=True)
+                cpu = children_cpu() - cpu0  # all processes of the variant (server + parties for gRPC)
+                bucket.append({"wall": wall, "cpu": cpu, "round_seconds": [h["seconds"] for h in hist], "history": hist})
+                print(f"rep {rep} {name}: wall {wall:.1f} s, cpu {cpu:.1f} s, median round "
+                      f"{statistics.median(bucket[-1]['round_seconds']):.2f} s, acc {hist[-1].get('accuracy')}, "
+                      f"load {os.getloadavg()[0]:.1f}", flush=True)
         from safetensors.numpy import load_file
 
         model = load_file(str(root / "runs" / "grpc0" / "model.safetensors"))
@@ -175,6 +185,8 @@ def main() -> None:
             grpc_round_medians=[statistics.median(r["round_seconds"]) for r in grpc_],
             ratios=[statistics.median(g_["round_seconds"]) / statistics.median(i["round_seconds"]) for g_, i in zip(grpc_, inline)],
             inline_walls=[r["wall"] for r in inline], grpc_walls=[r["wall"] for r in grpc_],
+            inline_cpu=[r["cpu"] for r in inline], grpc_cpu=[r["cpu"] for r in grpc_],
+            inline_round_seconds=[r["round_seconds"] for r in inline], grpc_round_seconds=[r["round_seconds"] for r in grpc_],
             model_bytes=payload, bytes_down_over_payload=[h["bytes_down"] / (payload * PARTIES) for h in g],
             bytes_up_over_payload=[h["bytes_up"] / (payload * PARTIES) for h in g],
             accuracy_inline=[r["history"][-1].get("accuracy") for r in inline],

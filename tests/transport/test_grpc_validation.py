@@ -191,3 +191,18 @@ def test_protocol_version_mismatch_says_so(coordinator):
                        grpc.StatusCode.FAILED_PRECONDITION)
     assert "protocol version mismatch" in details and "same pollen version" in details
     ch.close()
+
+
+def test_late_join_and_leave(coordinator):
+    c = coordinator(heartbeat=30.0)
+    ch0, stub0, s0 = c.join("0")
+    assert c.hub.available() == ["0"]
+    ch1, stub1, s1 = c.join("1")  # joins after the first round was sampled: takes part from the next
+    assert c.hub.available() == ["0", "1"]
+    c.hub.submit(Task("1", "fit", 2, STATE, RoundConfig(round=2)))
+    assert stub1.Leave(pb.LeaveRequest(session=s1), timeout=10).accepted
+    reply = c.hub.poll(timeout=5)
+    assert reply.party_id == "1" and reply.failure == "party left"
+    assert c.hub.available() == ["0"] and c.hub.pending() == 0
+    _refused(lambda: stub1.Heartbeat(pb.HeartbeatRequest(session=s1), timeout=10), grpc.StatusCode.UNAUTHENTICATED)
+    ch0.close(), ch1.close()
