@@ -16,6 +16,7 @@ from pollen.cli import add_config_flags, command, config_from_args
 @command("server", "run the coordinator of a deployed federation (parties connect over gRPC)")
 def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a crashed run from its last checkpoint (network flags may change)")
+    p.add_argument("--log-json", action="store_true", help="structured logs: one JSON object per line on stderr")
     p.add_argument("--num-parties", type=int, metavar="N",
                    help="parties in the federation: wait for N to connect before round 1 (sets --min-parties and --parties)")
     add_config_flags(p)
@@ -27,6 +28,10 @@ def _server(args: argparse.Namespace) -> int:
     from pollen.telemetry.report import compare
     from pollen.transport.rpc.serve import run_server
 
+    if args.log_json:
+        from pollen.transport.rpc.logs import use_json_logs
+
+        use_json_logs()
     if args.num_parties is not None:
         if args.cfg__network__min_parties is None:
             args.cfg__network__min_parties = args.num_parties
@@ -54,6 +59,7 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure", action="store_true", help="connect without TLS (only to an --insecure coordinator)")
     p.add_argument("--server-name", metavar="NAME", help="name on the server certificate when it differs from HOST")
     p.add_argument("--retry-seconds", type=float, default=300.0, help="give up after this long without the coordinator (default: 300)")
+    p.add_argument("--log-json", action="store_true", help="structured logs: one JSON object per line on stderr")
     p.add_argument("--backoff-cap", type=float, default=30.0, help="longest wait between reconnect attempts, seconds (default: 30)")
     p.add_argument("--threads", type=int, metavar="N", help="torch threads for local training (default: torch's)")
 
@@ -62,6 +68,10 @@ def _client_args(p: argparse.ArgumentParser) -> None:
 def _client(args: argparse.Namespace) -> int:
     from pollen.transport.rpc.party import GrpcParty, PartyOptions
 
+    if args.log_json:
+        from pollen.transport.rpc.logs import use_json_logs
+
+        use_json_logs()
     opts = PartyOptions(party_id=args.party_id, server=args.server, data_path=args.data_path, certs_dir=args.certs_dir,
                         insecure=args.insecure, server_name=args.server_name, retry_seconds=args.retry_seconds,
                         backoff_cap=args.backoff_cap, threads=args.threads)

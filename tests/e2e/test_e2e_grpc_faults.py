@@ -3,9 +3,12 @@ killed with SIGKILL resumes from its checkpoint and ends with the uninterrupted 
 
 import signal
 
+import pytest
+
 from conftest import PARTIES, ROUNDS, RUN_FLAGS, assert_same_model, free_port, history, setup_root, wait_until
 
 
+@pytest.mark.slow
 def test_killed_party_costs_its_reply_and_rejoins(procs, prepared):
     setup_root(procs, prepared)
     port = free_port()
@@ -28,6 +31,7 @@ def test_killed_party_costs_its_reply_and_rejoins(procs, prepared):
     assert "2" in records[-1]["parties"], "the restarted party did not take part again"
 
 
+@pytest.mark.slow
 def test_coordinator_killed_and_resumed_equals_uninterrupted(procs, prepared, simulated):
     setup_root(procs, prepared)
     port = free_port()

@@ -42,3 +42,17 @@ def test_metrics_endpoint_serves_over_http():
     _feed(sink)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert "pollen_rounds_completed_total 1.0" in body and "pollen_parties_connected 3.0" in body
+
+
+def test_json_logs_carry_event_fields():
+    import json
+    import logging
+
+    from pollen.transport.rpc.logs import JsonFormatter
+
+    record = logging.LogRecord("pollen.transport.grpc", logging.WARNING, __file__, 1, "refused message (%s): %s",
+                               ("stale", "no open task"), None)
+    record.event, record.reason, record.party = "refused", "stale", "3"
+    line = json.loads(JsonFormatter().format(record))
+    assert line["level"] == "warning" and line["message"] == "refused message (stale): no open task"
+    assert (line["event"], line["reason"], line["party"]) == ("refused", "stale", "3") and line["time"].endswith("Z")

@@ -184,7 +184,7 @@ class GrpcTransport(Transport):
             self._by_token[s.token] = s
             self.stats.joins += 1
             self._cond.notify_all()
-        log.info("party %s joined from %s", party_id, peer)
+        log.info("party %s joined from %s", party_id, peer, extra={"event": "join", "party": party_id, "peer": peer})
         return s
 
     def session(self, token: str) -> Session | None:
@@ -201,7 +201,7 @@ class GrpcTransport(Transport):
         with self._cond:
             self._drop(s, "party left")
             self._by_token.pop(s.token, None)
-        log.info("party %s left", s.party_id)
+        log.info("party %s left", s.party_id, extra={"event": "leave", "party": s.party_id})
 
     def next_task(self, s: Session, wait: float) -> Task | None | str:
         """The party's next task, ``None`` after ``wait`` seconds without one, ``"stop"`` at the end."""
@@ -259,7 +259,8 @@ class GrpcTransport(Transport):
 
     def reject(self, reason: str, detail: str, s: Session | None = None, key: TaskKey | None = None) -> None:
         """Count and log a refused message; a refused reply costs its party that task."""
-        log.warning("refused message (%s): %s", reason, detail)
+        log.warning("refused message (%s): %s", reason, detail,
+                    extra={"event": "refused", "reason": reason, "party": s.party_id if s else None})
         with self._cond:
             self.stats.rejected[reason] += 1
             if s is not None and key is not None and key in s.inflight:
@@ -301,7 +302,8 @@ class GrpcTransport(Transport):
                     silent = now - s.last_seen
                     if s.alive and silent > DEAD_AFTER * self.heartbeat_interval:
                         self.stats.dropped += 1
-                        log.warning("party %s silent for %.1f s: dropped", s.party_id, silent)
+                        log.warning("party %s silent for %.1f s: dropped", s.party_id, silent,
+                                    extra={"event": "dropped", "party": s.party_id, "seconds": round(silent, 2)})
                         self._drop(s, f"party lost: no heartbeat for {silent:.1f} s")
                         self._by_token.pop(s.token, None)
 

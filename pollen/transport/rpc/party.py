@@ -205,7 +205,8 @@ class GrpcParty:
                         raise TransportError(f"coordinator {self.opts.server} unreachable for {self.opts.retry_seconds:.0f} s "
                                              f"({code.name}: {exc.details()})") from None
                     wait = backoff.next()
-                    log.info("coordinator unreachable (%s); retrying in %.2f s", code.name, wait)
+                    log.info("coordinator unreachable (%s); retrying in %.2f s", code.name, wait,
+                             extra={"event": "reconnect", "reason": code.name, "seconds": round(wait, 3)})
                     time.sleep(wait)
 
     def _serve(self, stub: pb_grpc.FederationStub, backoff: Backoff) -> bool:
@@ -220,7 +221,7 @@ class GrpcParty:
             if self.party is None:
                 self.party = build_party(self.opts.party_id, json.loads(joined.run_config_json), self.x, self.y,
                                          self.index, self.meta)
-            log.info("party %s joined", self.opts.party_id)
+            log.info("party %s joined", self.opts.party_id, extra={"event": "join", "party": self.opts.party_id})
             while True:
                 msg = assemble(stub.GetTask(pb.TaskRequest(session=self.session, wait_seconds=POLL_SECONDS)), 2**62)
                 if msg is None:
