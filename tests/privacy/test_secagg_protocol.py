@@ -169,8 +169,8 @@ def test_the_coordinator_never_holds_an_unmasked_update(monkeypatch):
         assert reply.kind in C.STAGES
         for name, arr in (reply.update.delta if reply.update else {}).items():
             if arr.size >= size:
-                assert name == C.MASKED and arr.dtype == np.uint32
-                masked.append(arr)
+                assert name == C.MASKED and arr.dtype == np.int32  # Z_2^32 elements as int32 bits
+                masked.append(arr.view(np.uint32))
             else:
                 assert arr.dtype == np.uint8 and arr.size <= 512, (name, arr.dtype, arr.size)
     assert len(masked) == 6
@@ -202,7 +202,8 @@ def test_t_minus_one_colluders_and_the_coordinator_cannot_unmask_a_survivor(monk
     step = SecAggPlus(SecAggParams())
     _, spy, _ = run_round(deltas, examples, step, transport_cls=Spy)
     t, h = step.last.t, "0"
-    masked = next(r.update.delta[C.MASKED] for r in spy.received if r.kind == C.STAGE_MASKED_INPUT and r.party_id == h)
+    masked = next(r.update.delta[C.MASKED] for r in spy.received
+                  if r.kind == C.STAGE_MASKED_INPUT and r.party_id == h).view(np.uint32)
     mask_pk = next(r.update.delta[C.MASK_PK] for r in spy.received if r.kind == "fit" and r.party_id == h).tobytes()
     seed = shamir.reconstruct([held[p][h][0] for p in list(held)[:t]])  # as the coordinator does
 

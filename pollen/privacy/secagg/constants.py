@@ -31,7 +31,7 @@ ENC_PK = "enc_pk"  # X25519 public key for encrypting shares, uint8 (32,)
 MASK_PK = "mask_pk"  # X25519 public key for agreeing pairwise masks, uint8 (32,)
 PK_PREFIX = "pk/"  # "pk/<party>/enc", "pk/<party>/mask": a neighbour's public keys
 CT_PREFIX = "ct/"  # "ct/<party>": an encrypted share bundle to (up) or from (down) that party
-MASKED = "masked"  # the masked, quantised update, uint32 or uint64 (D,)
+MASKED = "masked"  # the masked, quantised update in Z_2^bits, sent as int32 / int64 bits (D,)
 SEED_SHARE_PREFIX = "seed/"  # "seed/<party>": a share of a survivor's self-mask seed
 KEY_SHARE_PREFIX = "key/"  # "key/<party>": a share of a dropped party's mask secret key
 

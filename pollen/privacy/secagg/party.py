@@ -111,7 +111,8 @@ def masked_input(party: Any, task: Task) -> Reply:
         masks.add_stream(y, pair, +1 if order_key(me) < order_key(j) else -1)
     sess["masked_with"] = peers
     _maybe_drop(me, payload, C.STAGE_MASKED_INPUT)
-    update = Update({C.MASKED: y}, sess["num_examples"], metrics={"secagg_clipped": clipped},
+    wire = y.view(field.SIGNED[spec.bits])  # same bits; transports accept signed integer tensors
+    update = Update({C.MASKED: wire}, sess["num_examples"], metrics={"secagg_clipped": clipped},
                     codec={C.CODEC: {"stage": C.STAGE_MASKED_INPUT}})
     return Reply(me, C.STAGE_MASKED_INPUT, rnd, update=update)
 

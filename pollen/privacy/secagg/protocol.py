@@ -199,9 +199,9 @@ def _masked_input(transport: Any, st: _Round, u2: list[str], cts: Mapping[tuple[
 
     def keep(r: Reply) -> None:
         y = r.update.delta.get(C.MASKED)
-        if y is None or y.dtype != spec.dtype or y.shape != (size,):
+        if y is None or y.dtype != field.SIGNED[spec.bits] or y.shape != (size,):
             raise RunError(f"round {st.round}: party {r.party_id} sent a masked update of the wrong type or size")
-        np.add(acc, y, out=acc)  # wraps in Z_{2^bits}
+        np.add(acc, y.view(spec.dtype), out=acc)  # the same bits read as Z_{2^bits}; sums wrap
         clipped.append(float(r.update.metrics.get("secagg_clipped", 0.0)))
 
     u3 = sorted(_stage(transport, st, C.STAGE_MASKED_INPUT, payloads, params.timeout, keep), key=order_key)
