@@ -37,6 +37,8 @@ CODECS: dict[str, tuple[str, dict]] = {
     "topk1-ef": ("top-k 1 % + error feedback", {"codec": "topk", "topk_fraction": 0.01, "error_feedback": True}),
     "topk3-ef-int8": ("top-k 3 % + EF, int8 values", {"codec": "topk", "topk_fraction": 0.03, "error_feedback": True,
                                                       "topk_values": "int8"}),
+    "topk5-ef-int8": ("top-k 5 % + EF, int8 values", {"codec": "topk", "topk_fraction": 0.05, "error_feedback": True,
+                                                      "topk_values": "int8"}),
     "topk1-ef-int8": ("top-k 1 % + EF, int8 values", {"codec": "topk", "topk_fraction": 0.01, "error_feedback": True,
                                                       "topk_values": "int8"}),
     "qsgd4": ("QSGD 4 bits (bucket 512)", {"codec": "qsgd", "qsgd_bits": 4}),
@@ -44,7 +46,7 @@ CODECS: dict[str, tuple[str, dict]] = {
 DEFAULT_OUT = Path(__file__).parent / "results" / "w8-compression.jsonl"
 
 
-def run_variant(name: str, partition: str, rounds: int = ROUNDS) -> dict:
+def run_variant(name: str, partition: str, rounds: int = ROUNDS, eval_every: int = 1, threads: int | None = None) -> dict:
     """One W1/W2 run with one codec, through Pollen's inline simulation."""
     from pollen.config import make_config
     from pollen.simulation import simulate
@@ -55,7 +57,8 @@ def run_variant(name: str, partition: str, rounds: int = ROUNDS) -> dict:
         "data": {"dataset": "fmnist", "parties": PARTIES, "partition": partition, "alpha": 0.5, "holdout": 0.0},
         "model": {"model": "fedavg_cnn"},
         "train": {"lr": 0.05, "batch_size": 32, "epochs": 1},
-        "federation": {"rounds": rounds, "parties_per_round": PER_ROUND},
+        "federation": {"rounds": rounds, "parties_per_round": PER_ROUND, "eval_every": eval_every},
+        "simulation": {"threads": threads},
         "compression": CODECS[name][1],
         "run": {"name": "w8", "runs_dir": out, "seed": 0, "progress": False},
     })
@@ -66,7 +69,8 @@ def run_variant(name: str, partition: str, rounds: int = ROUNDS) -> dict:
     s = summarize(*load_run(result.run_dir))
     ups = [r["bytes_up"] / max(len(r["parties"]), 1) for r in h]
     return {
-        "codec": name, "partition": partition, "rounds": rounds, "wall_s": wall,
+        "codec": name, "partition": partition, "rounds": rounds, "eval_every": eval_every, "threads": threads,
+        "wall_s": wall,
         "acc": {r["round"]: r.get("accuracy") for r in h},
         "bytes_up_round": sum(r["bytes_up"] for r in h) / len(h),
         "bytes_up_party": sum(ups) / len(ups),
@@ -109,11 +113,13 @@ def main() -> None:
     ap.add_argument("--codecs", default=",".join(CODECS), help=f"comma-separated subset of {', '.join(CODECS)}")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON lines file the results are appended to")
     ap.add_argument("--rounds", type=int, default=ROUNDS, help="rounds (W8 is 30; fewer only to measure bytes)")
+    ap.add_argument("--eval-every", type=int, default=1, help="evaluate on the test set every N rounds (and after the last)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--report", action="store_true", help="print the markdown tables of --out and exit")
     args = ap.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(run_variant(args.child, args.partition, args.rounds)))
+        print("RESULT " + json.dumps(run_variant(args.child, args.partition, args.rounds, args.eval_every, args.threads)))
         return
     if args.report:
         print(report([json.loads(l) for l in args.out.read_text().splitlines() if l.strip()]))
@@ -123,7 +129,8 @@ def main() -> None:
         if name not in CODECS:
             sys.exit(f"unknown codec variant {name!r}; choose from {', '.join(CODECS)}")
         proc = subprocess.run([sys.executable, __file__, "--child", name, "--partition", args.partition,
-                               "--rounds", str(args.rounds)],
+                               "--rounds", str(args.rounds), "--eval-every", str(args.eval_every)]
+                              + (["--threads", str(args.threads)] if args.threads else []),
                               capture_output=True, text=True)
         line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:

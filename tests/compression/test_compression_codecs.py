@@ -8,7 +8,7 @@ import pytest
 
 from pollen.compression import HalfPrecision, TopK, int8, qsgd, terngrad
 from pollen.compression.packing import (decode_indices, encode_indices, from_bf16, pack_bits, to_bf16,
-                                        unpack_bits)
+                                        unpack_bits, varint_decode, varint_encode)
 from pollen.errors import ProtocolError
 from pollen.serialization import reply_from_bytes, reply_to_bytes
 from pollen.transforms.base import StepContext
@@ -146,15 +146,26 @@ def test_bf16_rounds_to_nearest_even():
     assert abs(y[4] - x[4]) <= 2**-8 * abs(x[4])
 
 
-@pytest.mark.parametrize("k, n, kind", [(10, 1000, "gaps"), (400, 1000, "mask"), (3, 200_000, "int32")])
-def test_index_encodings_pick_the_smallest(k, n, kind):
-    rng = np.random.default_rng(0)
-    idx = np.sort(rng.choice(n, k, replace=False))
-    if kind == "int32":
-        idx = np.array([0, 100_000, 199_999])  # gaps of 100k do not fit uint16
+@pytest.mark.parametrize("idx, n, kind, nbytes", [
+    (np.sort(np.random.default_rng(0).choice(100_000, 3000, replace=False)), 100_000, "varint", 3000),
+    (np.arange(0, 200_000, 20_000), 200_000, "gaps", 20),  # 20k gaps: 3-byte varints, 2-byte uint16
+    (np.arange(0, 1000, 2), 1000, "mask", 125),
+    (np.array([2**29, 2**30, 2**30 + 2**29]), 2**31, "int32", 12),  # 5-byte varints
+])
+def test_index_encodings_pick_the_smallest(idx, n, kind, nbytes):
     arrays, meta = encode_indices(idx, n)
     assert meta["index"] == kind
+    assert sum(a.nbytes for a in arrays.values()) <= nbytes + (idx.size // 4 if kind == "varint" else 0)
     np.testing.assert_array_equal(decode_indices(arrays, meta, n), idx)
+
+
+def test_varints_roundtrip_and_refuse_truncation():
+    v = np.array([0, 1, 127, 128, 16383, 16384, 2**21, 2**28 + 5, 2**35 - 1])
+    enc = varint_encode(v)
+    assert enc.size == 1 + 1 + 1 + 2 + 2 + 3 + 4 + 5 + 5
+    np.testing.assert_array_equal(varint_decode(enc, v.size), v)
+    with pytest.raises(ProtocolError):
+        varint_decode(enc[:-1], v.size)
 
 
 def test_malformed_messages_are_protocol_errors():

@@ -122,5 +122,5 @@ def test_autocast_context(name, dtype):
 def test_autocast_training_through_the_config(digits_cfg):
     from pollen.simulation import simulate
 
-    result = simulate(digits_cfg(compression={"autocast": "bf16"}, federation={"rounds": 2}))
+    result = simulate(digits_cfg(compression={"autocast": "bf16"}, federation={"rounds": 2}, simulation={"threads": 1}))
     assert result.history[-1]["accuracy"] > 0.2
