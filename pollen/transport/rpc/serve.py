@@ -112,6 +112,7 @@ def run_server(cfg: RunConfig, resume: Path | None = None) -> RunResult:
                           workers=max(32, 4 * cfg.data.parties + 8))
     print(f"coordinator listening on {net.host}:{port}; waiting for {net.min_parties} parties "
           f"(run directory {run_dir})", file=sys.stderr, flush=True)
+    completed = False
     try:
         if not hub.wait_for_parties(net.min_parties, net.join_timeout):
             raise RunError(f"only {len(hub.connected())} of --min-parties={net.min_parties} parties joined within "
@@ -122,10 +123,13 @@ def run_server(cfg: RunConfig, resume: Path | None = None) -> RunResult:
             eval_every=f.eval_every, fed_eval=cfg.data.holdout > 0, fed_eval_every=f.fed_eval_every,
             min_fit_parties=f.min_fit_parties, round_timeout=f.round_timeout, events=bus, checkpointer=checkpointer)
         state = coordinator.run(state, start_round=start, optimizer_state=opt_state)
+        completed = True
     finally:
-        hub.close()
-        hub.wait_stopped(timeout=5.0)
+        if completed:  # tell the parties the run is over; after a crash they keep retrying for --resume
+            hub.close()
+            hub.wait_stopped(timeout=5.0)
         server.stop(grace=1.0).wait()
+        hub.close()
     finish_run(run_dir, state, fed, method=strategy.name,
                extra={"transport": "grpc", "tls": not net.insecure, "rejected_messages": dict(hub.stats.rejected)})
     return RunResult(run_dir, state, read_history(run_dir))
