@@ -169,3 +169,29 @@ def test_insecure_party_joins_an_insecure_coordinator(run_cfg, shards):
     finally:
         hub.close()
         server.stop(0).wait()
+
+
+def test_party_survives_a_refused_reply(coordinator, shards, run_cfg):
+    from dataclasses import replace
+
+    c = coordinator()
+    party, thread = _parties(c, shards, ids=["0"])[0]
+    assert c.hub.wait_for_parties(1, timeout=60)
+    state = initial_state(run_cfg, Federation.from_config(run_cfg).dataset)
+    c.hub.submit(Task("0", "fit", 1, state, RoundConfig(round=1)))  # the first task builds party.party
+    assert c.hub.poll(timeout=60).ok
+    real = party.party.handle
+
+    def diverged_in_round_2(task):
+        reply = real(task)
+        if task.round == 2:
+            nan = {k: np.full_like(v, np.nan) if v.dtype.kind == "f" else v for k, v in reply.update.delta.items()}
+            reply = replace(reply, update=reply.update.with_(delta=nan))
+        return reply
+
+    party.party.handle = diverged_in_round_2
+    c.hub.submit(Task("0", "fit", 2, state, RoundConfig(round=2)))
+    bad = c.hub.poll(timeout=60)
+    assert not bad.ok and "NaN" in bad.failure and c.hub.stats.rejected["invalid"] == 1
+    c.hub.submit(Task("0", "fit", 3, state, RoundConfig(round=3)))
+    assert c.hub.poll(timeout=60).ok and thread.is_alive()

@@ -230,7 +230,16 @@ class GrpcParty:
                     return True
                 reply = self.party.handle(task_from_message(msg.header, msg.payload))
                 header, payload = reply_message(reply)
-                ack = stub.SendReply(to_chunks(header, payload, session=self.session))
+                try:
+                    ack = stub.SendReply(to_chunks(header, payload, session=self.session))
+                except grpc.RpcError as exc:
+                    if exc.code() not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+                        raise
+                    # the coordinator refused this reply (e.g. a diverged, non-finite update): this
+                    # round is lost for us, the next task may go better
+                    log.warning("reply to round %s refused: %s", reply.round, exc.details(),
+                                extra={"event": "refused", "round": reply.round, "reason": exc.details()})
+                    continue
                 if not ack.accepted:
                     log.info("reply to round %s not used: %s", reply.round, ack.reason)
                 self.rounds_done += 1
