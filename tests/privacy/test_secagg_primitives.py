@@ -104,3 +104,13 @@ def test_threshold_from_fraction():
     assert graph.threshold(0.5, 9) == 5
     assert graph.threshold(0.01, 9) == 2  # at least two
     assert graph.threshold(1.0, 4) == 5
+
+
+def test_failure_bound_matches_the_hypergeometric_tails():
+    from scipy.stats import hypergeom
+
+    n, k, t, dropped = 100, 40, 17, 30
+    want = dropped * hypergeom(99, 70, k).cdf(t - 1) + (n - dropped) * hypergeom(99, 69, k).cdf(t - 2)
+    assert graph.failure_bound(n, k, t, dropped) == pytest.approx(want, rel=1e-9)
+    assert graph.failure_bound(10, 9, 5, 3) == 0.0  # 7 survivors ≥ 5 always
+    assert graph.failure_bound(10, 9, 8, 3) == 1.0  # 7 survivors < 8 always (capped)

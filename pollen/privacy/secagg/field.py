@@ -143,17 +143,20 @@ def quantize(values: np.ndarray, spec: FieldSpec, weight: int, rng: np.random.Ge
         (the vector as ``spec.dtype``, fraction of float coordinates that were clipped).
     """
     x = np.asarray(values, dtype=np.float64)
-    over = np.abs(x) > spec.clip
+    c = spec.clip
+    n_over = np.count_nonzero(x > c) + np.count_nonzero(x < -c)
     for a, b in exact:
-        over[a:b] = False
-    clipped = float(np.mean(over)) if x.size else 0.0
-    v = np.clip(x, -spec.clip, spec.clip) * spec.scale  # (D,) in [−B, B]
+        n_over -= np.count_nonzero(x[a:b] > c) + np.count_nonzero(x[a:b] < -c)
+    clipped = n_over / x.size if x.size else 0.0
+    v = np.clip(x, -c, c)  # (D,) a new array: the input is not modified
+    v *= spec.scale  # in [−B, B]
     q = np.floor(v)
-    q += rng.random(v.shape) < (v - q)  # unbiased stochastic rounding
+    v -= q  # the fractional part
+    q += rng.random(v.shape) < v  # unbiased stochastic rounding: E[q] = x · scale
     for a, b in exact:
         q[a:b] = np.clip(np.rint(x[a:b]), -spec.bound, spec.bound)
-    q = q.astype(np.int64) * np.int64(weight)
-    return q.astype(spec.dtype), clipped  # two's complement wrap into Z_{2^bits}
+    q *= weight  # exact in float64: |q · weight| ≤ 2^63 is ensured by check_range
+    return q.astype(np.int64).astype(spec.dtype), float(clipped)  # two's complement wrap into Z_{2^bits}
 
 
 def dequantize(total: np.ndarray, spec: FieldSpec, exact: Segments = ()) -> np.ndarray:

@@ -57,3 +57,23 @@ def harary(parties: Sequence[str], k: int, seed: bytes) -> dict[str, tuple[str, 
         near = {ring[(pos + d) % n] for d in range(1, half + 1)} | {ring[(pos - d) % n] for d in range(1, half + 1)}
         out[p] = tuple(sorted(near, key=order_key))
     return out
+
+
+def failure_bound(n: int, k: int, t: int, dropped: int) -> float:
+    """Union bound on the chance that a round cannot be unmasked when ``dropped`` of ``n``
+    parties (chosen at random) drop after sharing their keys: some party then has fewer than
+    ``t`` surviving share holders among itself and its ``k`` neighbours. Exact hypergeometric
+    tails; use it to pick ``--secagg-neighbours`` (Bell et al. 2020, Sec. 4 choose k the same way).
+    """
+    if k >= n - 1:
+        k = n - 1
+    alive = n - dropped
+
+    def below(population: int, good: int, draws: int, need: int) -> float:  # P(X < need)
+        total = math.comb(population, draws)
+        return sum(math.comb(good, x) * math.comb(population - good, draws - x)
+                   for x in range(max(0, need)) if x <= good and draws - x <= population - good) / total
+
+    lost = below(n - 1, alive, k, t) if dropped else 0.0  # a dropped party's key needs t survivors
+    kept = below(n - 1, alive - 1, k, t - 1)  # a survivor's seed: itself + t − 1 surviving neighbours
+    return min(1.0, dropped * lost + alive * kept)
