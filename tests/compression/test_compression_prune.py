@@ -124,3 +124,16 @@ def test_autocast_training_through_the_config(digits_cfg):
 
     result = simulate(digits_cfg(compression={"autocast": "bf16"}, federation={"rounds": 2}, simulation={"threads": 1}))
     assert result.history[-1]["accuracy"] > 0.2
+
+
+def test_grpc_checks_plain_replies_against_a_compressed_downlink():
+    from pollen.transport.rpc.messages import _check_delta
+
+    glob, u = setup()
+    step = Downlink("int8", 0)
+    config = step.configure(RoundConfig())
+    task = Task("1", "fit", 1, step.encode_model(glob, config), config)
+    plain = {k: (v if v.dtype != np.float32 else np.zeros_like(v)) for k, v in glob.items()}
+    _check_delta(plain, task, {})  # the reply's layout is the decoded model's
+    with pytest.raises(ProtocolError):
+        _check_delta({**plain, "fc.weight": np.zeros((2, 2), np.float32)}, task, {})

@@ -18,7 +18,8 @@ from pollen.errors import ProtocolError
 from pollen.transport.rpc.tensors import Encoded, decode
 from pollen.types import EvalResult, ModelState, Reply, RoundConfig, Task, Update
 
-ALLOWED_DTYPES = {np.dtype(t) for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")}
+ALLOWED_DTYPES = {np.dtype(t) for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
+                                        "uint16", "bool")}  # uint16: bf16 bit patterns and top-k index gaps
 MAX_EXAMPLES = 10**12
 
 
@@ -119,15 +120,31 @@ def _check_delta(delta: ModelState, task: Task, codec: Mapping[str, Any]) -> Non
     if codec:  # an encoded update: its decoder checks the layout; here dtypes and finiteness
         _check_finite(delta)
         return
-    names = list(task.config.shared_names) if task.config.shared_names is not None else list(task.state)
+    model = _model_layout(task)
+    names = list(task.config.shared_names) if task.config.shared_names is not None else list(model)
     if set(delta) != set(names):
         missing, extra = sorted(set(names) - set(delta))[:5], sorted(set(delta) - set(names))[:5]
         raise ProtocolError(f"update tensors do not match the model: missing {missing}, unexpected {extra}")
     for name in names:
-        got, ref = delta[name], task.state[name]
-        if got.shape != ref.shape or got.dtype != ref.dtype:
-            raise ProtocolError(f"tensor {name!r}: expected {ref.dtype}{list(ref.shape)}, got {got.dtype}{list(got.shape)}")
+        got, (shape, dtype) = delta[name], model[name]
+        if got.shape != shape or got.dtype != dtype:
+            raise ProtocolError(f"tensor {name!r}: expected {dtype}{list(shape)}, got {got.dtype}{list(got.shape)}")
     _check_finite(delta)
+
+
+def _model_layout(task: Task) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Name -> (shape, dtype) of the model the task carried; a model sent compressed
+    (``--downlink``: ``<name>::v`` keeps the shape, ``<name>::s`` holds scales) decodes to float32."""
+    if not task.config.extra.get("downlink"):
+        return {k: (v.shape, v.dtype) for k, v in task.state.items()}
+    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    for key, arr in task.state.items():
+        base, sep, part = key.rpartition("::")
+        if not sep:
+            out[key] = (arr.shape, arr.dtype)
+        elif part == "v":
+            out[base] = (arr.shape, np.dtype(np.float32))
+    return out
 
 
 def _check_finite(state: ModelState) -> None:
