@@ -25,7 +25,6 @@ import json
 import statistics
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
