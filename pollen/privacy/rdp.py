@@ -91,14 +91,22 @@ def _log_a_frac(q: float, sigma: float, alpha: float) -> float:
             return _log_add(log_a0, log_a1)
 
 
-def rdp_poisson(q: float, sigma: float, order: float) -> float:
-    """RDP at ``order`` of one step of the Poisson-subsampled Gaussian (sensitivity 1, std σ)."""
+def _edge_case(q: float, sigma: float, order: float) -> float | None:
+    """RDP where sampling does not matter: nothing sampled, no noise, or everything sampled."""
     if q == 0:
         return 0.0
     if sigma == 0:
         return math.inf
     if q == 1.0:
         return order / (2 * sigma**2)
+    return None
+
+
+def rdp_poisson(q: float, sigma: float, order: float) -> float:
+    """RDP at ``order`` of one step of the Poisson-subsampled Gaussian (sensitivity 1, std σ)."""
+    edge = _edge_case(q, sigma, order)
+    if edge is not None:
+        return edge
     log_a = _log_a_int(q, sigma, int(order)) if float(order).is_integer() else _log_a_frac(q, sigma, order)
     return log_a / (order - 1)
 
@@ -133,12 +141,9 @@ def rdp_without_replacement(q: float, sigma: float, order: int) -> float:
 
     ``sigma`` is the noise std over the replace-one sensitivity of the function.
     """
-    if q == 0:
-        return 0.0
-    if sigma == 0:
-        return math.inf
-    if q == 1.0:
-        return order / (2 * sigma**2)
+    edge = _edge_case(q, sigma, order)
+    if edge is not None:
+        return edge
 
     def cgf(x: int) -> float:  # (x)·ε(x + 1): log of the Gaussian's e^{(j−1)ε(j)} at j = x + 1
         return x * (x + 1) / (2 * sigma**2)
