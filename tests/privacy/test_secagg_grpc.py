@@ -37,7 +37,7 @@ def _cfg(tmp_path, **privacy):
 
 def _run_grpc(cfg, shards):
     ds, folder = shards
-    hub = GrpcTransport(10.0)  # a loaded CI machine must not miss heartbeats
+    hub = GrpcTransport(60.0)  # a loaded CI machine must not miss heartbeats
     server, port = start_server(FederationService(hub, cfg.to_dict(), 10**9, True, RevocationList(None)),
                                 "127.0.0.1", 0, None)
     threads = []
@@ -49,7 +49,7 @@ def _run_grpc(cfg, shards):
     try:
         assert hub.wait_for_parties(len(IDS), timeout=60)
         records = []
-        coord = Coordinator(make_strategy(cfg), hub, cfg.federation.rounds, pipeline=make_pipeline(cfg), round_timeout=60)
+        coord = Coordinator(make_strategy(cfg), hub, cfg.federation.rounds, pipeline=make_pipeline(cfg), round_timeout=600)
         coord.events.subscribe(lambda e: records.append(e.record) if isinstance(e, RoundCompleted) else None)
         state = coord.run(initial_state(cfg, ds))
     finally:
