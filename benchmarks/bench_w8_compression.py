@@ -39,6 +39,7 @@ CODECS: dict[str, tuple[str, dict]] = {
                                                       "topk_values": "int8"}),
     "topk5-ef-int8": ("top-k 5 % + EF, int8 values", {"codec": "topk", "topk_fraction": 0.05, "error_feedback": True,
                                                       "topk_values": "int8"}),
+    "sign-ef": ("1-bit scaled sign + EF (block 1024)", {"codec": "sign", "codec_block": 1024, "error_feedback": True}),
     "topk1-ef-int8": ("top-k 1 % + EF, int8 values", {"codec": "topk", "topk_fraction": 0.01, "error_feedback": True,
                                                       "topk_values": "int8"}),
     "qsgd4": ("QSGD 4 bits (bucket 512)", {"codec": "qsgd", "qsgd_bits": 4}),

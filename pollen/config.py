@@ -123,15 +123,15 @@ class PrivacyConfig(_Section):
     secagg_dropout: float = Field(0.0, ge=0, lt=1, description="simulation: fraction of each round's parties that drop out after masking (their masks are recovered)")
 
 
-Codec = Literal["none", "fp16", "bf16", "int8", "qsgd", "terngrad", "topk"]
+Codec = Literal["none", "fp16", "bf16", "int8", "qsgd", "terngrad", "sign", "topk"]
 
 
 class CompressionConfig(_Section):
     """Update codecs, client-side pruning, downlink compression and mixed-precision training."""
 
-    codec: Codec = Field("none", description="uplink codec for model updates: none, fp16, bf16, int8, qsgd, terngrad, topk")
+    codec: Codec = Field("none", description="uplink codec for model updates: none, fp16, bf16, int8, qsgd, terngrad, sign (1 bit + scale; use with --error-feedback), topk")
     qsgd_bits: int = Field(4, ge=2, le=8, description="bits per value for --codec qsgd (2 … 8)")
-    codec_block: int = Field(0, ge=0, description="values sharing one scale in int8/qsgd/terngrad (0: one scale per tensor)")
+    codec_block: int = Field(0, ge=0, description="values sharing one scale in int8/qsgd/terngrad/sign (0: one per tensor; qsgd: 512)")
     topk_fraction: float = Field(0.01, gt=0, le=1, description="fraction of each tensor's entries kept by --codec topk")
     topk_values: Literal["fp32", "fp16", "bf16", "int8"] = Field("fp32", description="how top-k (and pruning) sends the kept values")
     error_feedback: bool = Field(False, description="keep what the codec dropped on each party and add it to its next update")

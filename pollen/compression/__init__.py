@@ -12,12 +12,12 @@ from pollen.compression.base import TensorCodec
 from pollen.compression.checks import check_pipeline
 from pollen.compression.downlink import Autocast, Downlink
 from pollen.compression.prune import Prune
-from pollen.compression.quantize import HalfPrecision, UniformQuantizer, int8, qsgd, terngrad
+from pollen.compression.quantize import HalfPrecision, ScaledSign, UniformQuantizer, int8, qsgd, terngrad
 from pollen.compression.sparsify import TopK
 from pollen.transforms.base import UpdateStep
 
 __all__ = [
-    "Autocast", "Downlink", "HalfPrecision", "Prune", "TensorCodec", "TopK", "UniformQuantizer",
+    "Autocast", "Downlink", "HalfPrecision", "Prune", "ScaledSign", "TensorCodec", "TopK", "UniformQuantizer",
     "check_pipeline", "codec_from_config", "int8", "qsgd", "steps_from_config", "terngrad",
 ]
 
@@ -39,6 +39,8 @@ def codec_from_config(c) -> UpdateStep | None:
         return qsgd(c.qsgd_bits, c.codec_block or QSGD_BUCKET, error_feedback=ef)
     if c.codec == "terngrad":
         return terngrad(c.codec_block, c.terngrad_clip, error_feedback=ef)
+    if c.codec == "sign":
+        return ScaledSign(c.codec_block, error_feedback=ef)
     if c.codec == "topk":
         return TopK(c.topk_fraction, c.topk_values, error_feedback=ef)
     return None

@@ -7,6 +7,8 @@
   Encoding" (NeurIPS). Each bucket ``v`` is sent as ``‖v‖₂``, signs and levels ``l ∈ {0 … s}``
   drawn by stochastic rounding of ``s·|v_i|/‖v‖₂``; unbiased, with
   ``E‖Q(v) − v‖² ≤ min(n/s², √n/s)·‖v‖²`` (their Lemma 3.1). ``b`` bits hold ``s = 2^(b−1) − 1``.
+- ``sign``: 1-bit scaled sign with a mean-magnitude scale per block (Karimireddy et al. 2019), for
+  use with error feedback.
 - ``terngrad``: Wen et al. 2017, "TernGrad: Ternary Gradients to Reduce Communication in
   Distributed Deep Learning" (NeurIPS). Each value becomes ``s·sign(v_i)·Bernoulli(|v_i|/s)`` with
   ``s = max|v|``; unbiased; 2 bits per value. Their optional clipping at ``c·σ`` (``c = 2.5``)
@@ -111,6 +113,41 @@ class UniformQuantizer(TensorCodec):
             raise ProtocolError(f"{self.name}: a level outside ±{self.levels}")
         per_value = np.repeat(scale, b)[:n]
         return levels * (per_value / self.levels)
+
+
+class ScaledSign(TensorCodec):
+    """1-bit scaled sign: Karimireddy et al. 2019, "Error Feedback Fixes SignSGD and other Gradient
+    Compression Schemes" (ICML): each block ``v`` is sent as ``sign(v)`` (1 bit a value) and
+    ``‖v‖₁/n`` (float32); biased, meant to run with error feedback.
+
+    Args:
+        block: values sharing one scale (0: the whole tensor).
+        error_feedback: see ``TensorCodec`` (recommended).
+    """
+
+    name = "sign"
+    bits = 1
+
+    def __init__(self, block: int = 0, error_feedback: bool = True) -> None:
+        super().__init__(error_feedback)
+        self.block = block
+
+    def encode_tensor(self, x: np.ndarray, rng: np.random.Generator) -> tuple[Arrays, dict[str, Any]]:
+        rows = blocks(x, self.block)
+        n_last = x.size - (rows.shape[0] - 1) * rows.shape[1]
+        counts = np.full(rows.shape[0], rows.shape[1], dtype=np.float32)
+        counts[-1] = n_last  # padding zeros do not count in the last block's mean
+        scale = (np.abs(rows).sum(axis=1) / counts).astype(np.float32)
+        return {"q": np.packbits(x >= 0, bitorder="little"), "scale": scale}, {}
+
+    def decode_tensor(self, parts: Arrays, meta: Mapping[str, Any], n: int) -> np.ndarray:
+        q, scale = parts.get("q"), parts.get("scale")
+        b = max(n if self.block <= 0 or self.block >= n else self.block, 1)
+        if q is None or scale is None or q.dtype != np.uint8 or q.size != (n + 7) // 8 \
+                or scale.dtype != np.float32 or scale.shape != (math.ceil(n / b),):
+            raise ProtocolError(f"sign: expected {(n + 7) // 8} packed sign bytes and {math.ceil(n / b)} float32 scales")
+        signs = np.unpackbits(q, count=n, bitorder="little").astype(np.float32) * 2 - 1
+        return signs * np.repeat(scale, b)[:n]
 
 
 def int8(block: int = 0, error_feedback: bool = False) -> UniformQuantizer:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pollen.compression import HalfPrecision, TopK, int8, qsgd, terngrad
+from pollen.compression import HalfPrecision, ScaledSign, TopK, int8, qsgd, terngrad
 from pollen.compression.packing import (decode_indices, encode_indices, from_bf16, pack_bits, to_bf16,
                                         unpack_bits, varint_decode, varint_encode)
 from pollen.errors import ProtocolError
@@ -185,3 +185,16 @@ def test_malformed_messages_are_protocol_errors():
     too_many = TopK(0.5).encode(u, ctx())
     with pytest.raises(ProtocolError, match="at most"):
         TopK(0.05).decode(too_many.with_(codec={"topk": too_many.codec["topk"]}))
+
+
+def test_scaled_sign_keeps_signs_and_block_mean_magnitude():
+    u = make_update()
+    codec = ScaledSign(block=100, error_feedback=False)
+    enc, out = roundtrip(codec, u)
+    x, y = u.delta["fc.weight"].reshape(-1), out.delta["fc.weight"].reshape(-1)
+    assert np.all((y >= 0) == (x >= 0))
+    np.testing.assert_allclose(np.abs(y).reshape(-1, 100).mean(axis=1), np.abs(x).reshape(-1, 100).mean(axis=1), rtol=1e-5)
+    assert enc.delta["fc.weight::q"].nbytes == x.size // 8 and enc.delta["fc.weight::scale"].size == x.size // 100
+    b = out.delta["fc.bias"]  # 7 values, one partial block: the mean is over the real values only
+    np.testing.assert_allclose(np.abs(b).mean(), np.abs(u.delta["fc.bias"]).mean(), rtol=1e-6)
+    assert not codec.unbiased

@@ -21,6 +21,7 @@ FLOOR = {
     "int8": ({"codec": "int8", "codec_block": 256}, 0.83),  # 0.881
     "qsgd": ({"codec": "qsgd", "qsgd_bits": 4}, 0.83),  # 0.881
     "terngrad": ({"codec": "terngrad"}, 0.83),  # 0.892
+    "sign-ef": ({"codec": "sign", "codec_block": 256, "error_feedback": True}, 0.80),  # 0.850
     "topk10-ef": ({"codec": "topk", "topk_fraction": 0.1, "error_feedback": True}, 0.80),  # 0.858
     "topk1-ef": ({"codec": "topk", "topk_fraction": 0.01, "error_feedback": True}, 0.55),  # 0.647
     "prune-fp16": ({"prune": "magnitude", "prune_fraction": 0.3, "topk_values": "fp16"}, 0.80),  # 0.872
