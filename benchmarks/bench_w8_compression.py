@@ -84,28 +84,56 @@ def run_variant(name: str, partition: str, rounds: int = ROUNDS, eval_every: int
 
 
 def report(lines: list[dict]) -> str:
-    """Markdown tables (one per partition) from the recorded runs."""
+    """Markdown tables (one per partition) from the recorded runs; Δ is against ``none`` run for
+    the same partition and number of rounds."""
     out = []
-    base = {l["partition"]: l for l in lines if l["codec"] == "none"}
     for part in ("iid", "dirichlet"):
         rows = [l for l in lines if l["partition"] == part]
         if not rows:
             continue
-        b = base.get(part)
         out += [f"### {'W1 (IID)' if part == 'iid' else 'W2 (Dirichlet α = 0.5)'}", "",
-                "| codec | bytes up / round | per party | × fewer than fp32 | acc r10 | acc r20 | acc r30 | Δ r30 (points) "
+                "| codec | rounds | bytes up / round | per party | × fewer than fp32 | test accuracy | Δ (points) "
                 "| comm / data | uplink / data | wall s |",
-                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for l in rows:
-            acc = {int(k): v for k, v in l["acc"].items()}
-            fewer = b["bytes_up_round"] / l["bytes_up_round"] if b else float("nan")
-            delta = 100 * (acc[ROUNDS] - {int(k): v for k, v in b["acc"].items()}[ROUNDS]) if b else float("nan")
+            r = l.get("rounds", ROUNDS)
+            base = next((b for b in rows if b["codec"] == "none" and b.get("rounds", ROUNDS) == r), None)
+            acc = l["acc"][str(r)]
+            fewer = base["bytes_up_round"] / l["bytes_up_round"] if base else float("nan")
+            delta = 100 * (acc - base["acc"][str(r)]) if base else float("nan")
             out.append(
-                f"| {CODECS[l['codec']][0]} | {l['bytes_up_round'] / 1e6:.3f} MB | {l['bytes_up_party'] / 1e3:.1f} kB "
-                f"| {fewer:.1f}× | {100 * acc[10]:.2f} | {100 * acc[20]:.2f} | {100 * acc[30]:.2f} | {delta:+.2f} "
+                f"| {CODECS[l['codec']][0]} | {r} | {l['bytes_up_round'] / 1e6:.3f} MB | {l['bytes_up_party'] / 1e3:.1f} kB "
+                f"| {fewer:.1f}× | {100 * acc:.2f} % | {delta:+.2f} "
                 f"| {100 * l['comm_ratio']:.0f} % | {100 * l['uplink_ratio']:.1f} % | {l['wall_s']:.0f} |")
         out.append("")
     return "\n".join(out)
+
+
+def message_sizes() -> str:
+    """Bytes of one real W1 reply (party 0, round 1, from the initial model) under each codec."""
+    import numpy as np
+
+    from pollen.config import make_config
+    from pollen.serialization import reply_to_bytes
+    from pollen.simulation.build import Federation, initial_state, make_pipeline, make_strategy
+    from pollen.transforms.base import StepContext
+    from pollen.types import Reply, state_nbytes
+
+    base = make_config({"data": {"dataset": "fmnist", "parties": PARTIES, "holdout": 0.0}, "model": {"model": "fedavg_cnn"}})
+    fed = Federation.from_config(base)
+    party = fed.make_parties(fed.make_trainer(), ["0"])["0"]
+    state = initial_state(base, fed.dataset)
+    update = party.trainer.fit(state, *party.train.tensors(), make_strategy(base).configure(1, list(state)),
+                               __import__("torch").Generator().manual_seed(0))
+    raw = state_nbytes(update.delta)
+    lines = ["| codec | bytes of one reply | × fewer than the float32 tensors |", "| --- | ---: | ---: |"]
+    for name, (label, comp) in CODECS.items():
+        cfg = make_config({**base.to_dict(), "compression": comp})
+        ctx = StepContext("0", 1, np.random.default_rng(0), {}, state)
+        enc = make_pipeline(cfg).encode(update, ctx)
+        n = len(reply_to_bytes(Reply("0", "fit", 1, update=enc)))
+        lines.append(f"| {label} | {n:,} | {raw / n:.1f}× |")
+    return f"float32 update tensors: {raw:,} bytes\n\n" + "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -118,9 +146,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--report", action="store_true", help="print the markdown tables of --out and exit")
+    ap.add_argument("--sizes", action="store_true", help="print each codec's size of one real W1 reply and exit")
     args = ap.parse_args()
     if args.child:
         print("RESULT " + json.dumps(run_variant(args.child, args.partition, args.rounds, args.eval_every, args.threads)))
+        return
+    if args.sizes:
+        print(message_sizes())
         return
     if args.report:
         print(report([json.loads(l) for l in args.out.read_text().splitlines() if l.strip()]))
