@@ -92,6 +92,25 @@ def table(rows: list[dict], rounds: int) -> str:
     return "\n".join(out)
 
 
+def partial_rows(a: argparse.Namespace, at: int) -> list[dict]:
+    """Rows for the grid's runs that reached round ``at``, read from their history files."""
+    rows = []
+    for seed in a.seeds.split(","):
+        for split in a.splits.split(","):
+            for s in a.strategies.split(","):
+                path = Path(a.runs_dir) / f"{s}-{split}-s{seed}-r{a.rounds}" / "history.jsonl"
+                hist = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+                hist = [r for r in hist if r["round"] <= at]
+                if len(hist) < at:
+                    continue
+                acc = [r.get("accuracy") for r in hist]
+                rows.append({"strategy": s, "split": split, "seed": int(seed), "rounds": at, "final_accuracy": acc[-1],
+                             "best_accuracy": max(acc), "fed_accuracy": hist[-1].get("fed_accuracy"),
+                             "rounds_to_80": next((r["round"] for r in hist if r["accuracy"] >= TARGET), None),
+                             "median_round_s": statistics.median(r["seconds"] for r in hist)})
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--strategies", default=",".join(STRATEGIES))
@@ -103,7 +122,15 @@ def main() -> None:
     p.add_argument("--runs-dir", default="/tmp/pollen-w3-runs")
     p.add_argument("--results", default="benchmarks/results/w3-strategies.jsonl")
     p.add_argument("--table", action="store_true", help="only render the table from --results")
+    p.add_argument("--at-round", type=int, default=None,
+                   help="render a table of the runs' state at this round from their history files in --runs-dir "
+                        "(for runs cut short; nothing is trained)")
     a = p.parse_args()
+    if a.at_round is not None:
+        rows = partial_rows(a, a.at_round)
+        print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; {machine()}\n")
+        print(table(rows, a.at_round))
+        return
     results = Path(a.results)
     done = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     if not a.table:
