@@ -8,9 +8,10 @@ Parts:
              FedAvg --he run alternately ``--reps`` times for ``--rounds`` rounds each; ratio of
              median round times within each repetition, bytes up per round; plus the cost of
              each CKKS operation on a 1.66M-float vector.
-  mia        membership inference (loss threshold, offline LiRA) on digits/MLP runs trained into
-             overfitting: plain, --he, party-level central DP and DP-SGD at ε = 8 (δ = 1e-5),
-             with the DP bound TPR ≤ e^ε·FPR + δ checked.
+  mia        membership inference (loss threshold, offline LiRA with --shadows models) on
+             digits/MLP runs (5 parties, 10 rounds of 10 local epochs, all parties every round):
+             plain, --he, party-level central DP and DP-SGD at ε = 8 (δ = 1e-5), with the DP
+             bound TPR ≤ e^ε·FPR + δ checked.
   inversion  gradient inversion of one party's first update (batch of 1) on Fashion-MNIST with
              the FedAvg CNN and an MLP: no protection, local DP noise, a sum of 10 parties.
 """
@@ -95,7 +96,7 @@ def part_he(keys: Path, reps: int, rounds: int) -> dict:
         reps_out.append({"plain_round_s": p_t, "he_round_s": e_t, "ratio": e_t / p_t,
                          "plain_bytes_up": plain[-1]["bytes_up"], "he_bytes_up": enc[-1]["bytes_up"],
                          "plain_acc": plain[-1].get("accuracy"), "he_acc": enc[-1].get("accuracy")})
-        print(f"rep {r}: plain {p_t:.2f} s/round, he {e_t:.2f} s/round, ratio {e_t / p_t:.2f}", flush=True)
+        print(f"rep {r}: " + json.dumps(reps_out[-1]), flush=True)
     ratios = [x["ratio"] for x in reps_out]
     return {"rounds_per_run": rounds, "reps": reps_out, "ratio_median": statistics.median(ratios),
             "ratio_min": min(ratios), "ratio_max": max(ratios),
@@ -103,15 +104,77 @@ def part_he(keys: Path, reps: int, rounds: int) -> dict:
             "micro": he_micro(keys, 3)}
 
 
-def part_mia(keys: Path, work: Path, shadows: int) -> dict:
+def save_partial(path: Path, key: str, value: dict) -> None:
+    """Write what is measured so far (a long benchmark on a shared machine may be cut short)."""
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[key] = value
+    path.write_text(json.dumps(data, indent=2, default=str))
+
+
+def part_cpu(keys: Path, reps: int, out_path: Path) -> dict:
+    """CPU seconds (``time.process_time``, one torch thread) of one W1 round, plain vs with CKKS.
+
+    On a machine shared by dozens of processes the wall clock measures the queue, not the work;
+    CPU time of the same steps in one process is the robust comparison. Plain round = 10 parties
+    train (one epoch of 600 records each) + weighted mean + evaluation on the 10k test set; the
+    CKKS round adds what ``--he`` adds: 10 encryptions, the coordinator's sum, one decryption.
+    """
+    import torch
+
+    from pollen.client.trainer import Trainer
+    from pollen.config import make_config
+    from pollen.privacy.he_step import CKKSEncrypt, handle_decrypt
+    from pollen.simulation.build import Federation, initial_state
+    from pollen.strategy.base import WeightedMean
+    from pollen.transforms.base import Pipeline, StepContext
+    from pollen.transport.inprocess import InProcessTransport
+    from pollen.types import RoundConfig
+
+    torch.set_num_threads(1)
+    cfg = make_config({"data": {"dataset": "fmnist", "parties": 100, "holdout": 0}, "model": {"model": "fedavg_cnn"}})
+    fed = Federation.from_config(cfg)
+    trainer = fed.make_trainer()
+    state = initial_state(cfg, fed.dataset)
+    step = CKKSEncrypt(keys)
+    ids = [str(i) for i in np.random.default_rng([0, 1]).choice(100, 10, replace=False)]
+    parties = fed.make_parties(trainer, ids, Pipeline((step,)))
+    transport = InProcessTransport(parties)
+    evaluate = fed.make_evaluator(trainer)
+    config = RoundConfig(lr=0.05, batch_size=32)
+    rows = []
+    for r in range(reps):
+        t = time.process_time()
+        updates = [trainer.fit(state, *parties[p].train.tensors(), config, torch.Generator().manual_seed(r)) for p in ids]
+        WeightedMean().aggregate(updates)
+        evaluate(state)
+        plain = time.process_time() - t
+        t = time.process_time()
+        enc = [step.encode(u, StepContext(p, 1, np.random.default_rng(0))) for u, p in zip(updates, ids)]
+        t_enc = time.process_time() - t
+        t = time.process_time()
+        step.combine(enc, ids, 1, transport)  # sum on the coordinator + decryption by a party
+        t_comb = time.process_time() - t
+        rows.append({"plain_round_cpu_s": plain, "encrypt_10_cpu_s": t_enc, "sum_and_decrypt_cpu_s": t_comb,
+                     "ratio": (plain + t_enc + t_comb) / plain,
+                     "bytes_up_plain": sum(int(sum(v.nbytes for v in u.delta.values())) for u in updates),
+                     "bytes_up_he": sum(int(sum(v.nbytes for v in u.delta.values())) for u in enc)})
+        print("cpu rep", r, json.dumps(rows[-1]), flush=True)
+        save_partial(out_path, "he_cpu", {"reps": rows})
+    ratios = [x["ratio"] for x in rows]
+    out = {"reps": rows, "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+    save_partial(out_path, "he_cpu", out)
+    return out
+
+
+def part_mia(keys: Path, work: Path, shadows: int, out_path: Path) -> dict:
     from pollen.attacks.privacy_audit import LoadedRun, attack_membership
 
-    base = ["--dataset", "digits", "--parties", "5", "--rounds", "20", "--epochs", "5", "--model", "mlp",
+    base = ["--dataset", "digits", "--parties", "5", "--rounds", "10", "--epochs", "10", "--model", "mlp",
             "--holdout", "0", "--lr", "0.05", "--seed", "0"]
     variants = {
         "plain": [],
-        "he": ["--he", "--he-keys", str(keys)],
         "client-dp central ε=8": ["--client-dp", "central", "--target-epsilon", "8", "--delta", "1e-5"],
+        "he": ["--he", "--he-keys", str(keys)],
         "dp-sgd ε=8": ["--dp-sgd", "--target-epsilon", "8", "--delta", "1e-5"],
     }
     out = {}
@@ -128,10 +191,11 @@ def part_mia(keys: Path, work: Path, shadows: int) -> dict:
         res["train_seconds"] = time.perf_counter() - t
         out[name] = res
         print(name, {k: v["auc"]["value"] for k, v in res["attacks"].items()}, flush=True)
+        save_partial(out_path, "mia", out)
     return out
 
 
-def part_inversion(work: Path, steps: int) -> dict:
+def part_inversion(work: Path, steps: int, out_path: Path) -> dict:
     from pollen.attacks.privacy_audit import LoadedRun, attack_inversion
 
     out = {}
@@ -150,17 +214,19 @@ def part_inversion(work: Path, steps: int) -> dict:
                                         "psnr_max": max(scores), "label_correct": r["label_correct"],
                                         "attacker_knows": r["attacker_knows"], "steps": steps}
             print(model, prot, [round(s, 1) for s in scores], flush=True)
+            save_partial(out_path, "inversion", out)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=("he", "mia", "inversion", "all"), default="all")
+    ap.add_argument("--part", choices=("he", "cpu", "mia", "inversion", "all"), default="all")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--shadows", type=int, default=4)
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/he-and-attacks.json"))
+    ap.add_argument("--micro-only", action="store_true", help="with --part he: only the cost of each CKKS operation")
     args = ap.parse_args()
     from pollen.privacy.he import write_keys
 
@@ -173,12 +239,18 @@ def main() -> None:
         keys = Path(d) / "keys"
         write_keys(keys)
         work = Path(d) / "runs"
-        if args.part in ("he", "all"):
+        if args.part == "cpu":
+            result["he_cpu"] = part_cpu(keys, args.reps, out_path)
+        elif args.micro_only:
+            result["he_micro"] = he_micro(keys, 3)
+        elif args.part in ("he", "all"):
             result["he"] = part_he(keys, args.reps, args.rounds)
         if args.part in ("mia", "all"):
-            result["mia"] = part_mia(keys, work, args.shadows)
+            result["mia"] = part_mia(keys, work, args.shadows, out_path)
         if args.part in ("inversion", "all"):
-            result["inversion"] = part_inversion(work, args.steps)
+            result["inversion"] = part_inversion(work, args.steps, out_path)
+    if out_path.exists():
+        result = {**json.loads(out_path.read_text()), **result}
     out_path.write_text(json.dumps(result, indent=2, default=str))
     print(f"written to {out_path}")
 
