@@ -29,7 +29,7 @@ ROWS = ["centralized", "fedavg", "dpsgd-8", "dpsgd-4", "dpsgd-2", "clientdp-8", 
 DELTA = 1e-5
 
 
-def row_config(row: str, rounds: int, runs_dir: str) -> dict:
+def row_config(row: str, rounds: int, runs_dir: str, threads: int | None = None) -> dict:
     """The run configuration of one row (a nested dict for ``make_config``)."""
     cfg = {
         "data": {"dataset": "fmnist", "parties": 100, "partition": "iid", "holdout": 0.0},
@@ -37,6 +37,7 @@ def row_config(row: str, rounds: int, runs_dir: str) -> dict:
         "train": {"lr": 0.05, "batch_size": 32, "epochs": 1},
         "federation": {"rounds": rounds, "parties_per_round": 10, "eval_every": 10},
         "run": {"name": row, "runs_dir": runs_dir, "progress": False, "seed": 0},
+        "simulation": {"threads": threads},
     }
     kind, _, eps = row.partition("-")
     if kind == "dpsgd":
@@ -73,7 +74,7 @@ def membership_auc(cfg, state, history, members: int, seed: int = 0) -> dict:
             "mia_tpr_at_0.1%fpr": res.tpr_low_fpr.value, "mia_members": res.members}
 
 
-def run_row(row: str, rounds: int, members: int) -> dict:
+def run_row(row: str, rounds: int, members: int, threads: int | None = None) -> dict:
     """Train one row and measure it."""
     import torch
 
@@ -81,7 +82,7 @@ def run_row(row: str, rounds: int, members: int) -> dict:
     from pollen.simulation import centralized, simulate
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = make_config(row_config(row, rounds, tmp))
+        cfg = make_config(row_config(row, rounds, tmp, threads))
         t0 = time.perf_counter()
         result = centralized(cfg) if row == "centralized" else simulate(cfg)
         wall = time.perf_counter() - t0
@@ -120,6 +121,7 @@ def main() -> None:
     ap.add_argument("--rows", default="all", help=f"comma-separated rows or 'all' ({', '.join(ROWS)})")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--members", type=int, default=5000, help="members and non-members per MIA")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per row (default: cores)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/w6-privacy.jsonl"))
     ap.add_argument("--one", help=argparse.SUPPRESS)  # run one row in this process, print its JSON
     ap.add_argument("--report", type=Path, help="print the table of a JSONL file and exit")
@@ -128,13 +130,13 @@ def main() -> None:
         print(report(args.report))
         return
     if args.one:
-        print("RESULT " + json.dumps(run_row(args.one, args.rounds, args.members)), flush=True)
+        print("RESULT " + json.dumps(run_row(args.one, args.rounds, args.members, args.threads)), flush=True)
         return
     rows = ROWS if args.rows == "all" else args.rows.split(",")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for row in rows:
         proc = subprocess.run([sys.executable, __file__, "--one", row, "--rounds", str(args.rounds),
-                               "--members", str(args.members)], capture_output=True, text=True)
+                               "--members", str(args.members)] + (["--threads", str(args.threads)] if args.threads else []), capture_output=True, text=True)
         found = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not found:
             print(f"{row}: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
