@@ -46,7 +46,7 @@ def cell_config(args: argparse.Namespace, attack: str, aggregator: str, runs_dir
         "train": {"lr": 0.05, "batch_size": 32, "epochs": 1},
         "federation": {"rounds": args.rounds, "parties_per_round": args.parties_per_round,
                        "eval_every": args.eval_every},
-        "strategy": {"name": aggregator},
+        "strategy": {"name": aggregator, **({"byzantine_f": args.byzantine_f} if args.byzantine_f is not None else {})},
         "attack": ({"malicious_fraction": args.malicious_fraction, "attack": attack} if attack != "none" else {}),
         "simulation": {"threads": args.threads},
         "run": {"name": f"{attack}-{aggregator}-s{args.seed}", "runs_dir": runs_dir, "seed": args.seed,
@@ -87,11 +87,12 @@ def machine() -> str:
 def key(row: dict) -> tuple:
     c = row["config"]
     return (row["attack"], row["aggregator"], row["seed"], c["model"].get("model"), c["federation"]["rounds"],
-            c["federation"].get("parties_per_round"), c["data"]["parties"])
+            c["federation"].get("parties_per_round"), c["data"]["parties"], c["strategy"].get("byzantine_f"))
 
 
 def settings_key(args: argparse.Namespace, attack: str, aggregator: str) -> tuple:
-    return (attack, aggregator, args.seed, args.model, args.rounds, args.parties_per_round, args.parties)
+    return (attack, aggregator, args.seed, args.model, args.rounds, args.parties_per_round, args.parties,
+            args.byzantine_f if aggregator != "fedavg" else None)
 
 
 def load_rows(path: Path) -> list[dict]:
@@ -101,12 +102,15 @@ def load_rows(path: Path) -> list[dict]:
 def write_table(args: argparse.Namespace, rows: list[dict], path: Path) -> None:
     """The attack × aggregator table for the current settings (— where a cell has not run)."""
     mine = {(r["attack"], r["aggregator"]): r for r in rows
-            if key(r)[2:] == settings_key(args, "", "")[2:]}
+            if key(r)[2:7] == settings_key(args, "", "")[2:7]
+            and key(r)[7] == (args.byzantine_f if r["aggregator"] != "fedavg" else None)}
     attacks = [a for a in ATTACKS if any(k[0] == a for k in mine)]
     aggs = [g for g in AGGREGATORS if any(k[1] == g for k in mine)]
     lines = [f"Settings: {args.parties} parties, {args.malicious_fraction:.0%} malicious, Dirichlet α = {args.alpha}, "
              f"{args.rounds} rounds, {args.parties_per_round or args.parties} parties per round, model "
-             f"{args.model}, seed {args.seed}. Final test accuracy (10k test set) after the last round.", "",
+             f"{args.model}, seed {args.seed}, byzantine_f "
+             f"{args.byzantine_f if args.byzantine_f is not None else 'round(0.2 × parties per round)'}. "
+             "Final test accuracy (10k test set) after the last round.", "",
              "| attack | " + " | ".join(aggs) + " |", "| --- |" + " --- |" * len(aggs)]
     for a in attacks:
         cells = []
@@ -134,6 +138,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--byzantine-f", type=int, default=None, help="f the robust rules assume (default: expected count)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per cell")
     p.add_argument("--jobs", type=int, default=1, help="cells run at once (each in its own process)")
     p.add_argument("--out", default=str(RESULTS / "robustness.jsonl"))

@@ -146,3 +146,14 @@ def test_bad_parameters_refused():
         Krum(f=1, m=6).check(5)
     with pytest.raises(StrategyError, match="norm_bound"):
         NormBound(bound=0.0)
+
+
+def test_column_blocks_give_the_same_result(rows, monkeypatch):
+    """The rules work on blocks of coordinates; blocks of 3 (uneven split of d = 8) change nothing."""
+    import pollen.strategy.robust as robust
+
+    aggs = (CoordinateMedian(2), TrimmedMean(0.25, 2), Krum(2, None), Bulyan(1), NormBound(1.0))
+    whole = [_flat(a.aggregate(_updates(rows))) for a in aggs]
+    monkeypatch.setattr(robust, "_BLOCK", 3)
+    for a, ref in zip(aggs, whole):
+        np.testing.assert_allclose(_flat(a.aggregate(_updates(rows))), ref, rtol=1e-6)
