@@ -93,3 +93,20 @@ def test_cli_prints_reason_and_exits_2(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "needs a δ" in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_sampling_plan_replays_the_sampler():
+    from collections import Counter
+
+    from pollen.privacy.plan import dp_sgd_extra, sampling_plan
+    from pollen.strategy.base import Sampler
+
+    cfg = _cfg({"dp_sgd": True, "target_epsilon": 8.0, "delta": 1e-5}, parties=20, per_round=3)
+    plan = sampling_plan(cfg)
+    sampler = Sampler(count=3, seed=0)
+    counts = Counter(p for r in range(1, 6) for p in sampler.select(r, [str(i) for i in range(20)]))
+    assert (plan.parties, plan.per_round, plan.rounds) == (20, 3, 5)
+    assert plan.max_participations == max(counts.values())
+    extra = dp_sgd_extra(cfg)["dp_sgd"]
+    assert extra["participations"] == plan.max_participations and extra["target_epsilon"] == 8.0
+    assert dp_sgd_extra(_cfg()) == {}
