@@ -121,12 +121,13 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> 
     fed = [r for r in history if r.get("fed_accuracy") is not None]
     if fed:
         a1.plot([r["round"] for r in fed], [100 * r["fed_accuracy"] for r in fed], marker="s", label="parties' held-out")
-    a1.set_xlabel("round"), a1.set_ylabel("accuracy (%)"), a1.grid(alpha=0.3), a1.legend()
+    # a fixed legend place: loc="best" warns (an error under pytest) when the machine is slow
+    a1.set_xlabel("round"), a1.set_ylabel("accuracy (%)"), a1.grid(alpha=0.3), a1.legend(loc="lower right")
     a2.plot([r["round"] for r in ev], [r["loss"] for r in ev], marker="o", color="tab:red", label="test loss")
     tl = [r for r in history if r.get("train_loss") is not None]
     if tl:
         a2.plot([r["round"] for r in tl], [r["train_loss"] for r in tl], marker=".", color="tab:orange", label="train loss")
-    a2.set_xlabel("round"), a2.set_ylabel("loss"), a2.grid(alpha=0.3), a2.legend()
+    a2.set_xlabel("round"), a2.set_ylabel("loss"), a2.grid(alpha=0.3), a2.legend(loc="upper right")
     from matplotlib.ticker import MaxNLocator
 
     for ax in (a1, a2):
