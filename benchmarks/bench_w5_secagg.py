@@ -106,9 +106,11 @@ def one_round(fed: Federation, trainer, parties: int, mode: str, state0, args) -
     transport = Recorder(fed.make_parties(trainer, pipeline=pipeline), keep=mode == "plain")
     coord = Coordinator(make_strategy(cfg), transport, rounds=1, pipeline=pipeline, evaluate=None)
     before = dict(TIMERS)
+    cpu0 = time.process_time()
     outcome, _ = coord.run_round(1, state0, {})
+    cpu = time.process_time() - cpu0  # this process's CPU seconds: robust to other jobs on the machine
     rec = outcome.record
-    out = {"mode": mode, "parties": parties, "seconds": rec["seconds"], "bytes_up": rec["bytes_up"],
+    out = {"mode": mode, "parties": parties, "seconds": rec["seconds"], "cpu_seconds": cpu, "bytes_up": rec["bytes_up"],
            "bytes_down": rec["bytes_down"], "state": outcome.state}
     if mode == "plain":
         out.update(deltas=transport.deltas, examples=transport.examples)
@@ -150,6 +152,7 @@ def run(parties: int, args) -> list[dict]:
             else:
                 r["max_abs_error"] = max_error(plain, r)
                 r["time_ratio"] = r["seconds"] / plain["seconds"]
+                r["cpu_ratio"] = r["cpu_seconds"] / plain["cpu_seconds"]
                 r["uplink_ratio"] = r["bytes_up"] / plain["bytes_up"]
             r["rep"] = rep
             print(json.dumps({k: v for k, v in r.items() if k not in ("state", "deltas", "examples", "mean_delta")}), flush=True)
@@ -159,8 +162,8 @@ def run(parties: int, args) -> list[dict]:
 
 
 def summarise(rows: list[dict]) -> str:
-    lines = ["| parties | mode | round s (median, min–max) | time ratio (median, min–max) | uplink MB | uplink ratio | max abs error | bound 1/scale | k | t | dropped |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| parties | mode | round wall s (median, min–max) | wall ratio (median, min–max) | round CPU s (median) | CPU ratio (median, min–max) | uplink MB | uplink ratio | max abs error | bound 1/scale | k | t | dropped |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for n in sorted({r["parties"] for r in rows}):
         for mode in MODES:
             sel = [r for r in rows if r["parties"] == n and r["mode"] == mode]
@@ -169,11 +172,13 @@ def summarise(rows: list[dict]) -> str:
             s = [r["seconds"] for r in sel]
             cell = f"{statistics.median(s):.1f} ({min(s):.1f}–{max(s):.1f})"
             up = statistics.median(r["bytes_up"] for r in sel) / 1e6
+            cpu = statistics.median(r["cpu_seconds"] for r in sel)
             if mode == "plain":
-                lines.append(f"| {n} | {mode} | {cell} | 1 | {up:.2f} | 1 | — | — | — | — | — |")
+                lines.append(f"| {n} | {mode} | {cell} | 1 | {cpu:.1f} | 1 | {up:.2f} | 1 | — | — | — | — | — |")
                 continue
-            tr = [r["time_ratio"] for r in sel]
-            lines.append(f"| {n} | {mode} | {cell} | {statistics.median(tr):.3f} ({min(tr):.3f}–{max(tr):.3f}) | {up:.2f} | "
+            tr, cr = [r["time_ratio"] for r in sel], [r["cpu_ratio"] for r in sel]
+            lines.append(f"| {n} | {mode} | {cell} | {statistics.median(tr):.3f} ({min(tr):.3f}–{max(tr):.3f}) | {cpu:.1f} | "
+                         f"{statistics.median(cr):.3f} ({min(cr):.3f}–{max(cr):.3f}) | {up:.2f} | "
                          f"{statistics.median(r['uplink_ratio'] for r in sel):.4f} | {max(r['max_abs_error'] for r in sel):.2e} | "
                          f"{sel[0]['error_bound']:.2e} | {sel[0]['k']} | {sel[0]['t']} | {sel[0]['dropped']} |")
     return "\n".join(lines)
@@ -199,11 +204,12 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.4, help="SecAgg+ threshold fraction t/(k+1)")
     ap.add_argument("--examples-per-party", type=int, default=None,
                     help="train each party on only this many examples (W1's shard is 600; default: the whole split)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: cores, as BENCHMARKS.md says)")
     ap.add_argument("--dataset", default="fmnist", help="smoke tests only (W5 is fmnist)")
     ap.add_argument("--model", default="fedavg_cnn", help="smoke tests only (W5 is fedavg_cnn)")
     ap.add_argument("--out", default="benchmarks/results/w5-secagg.json")
     args = ap.parse_args()
-    torch.set_num_threads(cores())
+    torch.set_num_threads(args.threads or cores())
     instrument()
     rows = []
     for n in args.parties:
