@@ -84,7 +84,7 @@ def timed(module, name: str, label: str):
 
 def instrument() -> None:
     """Per-operation timers on the SecAgg code paths (party and coordinator, same process)."""
-    timed(masks, "add_stream", "PRG expansion (AES-CTR) + add")
+    timed(masks, "add_streams", "PRG expansion (AES-CTR) + add")
     timed(masks, "agree", "X25519 key agreement")
     timed(masks, "new_private_key", "X25519 key generation")
     timed(shamir, "split", "Shamir split")

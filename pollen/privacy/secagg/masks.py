@@ -11,6 +11,7 @@ ChaCha20 because it ran 2.4× faster on this CPU (AES-NI): 0.8 ms per 6.6 MB mas
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -73,21 +74,32 @@ def keystream(key: bytes, size: int, dtype: type[np.unsignedinteger]) -> np.ndar
 
 
 def add_stream(acc: np.ndarray, key: bytes, sign: int) -> None:
-    """``acc ← acc + sign · keystream(key)`` in place, in cache-sized blocks (``sign`` is ±1).
+    """``acc ← acc + sign · keystream(key)`` in place (``sign`` is ±1).
 
     The same key and length always give the same stream, so a mask added by a party is removed
     exactly by the coordinator (or by the peer that shares the key, with the opposite sign).
     """
-    enc = Cipher(algorithms.AES(key), modes.CTR(_ZERO_IV)).encryptor()
+    add_streams(acc, [(key, sign)])
+
+
+def add_streams(acc: np.ndarray, keyed: Sequence[tuple[bytes, int]]) -> None:
+    """``acc ← acc + Σ sign · keystream(key)`` in place, block by block: each cache-sized block
+    of ``acc`` takes every stream's next block before moving on, so ``acc`` crosses memory once
+    instead of once per stream (41 masks of 1.66M elements: 1.3–1.6× faster than one at a time)."""
+    if not keyed:
+        return
+    encs = [(Cipher(algorithms.AES(key), modes.CTR(_ZERO_IV)).encryptor(), np.add if sign > 0 else np.subtract)
+            for key, sign in keyed]
     item = acc.dtype.itemsize
     buf = bytearray(CHUNK * item + 16)  # update_into wants len(data) + block size − 1 bytes
     zeros = memoryview(_ZEROS)
-    op = np.add if sign > 0 else np.subtract
     for start in range(0, acc.size, CHUNK):
         m = min(CHUNK, acc.size - start)
-        enc.update_into(zeros[: m * item], buf)
+        part = acc[start : start + m]
         block = np.frombuffer(buf, dtype=acc.dtype, count=m)
-        op(acc[start : start + m], block, out=acc[start : start + m])
+        for enc, op in encs:
+            enc.update_into(zeros[: m * item], buf)
+            op(part, block, out=part)
 
 
 def seal(key: bytes, plaintext: bytes, associated: bytes) -> bytes:

@@ -105,10 +105,11 @@ def masked_input(party: Any, task: Task) -> Reply:
     layout = sess["layout"]
     exact = field.integer_segments(layout.shapes, layout.dtypes)
     y, clipped = field.quantize(layout.flatten(sess.pop("delta")), spec, int(payload["weight"]), rng, exact)
-    masks.add_stream(y, masks.derive(sess["seed"], C.INFO_SELF, rnd), +1)
+    keyed = [(masks.derive(sess["seed"], C.INFO_SELF, rnd), +1)]
     for j in peers:
         pair = masks.derive(masks.agree(sess["mask_key"], sess["pks"][j][1]), C.INFO_PAIR, rnd)
-        masks.add_stream(y, pair, +1 if order_key(me) < order_key(j) else -1)
+        keyed.append((pair, +1 if order_key(me) < order_key(j) else -1))
+    masks.add_streams(y, keyed)
     sess["masked_with"] = peers
     _maybe_drop(me, payload, C.STAGE_MASKED_INPUT)
     wire = y.view(field.SIGNED[spec.bits])  # same bits; transports accept signed integer tensors

@@ -245,15 +245,15 @@ def _rebuild(shares: list[bytes], st: _Round, party: str, what: str) -> bytes:
 def _remove_masks(acc: np.ndarray, st: _Round, u2: list[str], u3: list[str],
                   seeds: Mapping[str, bytes], sks: Mapping[str, bytes]) -> None:
     """Subtract survivors' self masks and the pairwise masks survivors shared with dropped parties."""
-    for p in u3:
-        masks.add_stream(acc, masks.derive(seeds[p], C.INFO_SELF, st.round), -1)
+    keyed = [(masks.derive(seeds[p], C.INFO_SELF, st.round), -1) for p in u3]
     in3 = set(u3)
     for j, sk in sks.items():
         key = masks.private_from_bytes(sk)
         for i in st.graph[j]:
             if i in in3:
                 pair = masks.derive(masks.agree(key, st.keys[i][1].tobytes()), C.INFO_PAIR, st.round)
-                masks.add_stream(acc, pair, -1 if order_key(i) < order_key(j) else +1)
+                keyed.append((pair, -1 if order_key(i) < order_key(j) else +1))
+    masks.add_streams(acc, keyed)
 
 
 def _mean_metrics(updates: Sequence[Update]) -> dict[str, float]:
