@@ -89,7 +89,7 @@ def run_grpc(root: Path, rounds: int, tag: str) -> tuple[list[dict], float]:
     port = free_port()
     t0 = time.perf_counter()
     log = open(root / f"{tag}.log", "w")
-    server = subprocess.Popen([*PY, "server", *W1, "--rounds", str(rounds), "--min-parties", str(PARTIES), "--host", "127.0.0.1",
+    server = subprocess.Popen([*PY, "server", *W1, "--rounds", str(rounds), "--min-parties", str(PARTIES), "--host", "127.0.0.1", "--heartbeat-interval", "10",
                                "--port", str(port), "--certs-dir", str(root / "certs"), "--runs-dir", str(root / "runs"),
                                "--name", tag], stdout=log, stderr=subprocess.STDOUT)
     parties = [subprocess.Popen([*PY, "client", "--party-id", str(i), "--server", f"localhost:{port}", "--data-path",

@@ -177,6 +177,9 @@ class GrpcParty:
         self.rounds_done = 0
         if opts.threads:
             torch.set_num_threads(opts.threads)
+        # Import the training stack now, before joining: on a loaded machine these imports can
+        # hold the interpreter long enough to miss heartbeats right after the party joined.
+        import pollen.simulation.build  # noqa: F401
 
     def run(self) -> int:
         """Serve tasks until the coordinator says stop; returns the number of tasks answered.
