@@ -120,6 +120,16 @@ def write_table(args: argparse.Namespace, rows: list[dict], path: Path) -> None:
             txt = f"{r['final_accuracy']:.3f}" if r and r["final_accuracy"] is not None else "—"
             cells.append(txt + (f" (ref {ref:.2f})" if ref is not None else ""))
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean test accuracy over the last three evaluations (rounds 40, 45, 50 with the defaults): "
+              "one round's accuracy swings when an attack gets through in that round.", "",
+              "| attack | " + " | ".join(aggs) + " |", "| --- |" + " --- |" * len(aggs)]
+    for a in attacks:
+        cells = []
+        for g in aggs:
+            r = mine.get((a, g))
+            last = [v for _, v in sorted((int(k), v) for k, v in r["curve"].items())][-3:] if r else []
+            cells.append(f"{sum(last) / len(last):.3f}" if last else "—")
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
     secs = [r["wall_seconds"] for r in mine.values()]
     lines += ["", f"Cells run: {len(mine)}; wall seconds per cell: min {min(secs):.0f}, max {max(secs):.0f}."
               if secs else "No cell has run with these settings."]
