@@ -12,7 +12,10 @@
 - ``terngrad``: Wen et al. 2017, "TernGrad: Ternary Gradients to Reduce Communication in
   Distributed Deep Learning" (NeurIPS). Each value becomes ``s·sign(v_i)·Bernoulli(|v_i|/s)`` with
   ``s = max|v|``; unbiased; 2 bits per value. Their optional clipping at ``c·σ`` (``c = 2.5``)
-  lowers the variance but biases the result.
+  lowers the variance but biases the result. Most ternary levels are zero (a value survives with
+  probability ``|v_i|/s``), so TernGrad sends the positions of the non-zero levels (varint gaps)
+  and one sign bit each whenever that is smaller than 2 bits a value: the decoded update is the
+  same, only its encoding is shorter.
 
 Signed levels ``q ∈ [−s, s]`` travel as ``q + s`` packed ``bits`` to a value (``<name>::q``) with a
 float32 scale per block (``<name>::scale``).
@@ -27,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from pollen.compression.base import TensorCodec
-from pollen.compression.packing import Arrays, blocks, encode_values, decode_values, pack_bits, unpack_bits
+from pollen.compression.packing import (Arrays, blocks, decode_indices, decode_values, encode_indices, encode_values,
+                                        pack_bits, unpack_bits)
 from pollen.errors import ConfigError, ProtocolError
 
 
@@ -98,9 +102,24 @@ class UniformQuantizer(TensorCodec):
         else:
             level = np.rint(y)
         q = (np.sign(rows) * np.minimum(level, self.levels)).reshape(-1)[: x.size]
-        return {"q": pack_bits((q + self.levels).astype(np.uint8), self.bits), "scale": scale}, {}
+        dense = {"q": pack_bits((q + self.levels).astype(np.uint8), self.bits), "scale": scale}
+        if self.levels == 1:  # ternary levels are mostly zero: positions of the non-zeros + sign bits
+            nz = np.flatnonzero(q)
+            index_arrays, index_meta = encode_indices(nz, x.size)
+            sparse = {**index_arrays, "sign": np.packbits(q[nz] > 0, bitorder="little"), "scale": scale}
+            if sum(a.nbytes for a in sparse.values()) < sum(a.nbytes for a in dense.values()):
+                return sparse, index_meta
+        return dense, {}
 
     def decode_tensor(self, parts: Arrays, meta: Mapping[str, Any], n: int) -> np.ndarray:
+        if self.levels == 1 and "index" in meta:  # sparse ternary
+            nz = decode_indices(parts, dict(meta), n)
+            sign = parts.get("sign")
+            if sign is None or sign.dtype != np.uint8 or sign.size != (nz.size + 7) // 8:
+                raise ProtocolError(f"{self.name}: expected {(nz.size + 7) // 8} bytes of sign bits")
+            levels = np.zeros(n, dtype=np.float32)
+            levels[nz] = np.unpackbits(sign, count=nz.size, bitorder="little").astype(np.float32) * 2 - 1
+            parts = {"q": pack_bits((levels + 1).astype(np.uint8), self.bits), "scale": parts.get("scale")}
         q, scale = parts.get("q"), parts.get("scale")
         if q is None or scale is None or scale.dtype != np.float32 or scale.ndim != 1:
             raise ProtocolError(f"{self.name}: expected arrays 'q' (uint8) and 'scale' (float32)")
