@@ -141,7 +141,8 @@ def run(parties: int, args) -> list[dict]:
         fed.parts = [part[: args.examples_per_party] for part in fed.parts]
     trainer = fed.make_trainer()
     state0 = initial_state(cfg, fed.dataset)
-    one_round(fed, trainer, parties, "plain", state0, args)  # warm-up: first-call costs of torch and imports
+    small = Federation(fed.cfg, fed.dataset, [part[:64] for part in fed.parts[:4]])
+    one_round(small, trainer, 4, "plain", state0, args)  # warm-up: first-call costs of torch and imports
     rows = []
     for rep in range(args.reps):
         plain = None
