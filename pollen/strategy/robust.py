@@ -38,7 +38,8 @@ _FIX_HINT = ("lower --byzantine-f, sample more parties per round (--parties-per-
 
 # ---------------------------------------------------------------- flatten / unflatten
 def stack_updates(updates: Sequence[Update]) -> tuple[np.ndarray, list[tuple[str, tuple[int, ...], np.dtype]]]:
-    """The float tensors of each update as one row of an ``(n, d)`` float64 matrix.
+    """The float tensors of each update as one row of an ``(n, d)`` matrix (float32, or float64
+    when a tensor is float64).
 
     Returns:
         (matrix, layout) where layout lists (name, shape, dtype) of the float tensors in order.
@@ -81,7 +82,8 @@ def _integer_median(updates: Sequence[Update]) -> ModelState:
 
 
 # Coordinates per block in column-wise work: an (n, block) slice stays in cache, where a whole
-# (n, d) matrix sorted along axis 0 strides through memory (10× slower at n = 100, d = 1.7M).
+# (n, d) matrix sorted along axis 0 strides through memory (median at n = 100, d = 1.7M: 98 s whole,
+# 43 s in blocks, one run each on the busy 2-core machine).
 _BLOCK = 8192
 
 
