@@ -14,6 +14,7 @@ from pollen.compression.downlink import Autocast, Downlink
 from pollen.compression.prune import Prune
 from pollen.compression.quantize import HalfPrecision, ScaledSign, UniformQuantizer, int8, qsgd, terngrad
 from pollen.compression.sparsify import TopK
+from pollen.errors import ConfigError
 from pollen.transforms.base import UpdateStep
 
 __all__ = [
@@ -55,8 +56,6 @@ def steps_from_config(cfg) -> list[UpdateStep]:
     Raises:
         ConfigError: ``--error-feedback`` without a lossy codec.
     """
-    from pollen.errors import ConfigError
-
     c = cfg.compression
     steps: list[UpdateStep] = []
     if c.autocast != "off":
