@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from conftest import PARTIES, ROUNDS, RUN_FLAGS, assert_same_model, free_port, history, setup_root, wait_until
+from e2e_helpers import PARTIES, ROUNDS, RUN_FLAGS, assert_same_model, free_port, history, setup_root, wait_until
 
 
 @pytest.mark.slow

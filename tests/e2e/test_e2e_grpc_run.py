@@ -3,7 +3,7 @@ simulation finishes, with the same final model; status and metrics answer while 
 
 import urllib.request
 
-from conftest import PARTIES, ROUNDS, RUN_FLAGS, assert_same_model, free_port, history, setup_root, wait_until
+from e2e_helpers import PARTIES, ROUNDS, RUN_FLAGS, assert_same_model, free_port, history, setup_root, wait_until
 
 
 def test_grpc_run_equals_simulation(procs, prepared, simulated):

@@ -1,22 +1,15 @@
 """Fixtures for the gRPC transport tests: real TLS credentials, digits shards, and a coordinator
 service on 127.0.0.1 (in this process, on a port the OS picks)."""
 
-import threading
-from dataclasses import dataclass
-
-import grpc
 import pytest
 
 from pollen.config import make_config
 from pollen.data import load_dataset, partition, write_shards
-from pollen.transport.rpc import pollen_pb2 as pb
-from pollen.transport.rpc import pollen_pb2_grpc as pb_grpc
-from pollen.transport.rpc.framing import PROTOCOL_VERSION, grpc_options
 from pollen.transport.rpc.hub import GrpcTransport
 from pollen.transport.rpc.service import FederationService, start_server
 from pollen.transport.rpc.tls import RevocationList, make_certs
 
-PARTIES = ["0", "1", "2"]
+from grpc_helpers import PARTIES, Coordinator
 
 
 @pytest.fixture(scope="session")
@@ -43,28 +36,6 @@ def shards(tmp_path_factory, run_cfg):
     return write_shards(ds, parts, tmp_path_factory.mktemp("data"), scheme="iid", seed=0)
 
 
-@dataclass
-class Coordinator:
-    hub: GrpcTransport
-    service: FederationService
-    server: grpc.Server
-    address: str
-    certs: object
-
-    def channel(self, name: str, certs=None) -> grpc.Channel:
-        d = certs or self.certs
-        creds = grpc.ssl_channel_credentials((d / "ca.pem").read_bytes(), (d / f"{name}.key").read_bytes(),
-                                             (d / f"{name}.pem").read_bytes())
-        return grpc.secure_channel(self.address, creds, options=grpc_options())
-
-    def join(self, party_id: str, cert: str | None = None):
-        """A stub and session for a party (with its own certificate unless ``cert`` names another)."""
-        ch = self.channel(cert or f"party-{party_id}")
-        stub = pb_grpc.FederationStub(ch)
-        r = stub.Join(pb.JoinRequest(protocol_version=PROTOCOL_VERSION, party_id=party_id), timeout=10)
-        return ch, stub, r.session
-
-
 @pytest.fixture
 def coordinator(certs, run_cfg):
     made = []
@@ -81,9 +52,3 @@ def coordinator(certs, run_cfg):
     for c in made:
         c.hub.close()
         c.server.stop(grace=0).wait()
-
-
-def run_in_thread(fn) -> threading.Thread:
-    t = threading.Thread(target=fn, daemon=True)
-    t.start()
-    return t

@@ -15,7 +15,7 @@ from pollen.transport.rpc.service import start_server
 from pollen.transport.rpc.status import fetch_status
 from pollen.types import RoundConfig, Task, state_nbytes
 
-from conftest import PARTIES, run_in_thread
+from grpc_helpers import PARTIES, run_in_thread
 
 
 def _parties(c, shards, ids=PARTIES, **kw):
