@@ -54,6 +54,7 @@ def test_fedbuff_simulation_with_speeds_and_dropouts(tmp_path):
     cfg = make_config({**BASE, "federation": {"rounds": 4},
                        "strategy": {"name": "fedbuff", "async_buffer": 2, "party_speed": "lognormal:1.0",
                                     "dropout": 0.2, "step_seconds": 0.01},
+                       "simulation": {"threads": 1},
                        "run": {"name": "buff", "runs_dir": str(tmp_path), "progress": False}})
     result = simulate(cfg)
     times = [r["virtual_seconds"] for r in result.history]
@@ -73,6 +74,7 @@ def test_server_optimizer_state_survives_resume(tmp_path, name):
     def cfg(rounds, run):
         return make_config({**BASE, "federation": {"rounds": rounds, "eval_every": 100},
                             "data": {**BASE["data"], "holdout": 0.0}, "strategy": {"name": name},
+                            "simulation": {"threads": 1},
                             "run": {"name": run, "runs_dir": str(tmp_path), "progress": False}})
 
     straight = simulate(cfg(3, "a")).state
