@@ -97,7 +97,9 @@ def pollen_run(partition: str) -> dict:
 
 def child(kind: str, partition: str) -> None:
     res = plain_loop(partition) if kind == "plain" else pollen_run(partition)
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    res["peak_rss_mb"] = use.ru_maxrss / 1024
+    res["cpu_s"] = use.ru_utime + use.ru_stime  # CPU seconds: less sensitive than wall time to other load
     print("RESULT " + json.dumps(res))
 
 
@@ -148,8 +150,9 @@ def main() -> None:
         ours = run_child("pollen", partition)
         ratio = ours["wall"] / plain["wall"]
         rows.append((plain, ours, ratio))
-        print(f"rep {rep + 1}: plain {plain['wall']:.1f}s {plain['peak_rss_mb']:.0f}MB | pollen {ours['wall']:.1f}s "
-              f"{ours['peak_rss_mb']:.0f}MB | ratio {ratio:.3f}", flush=True)
+        print(f"rep {rep + 1}: plain {plain['wall']:.1f}s {plain['cpu_s']:.0f}cpu-s {plain['peak_rss_mb']:.0f}MB | "
+              f"pollen {ours['wall']:.1f}s {ours['cpu_s']:.0f}cpu-s {ours['peak_rss_mb']:.0f}MB | wall ratio {ratio:.3f} "
+              f"cpu ratio {ours['cpu_s'] / plain['cpu_s']:.3f}", flush=True)
     ratios = [r[2] for r in rows]
     mem = [r[1]["peak_rss_mb"] / r[0]["peak_rss_mb"] for r in rows]
     p, o = rows[-1][0], rows[-1][1]
@@ -158,6 +161,8 @@ def main() -> None:
         "machine": f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, {cpu_model()}",
         "overhead_ratio_median": statistics.median(ratios), "overhead_ratios": ratios,
         "memory_ratio_median": statistics.median(mem),
+        "cpu_ratio_median": statistics.median(r[1]["cpu_s"] / r[0]["cpu_s"] for r in rows),
+        "plain_cpu_s": [r[0]["cpu_s"] for r in rows], "pollen_cpu_s": [r[1]["cpu_s"] for r in rows],
         "plain_wall": [r[0]["wall"] for r in rows], "pollen_wall": [r[1]["wall"] for r in rows],
         "plain_rss_mb": [r[0]["peak_rss_mb"] for r in rows], "pollen_rss_mb": [r[1]["peak_rss_mb"] for r in rows],
         "pollen_median_round_s": [r[1]["median_round_s"] for r in rows],
