@@ -67,6 +67,7 @@ def test_status_lists_parties_and_progress(coordinator, shards, certs):
 def test_dead_party_is_dropped_within_two_heartbeats(coordinator, shards, run_cfg):
     c = coordinator(heartbeat=1.0)
     _parties(c, shards, ids=["0"])  # a live party: heartbeats keep it
+    assert c.hub.wait_for_parties(1, timeout=60), "party 0 did not join"  # before "1", so the order is fixed
     ch, stub, session = c.join("1")  # joins, then goes silent (as if killed)
     joined = time.monotonic()
     assert c.hub.available() == ["0", "1"]
