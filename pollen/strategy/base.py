@@ -197,6 +197,33 @@ class ServerOptimizer:
         return new, dict(state)
 
 
+class PerTensorServerOptimizer(ServerOptimizer):
+    """A server optimizer that keeps buffers per tensor (FedAvgM's momentum, FedOpt's moments).
+
+    Running statistics take the averaged delta as is; every trained tensor ``x`` moves by
+    ``x ← x + lr · s`` where ``s, buffers = update(name, Δ, state)``. Buffers are stored in the
+    tensor's dtype.
+    """
+
+    def update(self, name: str, d: np.ndarray, state: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The step direction for tensor ``name`` and its new buffers."""
+        raise NotImplementedError
+
+    def step(
+        self, global_state: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray]
+    ) -> tuple[ModelState, dict[str, np.ndarray]]:
+        new, out = dict(global_state), dict(state)
+        for k, d in delta.items():
+            x = global_state[k]
+            if is_statistic(k, x):
+                new[k] = apply_delta(x, d, 1.0)
+                continue
+            s, buffers = self.update(k, d, state)
+            out.update({b: v.astype(x.dtype, copy=False) for b, v in buffers.items()})
+            new[k] = (x + self.lr * s).astype(x.dtype, copy=False)
+        return new, out
+
+
 def is_statistic(name: str, array: np.ndarray) -> bool:
     """True for tensors that are running statistics, not trained weights (integer counters and
     BatchNorm's ``running_mean`` / ``running_var``): server optimizers apply their averaged delta

@@ -20,16 +20,14 @@ from pollen.strategy.base import (
     ClientConfig,
     NameFilter,
     Sampler,
-    ServerOptimizer,
+    PerTensorServerOptimizer,
     Strategy,
     WeightedMean,
-    apply_delta,
     is_statistic,
 )
-from pollen.types import ModelState
 
 
-class ServerMomentum(ServerOptimizer):
+class ServerMomentum(PerTensorServerOptimizer):
     """Heavy-ball momentum on the server.
 
     Args:
@@ -48,19 +46,9 @@ class ServerMomentum(ServerOptimizer):
     def init(self, global_state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {f"v/{k}": np.zeros_like(x) for k, x in global_state.items() if not is_statistic(k, x)}
 
-    def step(
-        self, global_state: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray]
-    ) -> tuple[ModelState, dict[str, np.ndarray]]:
-        new, out = dict(global_state), dict(state)
-        for k, d in delta.items():
-            x = global_state[k]
-            if is_statistic(k, x):
-                new[k] = apply_delta(x, d, 1.0)
-                continue
-            v = self.beta * state[f"v/{k}"] + d  # (same shape as x)
-            out[f"v/{k}"] = v.astype(x.dtype, copy=False)
-            new[k] = (x + self.lr * v).astype(x.dtype, copy=False)
-        return new, out
+    def update(self, name: str, d: np.ndarray, state: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        v = self.beta * state[f"v/{name}"] + d
+        return v, {f"v/{name}": v}
 
 
 def fedavgm(sampler: Sampler, client: ClientConfig, server_lr: float = 1.0, beta: float = 0.9) -> Strategy:

@@ -22,18 +22,16 @@ from pollen.strategy.base import (
     ClientConfig,
     NameFilter,
     Sampler,
-    ServerOptimizer,
+    PerTensorServerOptimizer,
     Strategy,
     WeightedMean,
-    apply_delta,
     is_statistic,
 )
-from pollen.types import ModelState
 
 RULES = ("adam", "yogi", "adagrad")
 
 
-class AdaptiveServerOptimizer(ServerOptimizer):
+class AdaptiveServerOptimizer(PerTensorServerOptimizer):
     """Reddi et al.'s server optimizers.
 
     Args:
@@ -72,20 +70,10 @@ class AdaptiveServerOptimizer(ServerOptimizer):
             return v - (1 - self.beta2) * d2 * np.sign(v - d2)
         return self.beta2 * v + (1 - self.beta2) * d2
 
-    def step(
-        self, global_state: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray]
-    ) -> tuple[ModelState, dict[str, np.ndarray]]:
-        new, out = dict(global_state), dict(state)
-        for k, d in delta.items():
-            x = global_state[k]
-            if is_statistic(k, x):
-                new[k] = apply_delta(x, d, 1.0)
-                continue
-            m = self.beta1 * state[f"m/{k}"] + (1 - self.beta1) * d
-            v = self.second_moment(state[f"v/{k}"], d)
-            out[f"m/{k}"], out[f"v/{k}"] = m.astype(x.dtype, copy=False), v.astype(x.dtype, copy=False)
-            new[k] = (x + self.lr * m / (np.sqrt(v) + self.tau)).astype(x.dtype, copy=False)
-        return new, out
+    def update(self, name: str, d: np.ndarray, state: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        m = self.beta1 * state[f"m/{name}"] + (1 - self.beta1) * d
+        v = self.second_moment(state[f"v/{name}"], d)
+        return m / (np.sqrt(v) + self.tau), {f"m/{name}": m, f"v/{name}": v}
 
 
 def fedopt(rule: str, sampler: Sampler, client: ClientConfig, server_lr: float = 0.01, beta1: float = 0.9,
