@@ -26,3 +26,45 @@ def digits_cfg(tmp_path):
         return make_config(merge(base, sections))
 
     return make
+
+
+@pytest.fixture
+def run_over_grpc():
+    """A function that runs the Coordinator over a real gRPC server on 127.0.0.1 (no TLS) with
+    each party a thread of this process reading its shard from disk; returns the final state and
+    the round records."""
+    import threading
+
+    from pollen.server import Coordinator
+    from pollen.simulation.build import initial_state, make_pipeline, make_strategy
+    from pollen.telemetry import RoundCompleted
+    from pollen.transport.rpc.hub import GrpcTransport
+    from pollen.transport.rpc.party import GrpcParty, PartyOptions
+    from pollen.transport.rpc.service import FederationService, start_server
+    from pollen.transport.rpc.tls import RevocationList
+
+    def run(cfg, dataset, folder, ids, *, heartbeat=60.0, round_timeout=600.0):
+        hub = GrpcTransport(heartbeat)  # generous: a loaded CI machine must not miss heartbeats
+        server, port = start_server(FederationService(hub, cfg.to_dict(), 10**9, True, RevocationList(None)),
+                                    "127.0.0.1", 0, None)
+        threads = []
+        for pid in ids:
+            party = GrpcParty(PartyOptions(pid, f"127.0.0.1:{port}", str(folder / f"party{pid}"), insecure=True,
+                                           backoff_base=0.05, backoff_cap=0.5, threads=1))
+            threads.append(threading.Thread(target=party.run, daemon=True))
+            threads[-1].start()
+        try:
+            assert hub.wait_for_parties(len(ids), timeout=60)
+            records = []
+            coord = Coordinator(make_strategy(cfg), hub, cfg.federation.rounds, pipeline=make_pipeline(cfg),
+                                round_timeout=round_timeout)
+            coord.events.subscribe(lambda e: records.append(e.record) if isinstance(e, RoundCompleted) else None)
+            state = coord.run(initial_state(cfg, dataset))
+        finally:
+            hub.close()
+            for t in threads:
+                t.join(timeout=10)
+            server.stop(0)
+        return state, records
+
+    return run
