@@ -47,11 +47,20 @@ def run_over_grpc():
         hub = GrpcTransport(heartbeat)  # generous: a loaded CI machine must not miss heartbeats
         server, port = start_server(FederationService(hub, cfg.to_dict(), 10**9, True, RevocationList(None)),
                                     "127.0.0.1", 0, None)
-        threads = []
+        threads, errors = [], []
+
+        def serve(party):
+            try:
+                party.run()
+            except Exception as exc:  # noqa: BLE001 - reported by the test, not by a later one
+                errors.append(exc)
+
         for pid in ids:
+            # retry_seconds bounds how long a party outlives its server: a party thread left over
+            # from one test must never join the next test's server (ports are reused)
             party = GrpcParty(PartyOptions(pid, f"127.0.0.1:{port}", str(folder / f"party{pid}"), insecure=True,
-                                           backoff_base=0.05, backoff_cap=0.5, threads=1))
-            threads.append(threading.Thread(target=party.run, daemon=True))
+                                           backoff_base=0.05, backoff_cap=0.5, threads=1, retry_seconds=5.0))
+            threads.append(threading.Thread(target=serve, args=(party,), daemon=True))
             threads[-1].start()
         try:
             assert hub.wait_for_parties(len(ids), timeout=60)
@@ -63,8 +72,30 @@ def run_over_grpc():
         finally:
             hub.close()
             for t in threads:
-                t.join(timeout=10)
+                t.join(timeout=120)  # parties stop when told; the long limit is for a loaded machine
             server.stop(0)
+        assert not any(t.is_alive() for t in threads), "a party thread did not stop after the run"
+        assert not errors, errors
         return state, records
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _stop_grpc_parties(monkeypatch):
+    """Stops, after each test, every gRPC party the test created: a party thread that outlives its
+    test would keep retrying its server and could join a later test's server on a reused port
+    (with its own data, under an id another test's party expects)."""
+    from pollen.transport.rpc.party import GrpcParty
+
+    made = []
+    init = GrpcParty.__init__
+
+    def tracking_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(GrpcParty, "__init__", tracking_init)
+    yield
+    for party in made:
+        party.stop()

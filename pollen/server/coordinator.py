@@ -177,6 +177,8 @@ class Coordinator:
             last = outcome.record
             if self.checkpointer is not None:
                 self.checkpointer.save(rnd, state, opt_state, outcome.record)
+            # After the checkpoint: history never runs ahead of what `--resume` can continue from.
+            self.events.emit(RoundCompleted(rnd, outcome.record))
         self.events.emit(RunCompleted({**last, "wall_seconds": time.perf_counter() - started}))
         return state
 
@@ -240,7 +242,6 @@ class Coordinator:
             record.update(virtual_seconds=self.transport.clock())
         record.update(self._evaluate(rnd, state))
         record.update(seconds=time.perf_counter() - t0, bytes_up=up, bytes_down=down)
-        self.events.emit(RoundCompleted(rnd, record))
         return RoundOutcome(state, record), opt_state
 
     def _async_collect(

@@ -51,10 +51,11 @@ def _prepare_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
         (run_dir / "config.toml").write_text(to_toml(cfg.to_dict()))
 
 
-def make_bus(cfg: RunConfig, run_dir: Path, resume_after: int | None, title: str) -> EventBus:
-    """History file + progress display."""
+def make_bus(cfg: RunConfig, run_dir: Path, resume_after: int | None, title: str,
+             restore: dict[str, Any] | None = None) -> EventBus:
+    """History file + progress display (``restore``: the checkpoint's last record, on resume)."""
     bus = EventBus()
-    bus.subscribe(HistorySink(run_dir / "history.jsonl", resume_after))
+    bus.subscribe(HistorySink(run_dir / "history.jsonl", resume_after, restore))
     if cfg.run.progress:
         bus.subscribe(ProgressSink(title=title))
     return bus
@@ -79,12 +80,12 @@ def simulate(cfg: RunConfig, resume: Path | None = None) -> RunResult:
     strategy = make_strategy(cfg)
     state = initial_state(cfg, fed.dataset)
     checkpointer = Checkpointer(run_dir)
-    start, opt_state = 1, None
+    start, opt_state, last = 1, None, None
     if resume is not None:
-        done, state, opt_state, _ = checkpointer.load()
-        start = done + 1
+        done, state, opt_state, meta = checkpointer.load()
+        start, last = done + 1, meta.get("record")
     _prepare_dir(run_dir, cfg, resume is not None)
-    bus = make_bus(cfg, run_dir, start - 1 if resume is not None else None, run_dir.name)
+    bus = make_bus(cfg, run_dir, start - 1 if resume is not None else None, run_dir.name, last)
     transport: Transport
     if cfg.simulation.backend == "process":
         workers = cfg.simulation.workers or cores()

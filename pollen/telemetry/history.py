@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,16 @@ class HistorySink:
     """Appends each ``RoundCompleted`` record to ``history.jsonl`` and flushes it at once, so a
     crash loses nothing already reported. On resume, lines past the resumed round are dropped."""
 
-    def __init__(self, path: str | Path, resume_after: int | None = None) -> None:
+    def __init__(self, path: str | Path, resume_after: int | None = None,
+                 restore: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_after is not None and self.path.exists():
-            keep = [r for r in read_history(self.path) if r.get("round", 0) <= resume_after]
+        if resume_after is not None:
+            keep = [r for r in read_history(self.path) if r.get("round", 0) <= resume_after] if self.path.exists() else []
+            if restore and restore.get("round") == resume_after and not any(r.get("round") == resume_after for r in keep):
+                keep.append({k: _clean(v) for k, v in restore.items()})  # killed after the checkpoint, before the line
             self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        elif resume_after is None:
+        else:
             self.path.write_text("")
 
     def __call__(self, event: Event) -> None:

@@ -36,6 +36,31 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(digits_cfg, tmp_pat
     assert [r["round"] for r in resumed.history] == [1, 2, 3, 4]
 
 
+def test_history_never_runs_ahead_of_the_checkpoint_and_resume_restores_a_lost_line(digits_cfg):
+    from pollen.server.checkpoint import Checkpointer
+    from pollen.simulation.build import Federation, initial_state, make_strategy
+    from pollen.server import Coordinator
+    from pollen.telemetry import RoundCompleted
+    from pollen.transport.inprocess import InProcessTransport
+
+    cfg = digits_cfg(federation={"rounds": 2}, run={"name": "order"})
+    fed = Federation.from_config(cfg)
+    ckpt = Checkpointer(cfg.run.runs_dir + "/order")
+    seen = []  # the checkpoint's round at the moment each RoundCompleted is published
+    coord = Coordinator(make_strategy(cfg), InProcessTransport(fed.make_parties(fed.make_trainer())), 2, checkpointer=ckpt)
+    coord.events.subscribe(lambda e: seen.append((e.round, ckpt.load()[0])) if isinstance(e, RoundCompleted) else None)
+    coord.run(initial_state(cfg, fed.dataset))
+    assert seen == [(1, 1), (2, 2)]
+
+    # killed after round 2's checkpoint but before its history line: resume restores the line
+    part = simulate(digits_cfg(federation={"rounds": 2}, run={"name": "lost"}))
+    lines = (part.run_dir / "history.jsonl").read_text().splitlines()
+    (part.run_dir / "history.jsonl").write_text(lines[0] + "\n")
+    resumed = simulate(digits_cfg(federation={"rounds": 3}, run={"name": "lost"}), resume=part.run_dir)
+    assert [r["round"] for r in resumed.history] == [1, 2, 3]
+    assert resumed.history[1]["accuracy"] == json.loads(lines[1])["accuracy"]
+
+
 def test_process_backend_equals_inline(digits_cfg):
     inline = simulate(digits_cfg(run={"name": "inline"}))
     pooled = simulate(digits_cfg(run={"name": "pool"}, simulation={"backend": "process", "workers": 2, "threads": 1}))

@@ -108,6 +108,29 @@ def test_backoff_grows_exponentially_with_full_jitter():
     assert b.next() <= 0.5
 
 
+def test_backoff_keeps_working_after_thousands_of_attempts():
+    # 2**1100 no longer converts to a float: a party retrying for minutes at a small cap used to crash here
+    b = Backoff(0.05, 0.5)
+    waits = [b.next() for _ in range(2000)]
+    assert all(0 <= w <= 0.5 for w in waits)
+
+
+def test_stop_ends_a_party_that_is_still_retrying(shards):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    party = GrpcParty(PartyOptions("1", f"127.0.0.1:{port}", str(shards / "party1"), insecure=True,
+                                   backoff_base=0.05, backoff_cap=0.5, retry_seconds=600))
+    t = run_in_thread(party.run)
+    time.sleep(0.5)
+    assert t.is_alive()  # retrying
+    party.stop()
+    t.join(timeout=10)
+    assert not t.is_alive()
+
+
 def test_tasks_to_an_absent_party_fail_at_once(coordinator, run_cfg):
     c = coordinator()
     c.hub.submit(Task("7", "fit", 1, {"w": np.zeros(2, np.float32)}, RoundConfig(round=1)))

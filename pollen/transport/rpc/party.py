@@ -75,7 +75,7 @@ class Backoff:
 
     def next(self) -> float:
         """Seconds to wait before the next attempt."""
-        wait = self.rng.uniform(0, min(self.cap, self.base * 2**self.attempt))
+        wait = self.rng.uniform(0, min(self.cap, self.base * 2.0 ** min(self.attempt, 64)))  # no float overflow
         self.attempt += 1
         return wait
 
@@ -175,6 +175,7 @@ class GrpcParty:
         self.party: LocalParty | None = None
         self.session = ""
         self.rounds_done = 0
+        self._stopping = threading.Event()
         if opts.threads:
             torch.set_num_threads(opts.threads)
         # Import the training stack now, before joining: on a loaded machine these imports can
@@ -191,7 +192,7 @@ class GrpcParty:
         unreachable_since: float | None = None
         with make_channel(self.opts) as channel:
             stub = pb_grpc.FederationStub(channel)
-            while True:
+            while not self._stopping.is_set():
                 try:
                     if self._serve(stub, backoff):
                         return self.rounds_done
@@ -210,7 +211,8 @@ class GrpcParty:
                     wait = backoff.next()
                     log.info("coordinator unreachable (%s); retrying in %.2f s", code.name, wait,
                              extra={"event": "reconnect", "reason": code.name, "seconds": round(wait, 3)})
-                    time.sleep(wait)
+                    self._stopping.wait(wait)
+            return self.rounds_done
 
     def _serve(self, stub: pb_grpc.FederationStub, backoff: Backoff) -> bool:
         """Join and answer tasks; True when the coordinator ended the run."""
@@ -225,7 +227,7 @@ class GrpcParty:
                 self.party = build_party(self.opts.party_id, json.loads(joined.run_config_json), self.x, self.y,
                                          self.index, self.meta)
             log.info("party %s joined", self.opts.party_id, extra={"event": "join", "party": self.opts.party_id})
-            while True:
+            while not self._stopping.is_set():
                 msg = assemble(stub.GetTask(pb.TaskRequest(session=self.session, wait_seconds=POLL_SECONDS)), 2**62)
                 if msg is None:
                     continue
@@ -246,8 +248,14 @@ class GrpcParty:
                 if not ack.accepted:
                     log.info("reply to round %s not used: %s", reply.round, ack.reason)
                 self.rounds_done += 1
+            return True  # stopped by stop()
         finally:
             beat.stopped.set()
+
+    def stop(self) -> None:
+        """Make ``run`` return (after the task in hand, within one task poll): for embedding a party
+        in a longer-lived program, which should also call ``leave``."""
+        self._stopping.set()
 
     def leave(self) -> None:
         """Tell the coordinator this party leaves (best effort)."""

@@ -89,15 +89,15 @@ def run_server(cfg: RunConfig, resume: Path | None = None) -> RunResult:
     fed = Federation(cfg, dataset, [np.empty(0, np.int64)] * cfg.data.parties)  # the server holds no party data
     trainer = fed.make_trainer()
     strategy, pipeline = make_strategy(cfg), make_pipeline(cfg)
-    state, start, opt_state = initial_state(cfg, dataset), 1, None
+    state, start, opt_state, last = initial_state(cfg, dataset), 1, None, None
     checkpointer = Checkpointer(run_dir)
     if resume is not None:
-        done, state, opt_state, _ = checkpointer.load()
-        start = done + 1
+        done, state, opt_state, meta = checkpointer.load()
+        start, last = done + 1, meta.get("record")
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume is None:
         (run_dir / "config.toml").write_text(to_toml(cfg.to_dict()))
-    bus = make_bus(cfg, run_dir, start - 1 if resume is not None else None, run_dir.name)
+    bus = make_bus(cfg, run_dir, start - 1 if resume is not None else None, run_dir.name, last)
     hub = GrpcTransport(net.heartbeat_interval, min_parties=net.min_parties, quorum_timeout=net.join_timeout)
     bus.subscribe(_Progress(hub.stats))
     if net.metrics_port:
