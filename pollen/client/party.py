@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -43,6 +43,11 @@ class ClientHook:
 
 
 CLIENT_HOOKS: dict[str, ClientHook] = {}
+# Keys of ``LocalParty.state`` small enough to go into every simulation checkpoint, because losing
+# them on ``--resume`` would be wrong rather than merely slower (privacy accountants: a party's ε
+# would restart at zero). Modules add their keys; large state (residuals, control variates) is not
+# listed and restarts empty.
+DURABLE_STATE_KEYS: set[str] = set()
 
 
 def client_hooks(names: object) -> list[ClientHook]:
@@ -116,6 +121,14 @@ class LocalParty:
         self.seed = seed
         self.pipeline = pipeline or empty_pipeline()
         self.state: dict[str, Any] = {}  # kept between rounds (control variates, residuals, …)
+
+    def durable_state(self) -> dict[str, Any]:
+        """The entries of ``state`` listed in ``DURABLE_STATE_KEYS`` (JSON-able), for checkpoints."""
+        return {k: self.state[k] for k in DURABLE_STATE_KEYS if k in self.state}
+
+    def restore_state(self, saved: Mapping[str, Any]) -> None:
+        """Put back what ``durable_state`` returned (on ``--resume``)."""
+        self.state.update({k: v for k, v in saved.items() if k in DURABLE_STATE_KEYS})
 
     @property
     def num_examples(self) -> int:

@@ -27,13 +27,18 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from pollen.errors import ConfigError
+from pollen.client.party import DURABLE_STATE_KEYS
 from pollen.privacy.accountant import RDPAccountant
 from pollen.transforms.base import StepContext, UpdateStep
 from pollen.types import ModelState, RoundConfig, Update, is_float
+
+PARTICIPATIONS_KEY = "client_dp_participations"  # local DP: rounds this party has noised (its accountant)
+DURABLE_STATE_KEYS.add(PARTICIPATIONS_KEY)
 
 
 def secure_rng() -> np.random.Generator:
@@ -133,6 +138,12 @@ class ClipStep(UpdateStep):
             self.current = self.used * math.exp(-self.clip_lr * (unclipped - self.target_quantile))
         return delta
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"current": self.current} if self.adaptive else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.current = float(state.get("current", self.current))
+
     def report(self, round: int) -> dict[str, float]:
         return {"clip_norm": self.used}
 
@@ -175,7 +186,7 @@ class GaussianNoiseStep(UpdateStep):
         delta = add_gaussian(update.delta, self._std(c), secure_rng())
         metrics = dict(update.metrics)
         if self.mode == "local":
-            key = "client_dp_participations"
+            key = PARTICIPATIONS_KEY
             ctx.party_state[key] = ctx.party_state.get(key, 0) + 1
             acc = RDPAccountant("poisson")
             acc.step(self.z / 2, 1.0, ctx.party_state[key])  # replace-one sensitivity 2C, no amplification
@@ -195,6 +206,12 @@ class GaussianNoiseStep(UpdateStep):
             # z·sqrt(m/k) C, so this round is accounted at that multiplier.
             self.accountant.step(self.z * math.sqrt(min(m, self.per_round) / self.per_round) / 2, self.sample_rate)
         return delta
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"accountant": [list(h) for h in self.accountant.history]} if self.accountant.history else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.accountant.history = [(float(z), float(q), int(n)) for z, q, n in state.get("accountant", [])]
 
     def report(self, round: int) -> dict[str, float]:
         if self.mode == "local":

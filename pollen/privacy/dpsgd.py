@@ -27,10 +27,12 @@ import torch.nn as nn
 
 from pollen.client.trainer import Trainer, load_numpy_state, make_optimizer
 from pollen.errors import ConfigError, ModelError, PrivacyError, require
+from pollen.client.party import DURABLE_STATE_KEYS
 from pollen.privacy.accountant import make_accountant, noise_multiplier_for, participation_steps
 from pollen.types import RoundConfig, Update
 
 STATE_KEY = "dp_sgd"  # this module's entry in the party's state
+DURABLE_STATE_KEYS.add(STATE_KEY)  # the accountant's history survives --resume
 
 
 def _opacus():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,9 @@ class Checkpointer:
         run_dir: ``runs/<name>``; checkpoints go to ``run_dir/checkpoints``.
     """
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, extra_state: Callable[[], Mapping[str, Any]] | None = None) -> None:
         self.dir = Path(run_dir) / "checkpoints"
+        self.extra_state = extra_state  # more JSON-able state to save with every checkpoint (simulated parties')
 
     def save(self, round: int, state: Mapping[str, np.ndarray], optimizer_state: Mapping[str, np.ndarray],
              record: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> None:
@@ -42,7 +43,8 @@ class Checkpointer:
         self.dir.mkdir(parents=True, exist_ok=True)
         _atomic_save(state, self.dir / "model.safetensors")
         _atomic_save(optimizer_state, self.dir / "optimizer.safetensors")
-        meta = {"round": round, "order": list(state), "record": dict(record or {}), "extra": dict(extra or {})}
+        extra = {**(extra or {}), **(self.extra_state() if self.extra_state is not None else {})}
+        meta = {"round": round, "order": list(state), "record": dict(record or {}), "extra": extra}
         tmp = self.dir / "meta.json.tmp"
         tmp.write_text(json.dumps(meta, default=str))
         os.replace(tmp, self.dir / "meta.json")

@@ -176,7 +176,7 @@ class Coordinator:
             state = outcome.state
             last = outcome.record
             if self.checkpointer is not None:
-                self.checkpointer.save(rnd, state, opt_state, outcome.record)
+                self.checkpointer.save(rnd, state, opt_state, outcome.record, {"pipeline": self.pipeline.state_dict()})
             # After the checkpoint: history never runs ahead of what `--resume` can continue from.
             self.events.emit(RoundCompleted(rnd, outcome.record))
         self.events.emit(RunCompleted({**last, "wall_seconds": time.perf_counter() - started}))

@@ -4,6 +4,7 @@ and write its run directory (config, history, model, report, plot)."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +29,8 @@ from pollen.telemetry.report import write_report
 from pollen.transport.base import Transport
 from pollen.transport.inprocess import InProcessTransport
 from pollen.types import ModelState, RoundConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,19 +82,30 @@ def simulate(cfg: RunConfig, resume: Path | None = None) -> RunResult:
     pipeline = make_pipeline(cfg)
     strategy = make_strategy(cfg)
     state = initial_state(cfg, fed.dataset)
-    checkpointer = Checkpointer(run_dir)
+    parties = fed.make_parties(trainer, pipeline=pipeline) if cfg.simulation.backend != "process" else None
+    # simulated parties' small state (privacy accountants) goes into every checkpoint
+    checkpointer = Checkpointer(run_dir, None if parties is None else
+                                (lambda: {"parties": {pid: st for pid, p in parties.items() if (st := p.durable_state())}}))
     start, opt_state, last = 1, None, None
     if resume is not None:
         done, state, opt_state, meta = checkpointer.load()
         start, last = done + 1, meta.get("record")
+        extra = meta.get("extra", {})
+        pipeline.load_state_dict(extra.get("pipeline", {}))  # server-side accountant, adaptive clip norm
+        for pid, saved in extra.get("parties", {}).items():
+            if parties is not None and pid in parties:
+                parties[pid].restore_state(saved)
+        if parties is None and (cfg.privacy.dp_sgd or cfg.privacy.client_dp == "local"):
+            log.warning("resuming with the process backend: the parties' own privacy accountants restart at zero "
+                        "(their state lives in the worker processes); use the inline backend to resume DP runs")
     _prepare_dir(run_dir, cfg, resume is not None)
     bus = make_bus(cfg, run_dir, start - 1 if resume is not None else None, run_dir.name, last)
     transport: Transport
-    if cfg.simulation.backend == "process":
+    if parties is None:
         workers = cfg.simulation.workers or cores()
         transport = ProcessPoolTransport(cfg.to_dict(), fed.party_ids, workers, cfg.simulation.threads or 1)
     else:
-        transport = InProcessTransport(fed.make_parties(trainer, pipeline=pipeline))
+        transport = InProcessTransport(parties)
     transport = with_simulated_clock(transport, cfg)  # --party-speed / --dropout: virtual time
     coordinator = Coordinator(
         strategy=strategy, transport=transport, rounds=cfg.federation.rounds, pipeline=pipeline,

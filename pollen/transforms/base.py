@@ -87,6 +87,14 @@ class UpdateStep:
         """Server side, after ``after_aggregate``: numbers for the round's history line (ε, …)."""
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """Server-side state that must survive a coordinator restart (an accountant's history, an
+        adaptive clip norm), JSON-able; saved in every checkpoint. Default: none."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Inverse of ``state_dict`` (on ``--resume``)."""
+
     def combine(self, updates: list[Update], parties: Sequence[str], round: int, transport: Any) -> list[Update]:
         """Server side, after ``decode`` and before the aggregator: turn the round's updates into
         what the aggregator receives. Linear steps that hide single updates (HE, secure sums)
@@ -163,6 +171,25 @@ class Pipeline:
         for step in reversed(self.steps):
             updates = step.combine(updates, parties, round, transport)
         return updates
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every step's server-side state, keyed ``<position>:<name>`` (steps without state left out)."""
+        return {f"{i}:{s.name}": st for i, s in enumerate(self.steps) if (st := s.state_dict())}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Inverse of ``state_dict``.
+
+        Raises:
+            ConfigError: the saved state belongs to steps this pipeline does not have (the run was
+                resumed with different privacy or compression settings).
+        """
+        keys = {f"{i}:{s.name}": s for i, s in enumerate(self.steps)}
+        unknown = sorted(set(state) - set(keys))
+        if unknown:
+            raise ConfigError(f"the checkpoint holds state of update steps {unknown} that this run does not have; "
+                              "resume with the settings the run was started with")
+        for key, st in state.items():
+            keys[key].load_state_dict(st)
 
     @property
     def names(self) -> list[str]:

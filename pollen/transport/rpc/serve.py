@@ -94,6 +94,7 @@ def run_server(cfg: RunConfig, resume: Path | None = None) -> RunResult:
     if resume is not None:
         done, state, opt_state, meta = checkpointer.load()
         start, last = done + 1, meta.get("record")
+        pipeline.load_state_dict(meta.get("extra", {}).get("pipeline", {}))  # server-side accountant, adaptive clip
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume is None:
         (run_dir / "config.toml").write_text(to_toml(cfg.to_dict()))
