@@ -97,6 +97,9 @@ def run_row(row: str, rounds: int, members: int, threads: int | None = None) -> 
             "row": row, "rounds": len(hist), "accuracy": last.get("accuracy"),
             "accuracy_by_round": {h["round"]: h["accuracy"] for h in hist if h.get("accuracy") is not None},
             "epsilon": last.get("epsilon"), "delta": DELTA if "-" in row else None,  # clientclip: no noise, ε = ∞
+            # a round's "epsilon" is the largest among the parties of that round; the run's worst party
+            # is the largest over all rounds (each party's ε only grows)
+            "epsilon_run_max": max((h["epsilon"] for h in hist if h.get("epsilon") is not None), default=None),
             "noise_multiplier": last.get("noise_multiplier"), "clip_norm": last.get("clip_norm"),
             "bytes_up": sum(h.get("bytes_up", 0) for h in hist), "bytes_down": sum(h.get("bytes_down", 0) for h in hist),
             "parties_failed": sum(len(h.get("parties_failed", [])) for h in hist),
@@ -109,10 +112,12 @@ def run_row(row: str, rounds: int, members: int, threads: int | None = None) -> 
 def report(path: Path) -> str:
     """The markdown table of the JSON lines in ``path``."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    lines = ["| row | test accuracy | rounds | ε (δ = 1e-5) | noise multiplier | bytes up + down | MIA AUC [95 % CI] | MIA TPR @ 0.1 % FPR | wall s |",
+    lines = ["| row | test accuracy | rounds | ε (δ = 1e-5), last round's parties | noise multiplier | bytes up + down | MIA AUC [95 % CI] | MIA TPR @ 0.1 % FPR | wall s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         eps = "∞ (no DP)" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
+        if r.get("epsilon_run_max") is not None and r["epsilon_run_max"] != r["epsilon"]:
+            eps += f" (worst party of the run: {r['epsilon_run_max']:.2f})"
         nm = "—" if r.get("noise_multiplier") is None else f"{r['noise_multiplier']:.3g}"
         lo, hi = r["mia_auc_ci"]
         lines.append(f"| {r['row']} | {100 * r['accuracy']:.2f} % | {r['rounds']} | {eps} | {nm} | "
