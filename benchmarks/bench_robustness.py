@@ -106,30 +106,26 @@ def write_table(args: argparse.Namespace, rows: list[dict], path: Path) -> None:
             and key(r)[7] == (args.byzantine_f if r["aggregator"] != "fedavg" else None)}
     attacks = [a for a in ATTACKS if any(k[0] == a for k in mine)]
     aggs = [g for g in AGGREGATORS if any(k[1] == g for k in mine)]
+    def grid(cell) -> list[str]:  # one row per attack, one column per aggregator
+        return (["| attack | " + " | ".join(aggs) + " |", "| --- |" + " --- |" * len(aggs)]
+                + [f"| {a} | " + " | ".join(cell(a, mine.get((a, g)), g) for g in aggs) + " |" for a in attacks])
+
+    def final(a: str, r: dict | None, g: str) -> str:
+        ref = REFERENCE.get(g, (None, None))[("gaussian", "alie").index(a)] if a in ("gaussian", "alie") else None
+        txt = f"{r['final_accuracy']:.3f}" if r and r["final_accuracy"] is not None else "—"
+        return txt + (f" (ref {ref:.2f})" if ref is not None else "")
+
+    def last_three(a: str, r: dict | None, g: str) -> str:
+        last = [v for _, v in sorted((int(k), v) for k, v in r["curve"].items())][-3:] if r else []
+        return f"{sum(last) / len(last):.3f}" if last else "—"
+
     lines = [f"Settings: {args.parties} parties, {args.malicious_fraction:.0%} malicious, Dirichlet α = {args.alpha}, "
              f"{args.rounds} rounds, {args.parties_per_round or args.parties} parties per round, model "
              f"{args.model}, seed {args.seed}, byzantine_f "
              f"{args.byzantine_f if args.byzantine_f is not None else 'round(0.2 × parties per round)'}. "
-             "Final test accuracy (10k test set) after the last round.", "",
-             "| attack | " + " | ".join(aggs) + " |", "| --- |" + " --- |" * len(aggs)]
-    for a in attacks:
-        cells = []
-        for g in aggs:
-            r = mine.get((a, g))
-            ref = REFERENCE.get(g, (None, None))[("gaussian", "alie").index(a)] if a in ("gaussian", "alie") else None
-            txt = f"{r['final_accuracy']:.3f}" if r and r["final_accuracy"] is not None else "—"
-            cells.append(txt + (f" (ref {ref:.2f})" if ref is not None else ""))
-        lines.append(f"| {a} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean test accuracy over the last three evaluations (rounds 40, 45, 50 with the defaults): "
-              "one round's accuracy swings when an attack gets through in that round.", "",
-              "| attack | " + " | ".join(aggs) + " |", "| --- |" + " --- |" * len(aggs)]
-    for a in attacks:
-        cells = []
-        for g in aggs:
-            r = mine.get((a, g))
-            last = [v for _, v in sorted((int(k), v) for k, v in r["curve"].items())][-3:] if r else []
-            cells.append(f"{sum(last) / len(last):.3f}" if last else "—")
-        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+             "Final test accuracy (10k test set) after the last round.", "", *grid(final),
+             "", "Mean test accuracy over the last three evaluations (rounds 40, 45, 50 with the defaults): "
+             "one round's accuracy swings when an attack gets through in that round.", "", *grid(last_three)]
     secs = [r["wall_seconds"] for r in mine.values()]
     lines += ["", f"Cells run: {len(mine)}; wall seconds per cell: min {min(secs):.0f}, max {max(secs):.0f}."
               if secs else "No cell has run with these settings."]
