@@ -127,8 +127,9 @@ class LocalParty:
         return {k: self.state[k] for k in DURABLE_STATE_KEYS if k in self.state}
 
     def restore_state(self, saved: Mapping[str, Any]) -> None:
-        """Put back what ``durable_state`` returned (on ``--resume``)."""
-        self.state.update({k: v for k, v in saved.items() if k in DURABLE_STATE_KEYS})
+        """Put back what ``durable_state`` returned (on ``--resume``). Not filtered by
+        ``DURABLE_STATE_KEYS``: the module that registers a key may not be imported yet."""
+        self.state.update(saved)
 
     @property
     def num_examples(self) -> int:
