@@ -10,7 +10,11 @@ with probability ``--dropout``. FedAvg samples 10 parties per round and waits fo
 and steps every K arrivals with staleness weight 1/√(1+τ). The server's evaluation is not
 charged to virtual time. The ratio FedAvg time / FedBuff time is the speed-up.
 
-    python benchmarks/bench_async.py                 # 3 seeds
+Both are evaluated after the same number of party tasks (``--eval-every`` FedAvg rounds; FedBuff
+every ``eval_every × 10 / K`` steps), so neither is favoured by a finer grid. Every finished run is
+appended to ``--results`` and skipped when the command is run again (a cut-off grid resumes).
+
+    python benchmarks/bench_async.py --jobs 2        # 3 seeds × 2 strategies, two runs at a time
     python benchmarks/bench_async.py --seeds 0 --eval-every 2
 """
 
@@ -20,9 +24,12 @@ import argparse
 import json
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 TARGET = 0.85
+# Settings that make two runs comparable: a stored run counts as done only if it used the same ones.
+COMPARED = ("party_speed", "dropout", "step_seconds", "buffer", "max_rounds", "eval_every")
 
 
 def run(strategy: str, seed: int, args: argparse.Namespace) -> dict:
@@ -37,6 +44,7 @@ def run(strategy: str, seed: int, args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     max_rounds = args.max_rounds if strategy == "fedavg" else args.max_rounds * 10 // args.buffer
+    eval_every = args.eval_every if strategy == "fedavg" else max(1, args.eval_every * 10 // args.buffer)
     cfg = make_config({
         "data": {"dataset": "fmnist", "parties": 100, "partition": "iid", "holdout": 0.0},
         "model": {"model": "fedavg_cnn"}, "train": {"lr": 0.05, "batch_size": 32, "epochs": 1},
@@ -57,7 +65,7 @@ def run(strategy: str, seed: int, args: argparse.Namespace) -> dict:
         outcome, opt_state = coord.run_round(rnd, state, opt_state)
         state = outcome.state
         trained += len(outcome.record["parties"]) + len(outcome.record["parties_failed"])
-        if rnd % args.eval_every == 0:
+        if rnd % eval_every == 0:
             acc = evaluate(state).accuracy
             curve.append((rnd, transport.clock(), acc))
             print(f"  {strategy} seed {seed} step {rnd}: virtual {transport.clock():.1f} s, accuracy {acc:.4f}", flush=True)
@@ -67,6 +75,26 @@ def run(strategy: str, seed: int, args: argparse.Namespace) -> dict:
     return {"strategy": strategy, "seed": seed, "reached": reached, "steps_run": rnd, "virtual_s_end": transport.clock(),
             "final_accuracy": curve[-1][2] if curve else None, "wall_s": time.perf_counter() - t0, "curve": curve,
             "settings": {k: v for k, v in vars(args).items() if k not in ("results",)}}
+
+
+def table(rows: list[dict]) -> str:
+    """Per seed: each strategy's virtual seconds and party tasks to the target, and the speed-up."""
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "not run"
+        if r["reached"] is None:
+            return f"not reached in {r['steps_run']} steps (final {100 * r['final_accuracy']:.1f} %)"
+        return f"{r['reached']['virtual_s']:.1f} s (step {r['reached']['step']}, {r['reached']['tasks_done']} tasks)"
+
+    out = [f"| seed | FedAvg: virtual time to {TARGET:.0%} | FedBuff: virtual time to {TARGET:.0%} | speed-up FedAvg / FedBuff |",
+           "| --- | --- | --- | --- |"]
+    for seed in sorted({r["seed"] for r in rows}):
+        avg = next((r for r in rows if r["seed"] == seed and r["strategy"] == "fedavg"), None)
+        buf = next((r for r in rows if r["seed"] == seed and r["strategy"] == "fedbuff"), None)
+        ratio = (f"{avg['reached']['virtual_s'] / buf['reached']['virtual_s']:.2f}×"
+                 if avg and buf and avg["reached"] and buf["reached"] else "—")
+        out.append(f"| {seed} | {cell(avg)} | {cell(buf)} | {ratio} |")
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -80,16 +108,24 @@ def main() -> None:
     p.add_argument("--max-rounds", type=int, default=60, help="FedAvg rounds at most (FedBuff: the same party-task budget)")
     p.add_argument("--eval-every", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (each in its own process)")
     p.add_argument("--results", default="benchmarks/results/async.jsonl")
     args = p.parse_args()
-    rows = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        for strategy in args.strategies.split(","):
-            row = run(strategy, seed, args)
+    results = Path(args.results)
+    same = lambda r: all(r["settings"].get(k) == getattr(args, k) for k in COMPARED)  # noqa: E731
+    rows = [r for r in map(json.loads, results.read_text().splitlines() if results.exists() else []) if same(r)]
+    have = {(r["strategy"], r["seed"]) for r in rows}
+    todo = [(st, int(seed)) for seed in args.seeds.split(",") for st in args.strategies.split(",")
+            if (st, int(seed)) not in have]
+    print(f"{len(todo)} runs to do ({len(rows)} with these settings already in {results})", flush=True)
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for fut in as_completed([pool.submit(run, st, seed, args) for st, seed in todo]):
+            row = fut.result()
             rows.append(row)
-            with Path(args.results).open("a") as f:
+            with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps({k: row[k] for k in ("strategy", "seed", "reached", "steps_run", "wall_s")}), flush=True)
+    print(table(rows))
     by = {s: [r["reached"]["virtual_s"] for r in rows if r["strategy"] == s and r["reached"]] for s in args.strategies.split(",")}
     for s, times in by.items():
         print(f"{s}: virtual seconds to {TARGET:.0%}: {times} (median {statistics.median(times) if times else '—'})")

@@ -24,7 +24,7 @@ import platform
 import statistics
 import subprocess
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -140,7 +140,7 @@ def main() -> None:
         print(f"{len(todo)} runs to do ({len(grid) - len(todo)} already in {results})", flush=True)
         with ProcessPoolExecutor(a.jobs) as pool:
             futures = [pool.submit(run_one, s, sp, seed, a.rounds, a.runs_dir, a.threads) for s, sp, seed in todo]
-            for fut in futures:
+            for fut in as_completed(futures):  # record each run as it ends: a cut-off grid loses only what was running
                 row = fut.result()
                 done.append(row)
                 with results.open("a") as f:
