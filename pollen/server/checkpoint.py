@@ -11,13 +11,37 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from pollen.errors import RunError
+
+
+class _Stateful(Protocol):
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a resumed run goes on: what every resuming entry point (simulation, ``pollen server``) needs.
+
+    Attributes:
+        start: the first round still to run.
+        state: the global model after round ``start - 1``.
+        optimizer_state: the server optimizer's state then.
+        record: that round's history line (restored to history.jsonl if the crash lost it).
+        extra: the rest of the saved state (simulated parties' accountants, ...).
+    """
+
+    start: int
+    state: dict[str, np.ndarray]
+    optimizer_state: dict[str, np.ndarray]
+    record: dict[str, Any] | None
+    extra: dict[str, Any]
 
 
 def _atomic_save(arrays: Mapping[str, np.ndarray], path: Path) -> None:
@@ -69,3 +93,16 @@ class Checkpointer:
             raise RunError(f"checkpoint in {self.dir} is unreadable: {exc}") from exc
         state = {k: state[k] for k in meta.get("order", state)}
         return int(meta["round"]), state, opt, meta
+
+    def resume_point(self, pipeline: _Stateful | None = None) -> ResumePoint:
+        """The last checkpoint as a :class:`ResumePoint`; puts the update pipeline's saved
+        server-side state (party-level DP accountant, adaptive clip norm) back into ``pipeline``.
+
+        Raises:
+            RunError: no checkpoint, or an unreadable one.
+        """
+        done, state, opt, meta = self.load()
+        extra = meta.get("extra", {})
+        if pipeline is not None:
+            pipeline.load_state_dict(extra.get("pipeline", {}))
+        return ResumePoint(done + 1, state, opt, meta.get("record"), extra)

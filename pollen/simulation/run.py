@@ -20,7 +20,7 @@ from pollen.config import RunConfig, make_config, to_toml
 from pollen.server.checkpoint import Checkpointer
 from pollen.server.coordinator import Coordinator
 from pollen.simulation.clock import with_simulated_clock
-from pollen.simulation.build import Federation, cores, initial_state, make_pipeline, make_strategy
+from pollen.simulation.build import Federation, cores, initial_state, make_pipeline, make_strategy, torch_threads
 from pollen.simulation.process_pool import ProcessPoolTransport
 from pollen.telemetry.events import EventBus, RoundCompleted, RunStarted
 from pollen.telemetry.history import HistorySink, read_history
@@ -74,9 +74,12 @@ def simulate(cfg: RunConfig, resume: Path | None = None) -> RunResult:
     from pollen.privacy.checks import check_config
 
     check_config(cfg)  # refuse combinations that cannot work before loading anything
+    with torch_threads(cfg.simulation.threads or cores()):
+        return _simulate(cfg, resume)
+
+
+def _simulate(cfg: RunConfig, resume: Path | None) -> RunResult:
     run_dir = Path(resume) if resume is not None else run_dir_for(cfg)
-    threads = cfg.simulation.threads or cores()
-    torch.set_num_threads(threads)
     fed = Federation.from_config(cfg)
     trainer = fed.make_trainer()
     pipeline = make_pipeline(cfg)
@@ -88,11 +91,9 @@ def simulate(cfg: RunConfig, resume: Path | None = None) -> RunResult:
                                 (lambda: {"parties": {pid: st for pid, p in parties.items() if (st := p.durable_state())}}))
     start, opt_state, last = 1, None, None
     if resume is not None:
-        done, state, opt_state, meta = checkpointer.load()
-        start, last = done + 1, meta.get("record")
-        extra = meta.get("extra", {})
-        pipeline.load_state_dict(extra.get("pipeline", {}))  # server-side accountant, adaptive clip norm
-        for pid, saved in extra.get("parties", {}).items():
+        point = checkpointer.resume_point(pipeline)
+        start, state, opt_state, last = point.start, point.state, point.optimizer_state, point.record
+        for pid, saved in point.extra.get("parties", {}).items():
             if parties is not None and pid in parties:
                 parties[pid].restore_state(saved)
         if parties is None and (cfg.privacy.dp_sgd or cfg.privacy.client_dp == "local"):
@@ -141,8 +142,11 @@ def centralized(cfg: RunConfig, run_dir: Path | None = None) -> RunResult:
     R·E·C passes over the data; the baseline makes the same number of epochs (one history line
     per round-equivalent).
     """
-    run_dir = run_dir or run_dir_for(cfg, "-centralized")
-    torch.set_num_threads(cfg.simulation.threads or cores())
+    with torch_threads(cfg.simulation.threads or cores()):
+        return _centralized(cfg, run_dir or run_dir_for(cfg, "-centralized"))
+
+
+def _centralized(cfg: RunConfig, run_dir: Path) -> RunResult:
     fed = Federation.from_config(cfg)
     trainer = fed.make_trainer()
     evaluate = fed.make_evaluator(trainer)

@@ -68,6 +68,20 @@ def test_process_backend_equals_inline(digits_cfg):
         np.testing.assert_allclose(inline.state[k], pooled.state[k], rtol=1e-4, atol=1e-5)
 
 
+def test_simulate_trains_with_its_threads_and_puts_back_the_callers(digits_cfg, monkeypatch):
+    import torch
+
+    from pollen.client.trainer import Trainer
+
+    seen, fit = [], Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self, *a, **k: (seen.append(torch.get_num_threads()), fit(self, *a, **k))[1])
+    torch.set_num_threads(1)
+    simulate(digits_cfg(federation={"rounds": 1}, simulation={"threads": 2}))
+    centralized(digits_cfg(federation={"rounds": 1}, simulation={"threads": 2}))
+    assert seen and set(seen) == {2}  # the run used the configured threads ...
+    assert torch.get_num_threads() == 1  # ... and left the caller's setting as it was
+
+
 def test_centralized_baseline_same_budget(digits_cfg):
     res = centralized(digits_cfg(federation={"rounds": 3, "fraction": 0.5}))
     summary = json.loads((res.run_dir / "summary.json").read_text())

@@ -13,14 +13,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pollen.config import RunConfig, make_config, merge, to_toml
 from pollen.data import load_dataset
 from pollen.errors import RunError
 from pollen.server.checkpoint import Checkpointer
 from pollen.server.coordinator import Coordinator
-from pollen.simulation.build import Federation, cores, initial_state, make_pipeline, make_strategy, model_name
+from pollen.simulation.build import Federation, cores, initial_state, make_pipeline, make_strategy, model_name, torch_threads
 from pollen.simulation.run import RunResult, finish_run, make_bus, run_dir_for
 from pollen.telemetry.events import Event, RoundCompleted, RoundStarted, RunCompleted, RunStarted
 from pollen.telemetry.history import read_history
@@ -82,8 +81,13 @@ def run_server(cfg: RunConfig, resume: Path | None = None) -> RunResult:
     if net.insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
         log.warning("running without TLS or authentication (--insecure)")
+    with torch_threads(cfg.simulation.threads or cores()):
+        return _serve(cfg, resume)
+
+
+def _serve(cfg: RunConfig, resume: Path | None) -> RunResult:
+    net = cfg.network
     run_dir = Path(resume) if resume is not None else run_dir_for(cfg, "-grpc")
-    torch.set_num_threads(cfg.simulation.threads or cores())
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     cfg = resolve(cfg, dataset.input_shape)
     fed = Federation(cfg, dataset, [np.empty(0, np.int64)] * cfg.data.parties)  # the server holds no party data
@@ -92,9 +96,8 @@ def run_server(cfg: RunConfig, resume: Path | None = None) -> RunResult:
     state, start, opt_state, last = initial_state(cfg, dataset), 1, None, None
     checkpointer = Checkpointer(run_dir)
     if resume is not None:
-        done, state, opt_state, meta = checkpointer.load()
-        start, last = done + 1, meta.get("record")
-        pipeline.load_state_dict(meta.get("extra", {}).get("pipeline", {}))  # server-side accountant, adaptive clip
+        point = checkpointer.resume_point(pipeline)
+        start, state, opt_state, last = point.start, point.state, point.optimizer_state, point.record
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume is None:
         (run_dir / "config.toml").write_text(to_toml(cfg.to_dict()))
