@@ -31,6 +31,7 @@ from pathlib import Path
 STRATEGIES = ["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold", "fednova", "fedper"]
 SPLITS = {"dir0.1": {"partition": "dirichlet", "alpha": 0.1}, "shards": {"partition": "shards", "classes_per_party": 2}}
 TARGET = 0.80
+COLLAPSED = 0.2  # a final accuracy below this (10 classes: chance is 0.1) counts as a collapsed run
 
 
 def run_one(strategy: str, split: str, seed: int, rounds: int, runs_dir: str, threads: int) -> dict:
@@ -76,8 +77,9 @@ def fmt(values: list[float]) -> str:
 
 
 def table(rows: list[dict], rounds: int) -> str:
-    out = ["| strategy | split | seeds | final accuracy % (mean ± std) | best % | rounds to 80 % | FedPer personalised % | median s/round |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = ["| strategy | split | seeds | final accuracy % (mean ± std) | best % | rounds to 80 % | collapsed | "
+           "FedPer personalised % | median s/round |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for split in SPLITS:
         for s in STRATEGIES:
             mine = [r for r in rows if r["strategy"] == s and r["split"] == split and r["rounds"] == rounds]
@@ -87,7 +89,8 @@ def table(rows: list[dict], rounds: int) -> str:
             reach_txt = ", ".join("not reached" if x is None else str(x) for x in reach)
             fed = [r["fed_accuracy"] for r in mine if r["fed_accuracy"] is not None]
             out.append(f"| {s} | {split} | {len(mine)} | {fmt([r['final_accuracy'] for r in mine])} | "
-                       f"{fmt([r['best_accuracy'] for r in mine])} | {reach_txt} | {fmt(fed) if s == 'fedper' else ''} | "
+                       f"{fmt([r['best_accuracy'] for r in mine])} | {reach_txt} | "
+                       f"{sum(r['final_accuracy'] < COLLAPSED for r in mine)} of {len(mine)} | {fmt(fed) if s == 'fedper' else ''} | "
                        f"{statistics.median(r['median_round_s'] for r in mine):.2f} |")
     return "\n".join(out)
 
