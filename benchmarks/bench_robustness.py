@@ -148,8 +148,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per cell")
     p.add_argument("--jobs", type=int, default=1, help="cells run at once (each in its own process)")
     p.add_argument("--out", default=str(RESULTS / "robustness.jsonl"))
+    p.add_argument("--table", action="store_true", help="only print the table of the stored cells with these settings")
     p.add_argument("--cell", help=argparse.SUPPRESS)  # internal: JSON config of one cell
     args = p.parse_args()
+    if args.table:
+        table = Path(tempfile.mkdtemp()) / "table.md"
+        write_table(args, load_rows(Path(args.out)), table)
+        print(table.read_text())
+        return
     if args.cell:
         print(json.dumps(run_cell(json.loads(args.cell))))
         return
