@@ -99,7 +99,7 @@ def load_rows(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
 
 
-def write_table(args: argparse.Namespace, rows: list[dict], path: Path) -> None:
+def render_table(args: argparse.Namespace, rows: list[dict]) -> str:
     """The attack × aggregator table for the current settings (— where a cell has not run)."""
     mine = {(r["attack"], r["aggregator"]): r for r in rows
             if key(r)[2:7] == settings_key(args, "", "")[2:7]
@@ -129,7 +129,7 @@ def write_table(args: argparse.Namespace, rows: list[dict], path: Path) -> None:
     secs = [r["wall_seconds"] for r in mine.values()]
     lines += ["", f"Cells run: {len(mine)}; wall seconds per cell: min {min(secs):.0f}, max {max(secs):.0f}."
               if secs else "No cell has run with these settings."]
-    path.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -152,9 +152,7 @@ def main() -> None:
     p.add_argument("--cell", help=argparse.SUPPRESS)  # internal: JSON config of one cell
     args = p.parse_args()
     if args.table:
-        table = Path(tempfile.mkdtemp()) / "table.md"
-        write_table(args, load_rows(Path(args.out)), table)
-        print(table.read_text())
+        print(render_table(args, load_rows(Path(args.out))))
         return
     if args.cell:
         print(json.dumps(run_cell(json.loads(args.cell))))
@@ -182,7 +180,7 @@ def main() -> None:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(one, todo))
-    write_table(args, load_rows(out), out.with_name("robustness_table.md"))
+    out.with_name("robustness_table.md").write_text(render_table(args, load_rows(out)))
 
 
 if __name__ == "__main__":

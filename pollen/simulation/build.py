@@ -32,11 +32,11 @@ def cores() -> int:
 
 
 @contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch threads, then put back the caller's setting: ``simulate()``
-    and friends are library calls and must not leave a process-wide setting changed behind them."""
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (None: every core), then put back the caller's setting:
+    ``simulate()`` and friends are library calls and must not leave a process-wide setting changed."""
     before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    torch.set_num_threads(n or cores())
     try:
         yield
     finally:

@@ -74,7 +74,7 @@ def simulate(cfg: RunConfig, resume: Path | None = None) -> RunResult:
     from pollen.privacy.checks import check_config
 
     check_config(cfg)  # refuse combinations that cannot work before loading anything
-    with torch_threads(cfg.simulation.threads or cores()):
+    with torch_threads(cfg.simulation.threads):
         return _simulate(cfg, resume)
 
 
@@ -142,7 +142,7 @@ def centralized(cfg: RunConfig, run_dir: Path | None = None) -> RunResult:
     R·E·C passes over the data; the baseline makes the same number of epochs (one history line
     per round-equivalent).
     """
-    with torch_threads(cfg.simulation.threads or cores()):
+    with torch_threads(cfg.simulation.threads):
         return _centralized(cfg, run_dir or run_dir_for(cfg, "-centralized"))
 
 

@@ -19,7 +19,7 @@ from pollen.data import load_dataset
 from pollen.errors import RunError
 from pollen.server.checkpoint import Checkpointer
 from pollen.server.coordinator import Coordinator
-from pollen.simulation.build import Federation, cores, initial_state, make_pipeline, make_strategy, model_name, torch_threads
+from pollen.simulation.build import Federation, initial_state, make_pipeline, make_strategy, model_name, torch_threads
 from pollen.simulation.run import RunResult, finish_run, make_bus, run_dir_for
 from pollen.telemetry.events import Event, RoundCompleted, RoundStarted, RunCompleted, RunStarted
 from pollen.telemetry.history import read_history
@@ -81,7 +81,7 @@ def run_server(cfg: RunConfig, resume: Path | None = None) -> RunResult:
     if net.insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
         log.warning("running without TLS or authentication (--insecure)")
-    with torch_threads(cfg.simulation.threads or cores()):
+    with torch_threads(cfg.simulation.threads):
         return _serve(cfg, resume)
 
 
