@@ -144,7 +144,7 @@ def part_cpu(keys: Path, reps: int, out_path: Path) -> dict:
     rows = []
     for r in range(reps):
         t = time.process_time()
-        updates = [trainer.fit(state, *parties[p].train.tensors(), config, torch.Generator().manual_seed(r)) for p in ids]
+        updates = [trainer.fit(state, parties[p].train, config, torch.Generator().manual_seed(r)) for p in ids]
         WeightedMean().aggregate(updates)
         evaluate(state)
         plain = time.process_time() - t

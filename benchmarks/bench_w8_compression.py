@@ -125,7 +125,7 @@ def message_sizes() -> str:
     fed = Federation.from_config(base)
     party = fed.make_parties(fed.make_trainer(), ["0"])["0"]
     state = initial_state(base, fed.dataset)
-    update = party.trainer.fit(state, *party.train.tensors(), make_strategy(base).configure(1, list(state)),
+    update = party.trainer.fit(state, party.train, make_strategy(base).configure(1, list(state)),
                                __import__("torch").Generator().manual_seed(0))
     raw = state_nbytes(update.delta)
     lines = ["| codec | bytes of one reply | × fewer than the float32 tensors |", "| --- | ---: | ---: |"]

@@ -1,41 +1,68 @@
 """Pollen: federated learning across parties whose data never leaves them.
 
 The public API is exactly what this module exports (pinned by ``tests/test_public_api.py``).
+Names are imported on first use, so ``import pollen`` (and ``pollen --help``) does not load torch.
+
+::
+
+    import pollen
+    result = pollen.simulate(app="app.py", parties=3, rounds=10)
+    model = pollen.load_model(result.run_dir)
 """
 
-from pollen.client import LocalParty, Shard, Trainer
-from pollen.config import RunConfig, load_toml, make_config
-from pollen.data import Dataset, load_dataset, partition
-from pollen.errors import (
-    ConfigError,
-    DataError,
-    MissingExtraError,
-    ModelError,
-    PartyFailure,
-    PollenError,
-    PrivacyError,
-    ProtocolError,
-    RunError,
-    StrategyError,
-    TransportError,
-)
-from pollen.models import build_model
-from pollen.server import Checkpointer, Coordinator
-from pollen.simulation import Federation, centralized, simulate
-from pollen.strategy import Aggregator, ClientConfig, NameFilter, Sampler, ServerOptimizer, Strategy, WeightedMean
-from pollen.transforms import Pipeline, StepContext, UpdateStep
-from pollen.transport.base import Transport
-from pollen.transport.inprocess import InProcessTransport
-from pollen.types import EvalResult, ModelState, Reply, RoundConfig, Task, Update
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import Any
 
-__all__ = [
-    "Aggregator", "Checkpointer", "ClientConfig", "ConfigError", "Coordinator", "DataError", "Dataset",
-    "EvalResult", "Federation", "InProcessTransport", "LocalParty", "MissingExtraError", "ModelError",
-    "ModelState", "NameFilter", "PartyFailure", "Pipeline", "PollenError", "PrivacyError", "ProtocolError",
-    "Reply", "RoundConfig", "RunConfig", "RunError", "Sampler", "ServerOptimizer", "Shard", "StepContext",
-    "Strategy", "StrategyError", "Task", "Trainer", "Transport", "TransportError", "Update", "UpdateStep",
-    "WeightedMean", "build_model", "centralized", "load_dataset", "load_toml", "make_config", "partition",
-    "simulate", "__version__",
-]
+__version__ = "0.2.0"
+
+# name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    # running
+    "simulate": "pollen.simulation", "centralized": "pollen.simulation", "RunResult": "pollen.simulation",
+    "RunInterrupted": "pollen.simulation", "load_model": "pollen.export", "export_model": "pollen.export",
+    "assemble": "pollen.compose", "Assembly": "pollen.compose",
+    # the app
+    "App": "pollen.app", "Context": "pollen.app", "load_app": "pollen.app", "AppError": "pollen.app",
+    "Metric": "pollen.metrics",
+    # configuration
+    "RunConfig": "pollen.config", "load_toml": "pollen.config", "make_config": "pollen.config",
+    # events offered to callbacks
+    "RunStarted": "pollen.telemetry.events", "RoundStarted": "pollen.telemetry.events",
+    "PartyReplied": "pollen.telemetry.events", "RoundCompleted": "pollen.telemetry.events",
+    "RunCompleted": "pollen.telemetry.events",
+    # data
+    "Dataset": "pollen.data", "load_dataset": "pollen.data", "partition": "pollen.data", "read_csv": "pollen.data",
+    "read_parquet": "pollen.data", "read_tensors": "pollen.data", "ImageFolder": "pollen.data", "Table": "pollen.data",
+    # building blocks
+    "LocalParty": "pollen.client", "PartyData": "pollen.client", "Shard": "pollen.client", "Trainer": "pollen.client",
+    "build_model": "pollen.models", "Checkpointer": "pollen.server", "Coordinator": "pollen.server",
+    "Aggregator": "pollen.strategy", "ClientConfig": "pollen.strategy", "NameFilter": "pollen.strategy",
+    "Sampler": "pollen.strategy", "ServerOptimizer": "pollen.strategy", "Strategy": "pollen.strategy",
+    "WeightedMean": "pollen.strategy", "Pipeline": "pollen.transforms", "StepContext": "pollen.transforms",
+    "UpdateStep": "pollen.transforms", "Transport": "pollen.transport.base",
+    "InProcessTransport": "pollen.transport.inprocess",
+    "EvalResult": "pollen.types", "ModelState": "pollen.types", "Reply": "pollen.types", "RoundConfig": "pollen.types",
+    "Task": "pollen.types", "Update": "pollen.types",
+    # errors
+    "PollenError": "pollen.errors", "ConfigError": "pollen.errors", "DataError": "pollen.errors",
+    "ModelError": "pollen.errors", "StrategyError": "pollen.errors", "PrivacyError": "pollen.errors",
+    "TransportError": "pollen.errors", "ProtocolError": "pollen.errors", "PartyFailure": "pollen.errors",
+    "RunError": "pollen.errors", "MissingExtraError": "pollen.errors",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pollen' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,46 +1,126 @@
 """The ``pollen`` command. Thin: parses arguments, builds a ``RunConfig``, calls the library,
-and turns ``PollenError`` into a one-line message and exit status 2 (never a traceback)."""
+and turns ``PollenError`` into a one-line message and exit status 2 (never a traceback).
+
+The commands are one explicit table (:data:`COMMANDS`): a command's module is imported only when
+that command runs, so ``pollen --help`` answers without importing torch. Each command shows and
+accepts only its own flags.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pollen.errors import PollenError
 
-Command = Callable[[argparse.Namespace], int]
-_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Command, str]] = {}
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: where its flags and its handler live, and its one-line help."""
+
+    module: str
+    add_arguments: str  # name of ``fn(parser) -> None`` in ``module``
+    handler: str  # name of ``fn(args) -> int`` in ``module``
+    help: str
+
+    def load(self) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
+        mod = importlib.import_module(self.module)
+        return getattr(mod, self.add_arguments), getattr(mod, self.handler)
 
 
-def command(name: str, help: str) -> Callable[[Callable[[argparse.ArgumentParser], None]], Callable[..., Any]]:
-    """Register a subcommand: decorate ``add_arguments(parser)``; the handler is ``.run``."""
+COMMANDS: dict[str, Command] = {
+    "simulate": Command("pollen.cli", "simulate_args", "simulate_cmd", "run a federation of virtual parties on this machine"),
+    "centralized": Command("pollen.cli", "centralized_args", "centralized_cmd",
+                           "train the same model on the pooled data (the baseline federated runs are compared to)"),
+    "server": Command("pollen.transport.cli", "server_args", "server_cmd",
+                      "run the coordinator of a deployed federation (parties connect over gRPC)"),
+    "client": Command("pollen.transport.cli", "client_args", "client_cmd",
+                      "run one party of a deployed federation: train on its own data, send updates"),
+    "new": Command("pollen.cli", "new_args", "new_cmd", "write a small project (app.py, config.toml, README) to start from"),
+    "partition": Command("pollen.cli", "partition_args", "partition_cmd",
+                         "split a built-in dataset into per-party shards on disk (data/party0/, …)"),
+    "report": Command("pollen.cli", "report_args", "report_cmd", "print the summary of a run directory again"),
+    "compare": Command("pollen.cli", "compare_args", "compare_cmd",
+                       "print runs side by side (method, primary metric, rounds, communication)"),
+    "export": Command("pollen.cli", "export_args", "export_cmd", "export a run's trained model (TorchScript or ONNX)"),
+    "certs": Command("pollen.transport.cli", "certs_args", "certs_cmd",
+                     "create a CA, a server certificate and party certificates for mutual TLS"),
+    "status": Command("pollen.transport.cli", "status_args", "status_cmd",
+                      "show a running coordinator's connected parties and progress"),
+    "keys": Command("pollen.privacy.cli", "keys_args", "keys_cmd",
+                    "generate CKKS keys for --he: secret.ctx for the parties, public.ctx for the server"),
+    "attack": Command("pollen.privacy.cli", "attack_args", "attack_cmd",
+                      "run a privacy attack on a finished run: membership inference or gradient inversion"),
+    "completion": Command("pollen.cli", "completion_args", "completion_cmd", "print a shell completion script (bash, zsh)"),
+}
 
-    def deco(add_args: Callable[[argparse.ArgumentParser], None]):
-        def bind(handler: Command) -> Command:
-            _COMMANDS[name] = (add_args, handler, help)
-            return handler
+# The config sections (and, where not all, keys) each command offers as flags.
+ALL = None
+SIMULATE_SECTIONS: dict[str, set[str] | None] = {
+    "app": ALL, "data": ALL, "model": ALL, "train": ALL, "federation": ALL, "strategy": ALL, "privacy": ALL,
+    "compression": ALL, "attack": ALL, "simulation": ALL, "run": ALL}
+SERVER_SECTIONS: dict[str, set[str] | None] = {
+    "app": ALL, "data": {"dataset", "data_dir", "parties", "holdout"}, "model": ALL, "train": ALL, "federation": ALL,
+    "strategy": {k for k in ("name", "server_lr", "proximal_mu", "server_momentum", "beta1", "beta2", "tau",
+                             "local_layers", "async_buffer", "async_concurrency", "max_staleness", "staleness",
+                             "staleness_a", "staleness_b", "lr_schedule", "lr_gamma", "lr_step_rounds", "lr_min",
+                             "epochs_schedule", "config_hook", "byzantine_f", "trim_ratio", "multikrum_m",
+                             "norm_bound")},
+    "privacy": ALL, "compression": ALL, "network": ALL, "simulation": {"threads"},
+    "run": {"name", "runs_dir", "seed", "device", "progress"}}
+CENTRALIZED_SECTIONS: dict[str, set[str] | None] = {
+    "app": ALL, "data": ALL, "model": ALL, "train": ALL,
+    "federation": {"rounds", "fraction", "parties_per_round", "eval_every"}, "simulation": {"threads"}, "run": ALL}
+PARTITION_SECTIONS: dict[str, set[str] | None] = {
+    "data": {"dataset", "data_dir", "parties", "partition", "alpha", "classes_per_party", "sizes"}, "run": {"seed"}}
 
-        add_args.handler = bind  # type: ignore[attr-defined]
-        return add_args
 
-    return deco
+class _Formatter(argparse.HelpFormatter):
+    """Help on one line per flag where the terminal allows (a section fits a screen)."""
+
+    def __init__(self, prog: str) -> None:
+        width = min(140, max(80, _columns()))
+        super().__init__(prog, max_help_position=34, width=width)
+
+
+def _columns() -> int:
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 100
 
 
 # ------------------------------------------------------------ config flags
-def add_config_flags(p: argparse.ArgumentParser, sections: Sequence[str] | None = None) -> None:
-    """``--config FILE`` plus one flag per ``RunConfig`` field (its description is the help)."""
+def add_config_flags(p: argparse.ArgumentParser, sections: Mapping[str, set[str] | None] | Sequence[str] | None = None) -> None:
+    """``--config FILE`` plus one flag per ``RunConfig`` field of ``sections`` (its description is the help).
+
+    Args:
+        p: the command's parser.
+        sections: section → the keys offered (None: all of them), or a list of sections; None: all.
+    """
     from pollen.config import SECTIONS, flag_fields
 
+    if sections is not None and not isinstance(sections, Mapping):
+        sections = {s: None for s in sections}
     p.add_argument("--config", metavar="FILE", help="TOML file with the run configuration (flags override it)")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for flag, (section, key) in flag_fields().items():
-        if sections is not None and section not in sections:
-            continue
+        if sections is not None:
+            if section not in sections:
+                continue
+            keys = sections[section]
+            if keys is not None and key not in keys:
+                continue
         field = SECTIONS[section].model_fields[key]
-        g = groups.setdefault(section, p.add_argument_group(f"[{section}] options"))
+        title = f"[{section}]" + (f" {SECTIONS[section].__doc__.splitlines()[0].rstrip('.')}"
+                                  if SECTIONS[section].__doc__ and section != "run" else "")
+        g = groups.setdefault(section, p.add_argument_group(title))
         dest = f"cfg__{section}__{key}"
         default = field.default
         helptext = f"{field.description} (default: {default})"
@@ -51,11 +131,8 @@ def add_config_flags(p: argparse.ArgumentParser, sections: Sequence[str] | None 
             g.add_argument(*names, dest=dest, default=None, metavar=key.upper(), help=helptext)
 
 
-def config_from_args(args: argparse.Namespace):
-    """Merge the TOML file (if any) and the flags given into a validated ``RunConfig``."""
-    from pollen.config import load_toml, make_config, merge
-
-    data: dict[str, Any] = load_toml(args.config) if getattr(args, "config", None) else {}
+def explicit_flags(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The config flags given on the command line, as sections (``--rounds 5`` → ``{"federation": {"rounds": "5"}}``)."""
     flags: dict[str, dict[str, Any]] = {}
     for dest, value in vars(args).items():
         if dest.startswith("cfg__") and value is not None:
@@ -63,35 +140,49 @@ def config_from_args(args: argparse.Namespace):
             if isinstance(value, str) and value.lower() in ("none", "null"):
                 value = None
             flags.setdefault(section, {})[key] = value
-    return make_config(merge(data, flags))
+    return flags
 
 
-# ------------------------------------------------------------ commands
-@command("simulate", "run a federation of virtual parties on this machine")
-def _simulate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a crashed or stopped run from its last checkpoint")
-    p.add_argument("--with-centralized", action="store_true", help="also train on pooled data and compare in the report")
-    add_config_flags(p)
+def config_from_args(args: argparse.Namespace):
+    """Merge the TOML file (if any) and the flags given into a validated ``RunConfig``."""
+    from pollen.config import load_toml, make_config, merge
+
+    data: dict[str, Any] = load_toml(args.config) if getattr(args, "config", None) else {}
+    return make_config(merge(data, explicit_flags(args)))
 
 
-@_simulate_args.handler
-def _simulate(args: argparse.Namespace) -> int:
-    from pollen.config import load_toml, make_config
-    from pollen.simulation import centralized, simulate
+def _print_runs(runs: Sequence[Path]) -> None:
     from pollen.telemetry.report import compare
 
+    print(compare(list(runs)))
+
+
+# ------------------------------------------------------------ simulate, centralized
+def simulate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint; with --rounds N "
+                   "a finished run trains on to round N")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in runs/<name> (default: refuse)")
+    p.add_argument("--with-centralized", action="store_true", help="also train on pooled data and compare in the report")
+    add_config_flags(p, SIMULATE_SECTIONS)
+
+
+def simulate_cmd(args: argparse.Namespace) -> int:
+    from pollen.compose import resume_config
+    from pollen.simulation import centralized, simulate
+
     if args.resume:
-        cfg = make_config(load_toml(Path(args.resume) / "config.toml"))
-        result = simulate(cfg, resume=Path(args.resume))
+        result = simulate(resume_config(Path(args.resume), explicit_flags(args)), resume=Path(args.resume))
     else:
-        cfg = config_from_args(args)
-        result = simulate(cfg)
+        result = simulate(config_from_args(args), overwrite=args.overwrite)
     runs = [result.run_dir]
     if args.with_centralized:
-        base = centralized(cfg, result.run_dir.parent / (result.run_dir.name + "-centralized"))
+        from pollen.config import load_toml, make_config
+
+        cfg = make_config(load_toml(result.run_dir / "config.toml"))
+        base = centralized(cfg, result.run_dir.parent / (result.run_dir.name + "-centralized"), overwrite=True)
         runs.append(base.run_dir)
         _attach_centralized(result.run_dir, base)
-    print(compare(runs))
+    _print_runs(runs)
     print(f"run written to {result.run_dir}/ (report.md, history.jsonl, model.safetensors, plot.png)")
     return 0
 
@@ -99,59 +190,55 @@ def _simulate(args: argparse.Namespace) -> int:
 def _attach_centralized(run_dir: Path, base) -> None:
     import json
 
-    from pollen.telemetry.report import write_report
+    from pollen.telemetry.report import headline, write_report
 
     summ = json.loads((run_dir / "summary.json").read_text())
     base_summary = json.loads((base.run_dir / "summary.json").read_text())
-    acc = next((r["accuracy"] for r in reversed(base.history) if r.get("accuracy") is not None), None)
-    summ["centralized"] = {"accuracy": acc, "epochs": base_summary.get("epochs"), "run": base.run_dir.name}
+    key = summ.get("primary_metric", "accuracy")
+    value = headline(base.history, key)
+    summ["centralized"] = {key: value, "epochs": base_summary.get("epochs"), "run": base.run_dir.name}
     (run_dir / "summary.json").write_text(json.dumps(summ, indent=2))
     write_report(run_dir)
 
 
-@command("centralized", "train the same model on the pooled data (the baseline federated runs are compared to)")
-def _central_args(p: argparse.ArgumentParser) -> None:
-    add_config_flags(p)
+def centralized_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in runs/<name> (default: refuse)")
+    add_config_flags(p, CENTRALIZED_SECTIONS)
 
 
-@_central_args.handler
-def _central(args: argparse.Namespace) -> int:
+def centralized_cmd(args: argparse.Namespace) -> int:
     from pollen.simulation import centralized
-    from pollen.telemetry.report import compare
 
-    result = centralized(config_from_args(args))
-    print(compare([result.run_dir]))
+    result = centralized(config_from_args(args), overwrite=args.overwrite)
+    _print_runs([result.run_dir])
     print(f"run written to {result.run_dir}/")
     return 0
 
 
-@command("partition", "split a dataset into per-party shards on disk (data/party0/, …)")
-def _partition_args(p: argparse.ArgumentParser) -> None:
+# ------------------------------------------------------------ partition, report, compare
+def partition_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (one partyN/ folder per party)")
-    add_config_flags(p, sections=("data", "run"))
+    add_config_flags(p, PARTITION_SECTIONS)
 
 
-@_partition_args.handler
-def _partition(args: argparse.Namespace) -> int:
-    from pollen.data import label_histogram, format_histogram, write_shards
-    from pollen.simulation.build import Federation
+def partition_cmd(args: argparse.Namespace) -> int:
+    from pollen.data import format_histogram, label_histogram, write_shards
+    from pollen.models.builtin import dataset, parts
 
     cfg = config_from_args(args)
-    fed = Federation.from_config(cfg)
-    out = write_shards(fed.dataset, fed.parts, args.out, scheme=cfg.data.partition, seed=cfg.run.seed)
-    print(format_histogram(label_histogram(fed.dataset.y_train, fed.parts, fed.dataset.num_classes)))
-    print(f"wrote {len(fed.parts)} shards to {out}/party0 … party{len(fed.parts) - 1}")
+    ds, cut = dataset(cfg), list(parts(cfg))
+    out = write_shards(ds, cut, args.out, scheme=cfg.data.partition, seed=cfg.run.seed)
+    print(format_histogram(label_histogram(ds.y_train, cut, ds.num_classes)))
+    print(f"wrote {len(cut)} shards to {out}/party0 … party{len(cut) - 1}")
     return 0
 
 
-@command("report", "print the summary of a run directory again")
-def _report_args(p: argparse.ArgumentParser) -> None:
+def report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run directory (runs/<name>)")
     p.add_argument("--rounds", action="store_true", help="print the per-round table too")
 
 
-@_report_args.handler
-def _report(args: argparse.Namespace) -> int:
+def report_cmd(args: argparse.Namespace) -> int:
     from pollen.telemetry.report import write_report
 
     path = write_report(args.run_dir)
@@ -160,43 +247,105 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("compare", "print runs side by side (method, test accuracy, rounds, communication)")
-def _compare_args(p: argparse.ArgumentParser) -> None:
+def compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dirs", nargs="+", help="run directories")
 
 
-@_compare_args.handler
-def _compare(args: argparse.Namespace) -> int:
-    from pollen.telemetry.report import compare
-
-    print(compare(args.run_dirs))
+def compare_cmd(args: argparse.Namespace) -> int:
+    _print_runs(args.run_dirs)
     return 0
 
 
-def _load_plugins() -> None:
-    """Import modules that register more subcommands (server, client, certs, attack, …)."""
-    import importlib
-
-    for mod in ("pollen.transport.cli", "pollen.privacy.cli"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not mod.startswith(exc.name):
-                raise
+# ------------------------------------------------------------ new, export, completion
+def new_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="folder to create (its last part is the project's name)")
+    p.add_argument("--force", action="store_true", help="write into an existing, non-empty folder")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``pollen`` argument parser."""
-    _load_plugins()
+def new_cmd(args: argparse.Namespace) -> int:
+    from pollen.newproject import write_project
+
+    folder = write_project(args.name, force=args.force)
+    print(f"wrote {folder}/app.py, config.toml and README.md; try:\n  cd {folder}\n  pollen simulate --config config.toml")
+    return 0
+
+
+def export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a finished run directory (runs/<name>)")
+    p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript", help="file format (default: torchscript)")
+    p.add_argument("--out", metavar="FILE", help="output file (default: <run>/model.pt or <run>/model.onnx)")
+
+
+def export_cmd(args: argparse.Namespace) -> int:
+    from pollen.export import export_model
+
+    path = export_model(args.run_dir, args.format, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def completion_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shell", choices=("bash", "zsh"), help="the shell; e.g. eval \"$(pollen completion bash)\" in ~/.bashrc")
+
+
+def completion_cmd(args: argparse.Namespace) -> int:
+    words = {name: sorted(_flags_of(name)) for name in COMMANDS}
+    cases = "\n".join(f'        {name}) opts="{" ".join(flags)}" ;;' for name, flags in words.items())
+    script = f"""# pollen {args.shell} completion (generated by 'pollen completion {args.shell}')
+_pollen() {{
+    local cur cmd opts
+    cur="${{COMP_WORDS[COMP_CWORD]}}"
+    cmd="${{COMP_WORDS[1]}}"
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        COMPREPLY=( $(compgen -W "{' '.join(COMMANDS)} --help --version" -- "$cur") )
+        return
+    fi
+    case "$cmd" in
+{cases}
+        *) opts="" ;;
+    esac
+    if [[ "$cur" == -* ]]; then
+        COMPREPLY=( $(compgen -W "$opts" -- "$cur") )
+    else
+        COMPREPLY=( $(compgen -f -- "$cur") )
+    fi
+}}
+"""
+    if args.shell == "zsh":
+        script += "autoload -U +X bashcompinit && bashcompinit\n"
+    script += "complete -F _pollen pollen\n"
+    print(script, end="")
+    return 0
+
+
+def _flags_of(name: str) -> list[str]:
+    p = argparse.ArgumentParser(add_help=True)
+    COMMANDS[name].load()[0](p)
+    out = []
+    for action in p._actions:  # noqa: SLF001 - argparse has no public listing of options
+        out += [o for o in action.option_strings if o.startswith("--")]
+    return out
+
+
+# ------------------------------------------------------------ the parser
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``pollen`` argument parser: every command listed, the flags of ``command`` (all when None)."""
+    from pollen import __version__
+
     parser = argparse.ArgumentParser(
-        prog="pollen",
+        prog="pollen", formatter_class=_Formatter,
         description="Pollen: federated learning across parties whose data never leaves them.",
-        epilog="Run 'pollen COMMAND --help' for the options of a command. Quick start: 'pollen simulate'.",
+        epilog="Run 'pollen COMMAND --help' for the options of a command. Quick start: 'pollen simulate', "
+               "or 'pollen new myproject' for your own model and data.",
     )
+    parser.add_argument("--version", action="version", version=f"pollen {__version__}")
     parser.add_argument("--verbose", "-v", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (add_args, _, help_) in _COMMANDS.items():
-        add_args(sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + "."))
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help[0].upper() + cmd.help[1:] + ".",
+                           formatter_class=_Formatter)
+        if command is None or name == command:
+            cmd.load()[0](p)
     return parser
 
 
@@ -204,27 +353,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pollen`` command."""
     import logging
 
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(chosen if chosen in COMMANDS else "")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.command:
         parser.print_help()
         return 2
+    handler = COMMANDS[args.command].load()[1]
     try:
-        return _COMMANDS[args.command][1](args)
+        return handler(args)
     except PollenError as exc:
         if args.verbose:
             raise
         print(f"pollen {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: every finished round is saved; continue with 'pollen simulate --resume runs/<name>'", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        where = getattr(exc, "run_dir", None)
+        if where is not None:
+            print(f"\ninterrupted: every finished round is saved in {where}/; continue with "
+                  f"'pollen {args.command} --resume {where}'", file=sys.stderr)
+        else:
+            print("\ninterrupted", file=sys.stderr)
         return 130
 
 
 if __name__ == "__main__":
-    # ``python -m pollen.cli``: run the imported module's main, so that plugin modules (which
-    # import ``pollen.cli``) register their commands into the same table.
-    from pollen.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

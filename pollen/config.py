@@ -26,14 +26,21 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+class AppConfig(_Section):
+    """The user's app (docs/app.md): a Python file or module with model() and load_data(ctx)."""
+
+    path: str | None = Field(None, description="your app: a .py file or an importable module with model() and load_data(ctx) (default: the built-in app of --dataset)")
+
+
 class DataConfig(_Section):
-    dataset: str = Field("fmnist", description="dataset name: fmnist, mnist, emnist, femnist, cifar10, digits, breast_cancer, wine, synthetic")
-    data_dir: str | None = Field(None, description="directory holding the dataset files (default: the dataset's standard place)")
-    parties: int = Field(10, ge=1, le=1_000_000, description="number of parties the training set is split into")
-    partition: Literal["iid", "dirichlet", "shards", "quantity", "natural"] = Field("iid", description="how data is split across parties")
+    dataset: str | None = Field(None, description="built-in dataset (without --app): fmnist, mnist, emnist, femnist, cifar10, digits, breast_cancer, wine, synthetic (default: fmnist)")
+    data_dir: str | None = Field(None, description="built-in dataset: its files' directory; app: each party's data path in simulation ('{party}' is replaced by the party id)")
+    parties: int = Field(100, ge=1, le=1_000_000, description="number of parties")
+    partition: Literal["iid", "dirichlet", "shards", "quantity", "natural", "sizes"] = Field("iid", description="how data held in one place is split across parties (the built-in datasets; ctx.partition in an app)")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration for 'dirichlet' and 'quantity' (smaller = more skewed)")
     classes_per_party: int = Field(2, ge=1, description="classes per party for the 'shards' split")
-    holdout: float = Field(0.1, ge=0, lt=1, description="fraction of each party's data held out for federated evaluation (0 disables)")
+    sizes: str | None = Field(None, description="'sizes' split: exact examples per party '500,300,200', or proportions of all data '5:3:2'")
+    holdout: float = Field(0.1, ge=0, lt=1, description="fraction of each party's data held out for federated evaluation when the app gives none (0 disables)")
 
 
 class ModelConfig(_Section):
@@ -48,12 +55,13 @@ class TrainConfig(_Section):
     optimizer: Literal["sgd", "adam"] = Field("sgd", description="local optimizer")
     momentum: float = Field(0.0, ge=0, lt=1, description="local SGD momentum")
     weight_decay: float = Field(0.0, ge=0, description="local L2 weight decay")
+    loader_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes for a party's Dataset (in-memory tensors never use a DataLoader)")
     lr_decay: float = Field(1.0, gt=0, le=1, description="multiply the local lr by this after every round")
 
 
 class FederationConfig(_Section):
-    rounds: int = Field(20, ge=1, le=1_000_000, description="rounds of federated training")
-    fraction: float = Field(1.0, gt=0, le=1, description="fraction of parties sampled each round")
+    rounds: int = Field(30, ge=1, le=1_000_000, description="rounds of federated training")
+    fraction: float | None = Field(None, gt=0, le=1, description="fraction of parties sampled each round (default: 10 parties, or all when fewer)")
     parties_per_round: int | None = Field(None, ge=1, description="parties sampled each round (overrides --fraction)")
     min_fit_parties: int = Field(1, ge=1, description="fewest replies for a round to be aggregated")
     round_timeout: float | None = Field(None, gt=0, description="seconds to wait for replies before dropping stragglers")
@@ -185,6 +193,8 @@ class AttackConfig(_Section):
 
 
 class SimulationConfig(_Section):
+    """Virtual parties on this machine."""
+
     backend: Literal["inline", "process"] = Field("inline", description="inline: one process, all cores per party; process: a pool of worker processes")
     workers: int | None = Field(None, ge=1, description="worker processes for the process backend (default: cores)")
     threads: int | None = Field(None, ge=1, description="torch threads per training process (default: cores, or 1 per worker)")
@@ -194,12 +204,14 @@ class RunSection(_Section):
     name: str | None = Field(None, description="run name; output goes to <runs_dir>/<name> (default: dataset-partition-timestamp)")
     runs_dir: str = Field("runs", description="directory that holds run directories")
     seed: int = Field(0, ge=0, description="seed of every random choice in the run")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$", description="where models train and evaluate: auto (cuda when available), cpu, cuda, cuda:N")
     progress: bool = Field(True, description="show a live progress display")
 
 
 class RunConfig(_Section):
     """The whole run."""
 
+    app: AppConfig = AppConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -219,6 +231,15 @@ class RunConfig(_Section):
             raise ValueError(f"federation.parties_per_round={f.parties_per_round} exceeds data.parties={d.parties}")
         if f.min_fit_parties > d.parties:
             raise ValueError(f"federation.min_fit_parties={f.min_fit_parties} exceeds data.parties={d.parties}")
+        if (d.partition == "sizes") != (d.sizes is not None):
+            raise ValueError("data.partition='sizes' and data.sizes go together: --scheme sizes --sizes 500,300,200 "
+                             "(exact examples per party) or --sizes 5:3:2 (proportions of all the data)")
+        if self.app.path is not None and d.dataset is not None:
+            raise ValueError(f"data.dataset={d.dataset!r} names a built-in dataset, but app.path={self.app.path!r} "
+                             "loads its own data: drop --dataset (or drop --app to train the built-in one)")
+        if self.app.path is not None and self.model.model is not None:
+            raise ValueError(f"model.model={self.model.model!r} names a built-in model, but your app's model() "
+                             "defines the model: drop --model")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -297,9 +318,38 @@ def flag_fields() -> dict[str, tuple[str, str]]:
                 flag = "name"
             elif section == "model" and key == "model":
                 flag = "model"
+            elif section == "app" and key == "path":
+                flag = "app"
             if flag in out:
                 raise RuntimeError(f"flag --{flag} defined twice ({out[flag]} and {(section, key)})")
             out[flag] = (section, key)
+    return out
+
+
+def flags_to_sections(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Flag-style settings (``rounds=10``, ``parties_per_round=5``, ``dp_sgd=True``, or
+    ``"federation.rounds"``) as a nested dict of sections, like a TOML file.
+
+    Raises:
+        ConfigError: a name that is no flag (the closest ones are suggested).
+    """
+    import difflib
+
+    flags = flag_fields()
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        section, _, key = name.partition(".")
+        if key and section in SECTIONS and key in SECTIONS[section].model_fields:
+            out.setdefault(section, {})[key] = value
+            continue
+        flag = name.replace("_", "-")
+        if flag not in flags:
+            close = difflib.get_close_matches(flag, flags, n=3)
+            hint = f"; did you mean {', '.join(c.replace('-', '_') for c in close)}?" if close else ""
+            raise ConfigError(f"unknown setting {name!r}{hint} (settings are the command-line flags with '_' for '-', "
+                              "or 'section.key')")
+        section, key = flags[flag]
+        out.setdefault(section, {})[key] = value
     return out
 
 

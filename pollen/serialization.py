@@ -79,8 +79,7 @@ def reply_to_bytes(reply: Reply) -> bytes:
         state = u.delta
         meta.update(num_examples=u.num_examples, metrics=dict(u.metrics), codec=dict(u.codec), order=list(state))
     if reply.evaluation is not None:
-        e = reply.evaluation
-        meta["evaluation"] = [e.loss, e.accuracy, e.num_examples]
+        meta["evaluation"] = reply.evaluation.to_json()
     return state_to_bytes(state, meta)
 
 
@@ -90,6 +89,6 @@ def reply_from_bytes(data: bytes) -> Reply:
     update = None
     if "num_examples" in m:
         update = Update(state, int(m["num_examples"]), m.get("metrics", {}), m.get("codec", {}))
-    evaluation = EvalResult(*m["evaluation"]) if m.get("evaluation") else None
+    evaluation = EvalResult.from_json(m["evaluation"]) if m.get("evaluation") else None
     return Reply(m["party_id"], m["kind"], int(m["round"]), update=update, evaluation=evaluation,
                  failure=m.get("failure"), seconds=float(m.get("seconds", 0.0)))

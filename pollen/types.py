@@ -6,6 +6,8 @@ FedBN (keep BatchNorm local) and FedPer (keep the head local) are a filter on na
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -109,11 +111,39 @@ class Update:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """One party's (or the server's) evaluation of a model on some data."""
+    """One party's (or the server's) evaluation of a model on some data.
+
+    Attributes:
+        loss: mean loss per example.
+        accuracy: the ``accuracy`` metric when the app computes it (None otherwise).
+        num_examples: examples evaluated (the weight when parties' results are combined).
+        metrics: every metric the app asked for, by name (``accuracy`` included).
+    """
 
     loss: float
-    accuracy: float
+    accuracy: float | None
     num_examples: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.accuracy is not None and "accuracy" not in self.metrics:
+            object.__setattr__(self, "metrics", {**self.metrics, "accuracy": self.accuracy})
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (non-finite numbers become None)."""
+        return {"loss": _finite(self.loss), "num_examples": self.num_examples,
+                "metrics": {k: _finite(v) for k, v in self.metrics.items()}}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "EvalResult":
+        """Inverse of ``to_json`` (None back to NaN)."""
+        metrics = {str(k): float("nan") if v is None else float(v) for k, v in (d.get("metrics") or {}).items()}
+        loss = d.get("loss")
+        return cls(float("nan") if loss is None else float(loss), metrics.get("accuracy"), int(d["num_examples"]), metrics)
+
+
+def _finite(v: float | None) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
 
 
 @dataclass(frozen=True)

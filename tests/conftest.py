@@ -36,7 +36,7 @@ def run_over_grpc():
     import threading
 
     from pollen.server import Coordinator
-    from pollen.simulation.build import initial_state, make_pipeline, make_strategy
+    from pollen.compose import assemble
     from pollen.telemetry import RoundCompleted
     from pollen.transport.rpc.hub import GrpcTransport
     from pollen.transport.rpc.party import GrpcParty, PartyOptions
@@ -65,10 +65,11 @@ def run_over_grpc():
         try:
             assert hub.wait_for_parties(len(ids), timeout=60)
             records = []
-            coord = Coordinator(make_strategy(cfg), hub, cfg.federation.rounds, pipeline=make_pipeline(cfg),
+            asm = assemble(cfg)
+            coord = Coordinator(asm.strategy, hub, cfg.federation.rounds, pipeline=asm.pipeline,
                                 round_timeout=round_timeout)
             coord.events.subscribe(lambda e: records.append(e.record) if isinstance(e, RoundCompleted) else None)
-            state = coord.run(initial_state(cfg, dataset))
+            state = coord.run(asm.initial_state())
         finally:
             hub.close()
             for t in threads:

@@ -96,7 +96,7 @@ class Collusion:
             self._cache = {k: v for k, v in self._cache.items() if k[0] == config.round}
             x, y = self.data_of(party_id)
             gen = torch.Generator().manual_seed(round_seed(self.seed, party_id, config.round))
-            self._cache[key] = trainer.fit(global_state, x, y, config, gen)
+            self._cache[key] = trainer.fit(global_state, (x, y), config, gen)
         return self._cache[key]
 
 
@@ -120,17 +120,25 @@ class MaliciousTrainer:
     def __getattr__(self, name: str) -> Any:  # model, evaluate, augment, … come from the honest trainer
         return getattr(self.inner, name)
 
-    def fit(self, global_state: Mapping[str, np.ndarray], x: torch.Tensor, y: torch.Tensor,
-            config: RoundConfig, generator: torch.Generator, grad_hooks: tuple = ()) -> Update:
+    def fit(self, global_state: Mapping[str, np.ndarray], data: Any, config: RoundConfig,
+            generator: torch.Generator, grad_hooks: tuple = (), context: Any = None) -> Update:
         """Train as the attack prescribes and return the poisoned update (tagged ``malicious``)."""
+        from pollen.client.data import Shard
+        from pollen.client.trainer import as_source
+
         spec = self.spec
+        data = as_source(data)
         if spec.kind in poison.FLIPS_LABELS:
-            y = poison.flip_labels(y, spec.num_classes)
+            if not isinstance(data, Shard):
+                raise ConfigError(f"attack {spec.kind!r} flips labels of in-memory (x, y) data; this party's data is a "
+                                  f"{type(data).__name__}")
+            x, y = data.tensors()
+            data = Shard(x, poison.flip_labels(y, spec.num_classes))
         if spec.kind in poison.COLLUDING:
             own = self.collusion.benign(self.inner, self.party_id, global_state, config)
             delta = self._colluding(own, global_state, config)
         else:
-            own = self.inner.fit(global_state, x, y, config, generator, grad_hooks)
+            own = self.inner.fit(global_state, data, config, generator, grad_hooks, context)
             delta = self._alone(own, config)
         return own.with_(delta=delta, metrics={**own.metrics, "malicious": 1.0})
 

@@ -26,20 +26,34 @@ from pollen.attacks import inversion, membership
 from pollen.client.trainer import Trainer, load_numpy_state
 from pollen.config import RunConfig, load_toml, make_config
 from pollen.errors import ConfigError, RunError
-from pollen.simulation.build import Federation, initial_state, make_model
 from pollen.telemetry.history import read_history
 from pollen.types import ModelState, RoundConfig
 
 
 @dataclass
 class LoadedRun:
-    """A run directory's configuration, federation and final model."""
+    """A run directory's configuration, assembly (``pollen.compose``) and final model."""
 
     run_dir: Path
     cfg: RunConfig
-    fed: Federation
+    assembly: Any
     final: ModelState
     history: list[dict[str, Any]]
+
+    @property
+    def dataset(self) -> Any:
+        """The built-in dataset the run trained on."""
+        from pollen.models.builtin import dataset
+
+        return dataset(self.cfg)
+
+    @property
+    def party_ids(self) -> list[str]:
+        return self.assembly.party_ids
+
+    def party_train(self, pid: str) -> Any:
+        """A party's training shard."""
+        return self.assembly.party_data(pid).train
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "LoadedRun":
@@ -51,18 +65,24 @@ class LoadedRun:
         d = Path(run_dir)
         if not (d / "model.safetensors").is_file():
             raise RunError(f"{d} has no model.safetensors: is it a finished run directory (runs/<name>)?")
+        from pollen.compose import assemble
+
         cfg = make_config(load_toml(d / "config.toml"))
-        return cls(d, cfg, Federation.from_config(cfg), load_file(str(d / "model.safetensors")), read_history(d))
+        assembly = assemble(cfg)
+        if not assembly.app.builtin:
+            raise ConfigError(f"the attacks draw members and non-members from a built-in dataset's train and test "
+                              f"splits; {d} ran the app {assembly.app.reference}")
+        return cls(d, assembly.cfg, assembly, load_file(str(d / "model.safetensors")), read_history(d))
 
     def model(self, state: ModelState | None = None) -> torch.nn.Module:
         """The run's architecture holding ``state`` (the final model by default)."""
-        m = make_model(self.cfg, self.fed.dataset)
+        m = self.assembly.new_model()
         load_numpy_state(m, state if state is not None else self.final)
         return m
 
     def member_indices(self) -> np.ndarray:
         """Indices (into the training set) of every record some party trained on."""
-        return np.concatenate([self.fed.party_shards(pid)[0].index.numpy() for pid in self.fed.party_ids])
+        return np.concatenate([self.party_train(pid).index.numpy() for pid in self.party_ids])
 
     def privacy_spent(self) -> tuple[float, float] | None:
         """(ε, δ) of the run from its history and config (None when it ran without DP)."""
@@ -79,9 +99,9 @@ def shadow_trainer(run: LoadedRun, epochs: int):
 
     def train(x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
-        model = make_model(run.cfg, run.fed.dataset)
+        model = run.assembly.new_model()
         start = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-        Trainer(model).fit(start, x, y, config, torch.Generator().manual_seed(seed))
+        Trainer(model).fit(start, (x, y), config, torch.Generator().manual_seed(seed))
         return model
 
     return train
@@ -89,16 +109,17 @@ def shadow_trainer(run: LoadedRun, epochs: int):
 
 def target_epochs(cfg: RunConfig) -> float:
     """Passes the target model made over an average training record: rounds · epochs · sampled fraction."""
-    f = cfg.federation
-    frac = (f.parties_per_round / cfg.data.parties) if f.parties_per_round else f.fraction
-    return f.rounds * cfg.train.epochs * frac
+    from pollen.strategy.registry import sampler_from_config
+
+    frac = sampler_from_config(cfg).sample_size(cfg.data.parties) / cfg.data.parties
+    return cfg.federation.rounds * cfg.train.epochs * frac
 
 
 def attack_membership(run: LoadedRun, candidates: int = 1000, shadows: int = 4, shadow_epochs: int | None = None,
                       bootstrap: int = 200, fpr_target: float = 1e-3, seed: int = 0) -> dict[str, Any]:
     """Loss-threshold and offline-LiRA attacks on the run's final model; metrics and DP check."""
     rng = np.random.default_rng(seed)
-    ds = run.fed.dataset
+    ds = run.dataset
     members = rng.permutation(run.member_indices())
     test = rng.permutation(len(ds.y_test))
     m = min(candidates, len(members), len(test) // 2)
@@ -137,18 +158,18 @@ def attack_inversion(run: LoadedRun, party: str = "0", batch: int = 1, steps: in
                      noise_multiplier: float = 1.0, clip_norm: float | None = None, sum_of: int = 10,
                      seed: int = 0) -> dict[str, Any]:
     """Invert party ``party``'s update (one SGD step on ``batch`` records from the initial model)."""
-    if party not in run.fed.party_ids:
-        raise ConfigError(f"party {party!r} is not in this run; parties are 0 … {len(run.fed.party_ids) - 1}")
-    ds, t = run.fed.dataset, run.cfg.train
-    start = initial_state(run.cfg, ds)
+    if party not in run.party_ids:
+        raise ConfigError(f"party {party!r} is not in this run; parties are 0 … {len(run.party_ids) - 1}")
+    ds, t = run.dataset, run.cfg.train
+    start = run.assembly.initial_state()
     model = run.model(start)
     names = [n for n, _ in model.named_parameters()]
     config = RoundConfig(lr=t.lr, batch_size=batch, epochs=1)
 
     def update_of(pid: str) -> tuple[ModelState, torch.Tensor, torch.Tensor]:
-        x, y = run.fed.party_shards(pid)[0].tensors()
+        x, y = run.party_train(pid).tensors()
         x, y = x[:batch], y[:batch]
-        u = Trainer(run.model(start)).fit(start, x, y, config, torch.Generator().manual_seed(seed))
+        u = Trainer(run.model(start)).fit(start, (x, y), config, torch.Generator().manual_seed(seed))
         return u.delta, x, y
 
     delta, x, y = update_of(party)
@@ -161,7 +182,7 @@ def attack_inversion(run: LoadedRun, party: str = "0", batch: int = 1, steps: in
         delta = {n: (delta[n] * scale + noise.normal(0, noise_multiplier * c, delta[n].shape)).astype(np.float32) for n in names}
         knowledge.append(f"the update carries local DP noise (clip {c:.3g}, σ={noise_multiplier})")
     elif protection == "sum":
-        others = [p for p in run.fed.party_ids if p != party][: max(sum_of - 1, 0)]
+        others = [p for p in run.party_ids if p != party][: max(sum_of - 1, 0)]
         for pid in others:
             d2, _, _ = update_of(pid)
             delta = {n: delta[n] + d2[n] for n in names}

@@ -1,7 +1,9 @@
-"""Local training: E epochs of mini-batch SGD/Adam on in-memory tensors.
+"""Local training: E epochs of mini-batch SGD/Adam with the app's loss, and evaluation with its
+metrics; or the app's own ``train``/``evaluate`` functions, which take over the loop entirely.
 
-Batches are slices of a tensor permuted once per epoch (no DataLoader, no per-sample Python); the
-``nn.Module`` is built once and reused for every party a process hosts.
+On in-memory tensors (``Shard``) batches are slices of a tensor permuted once per epoch (no
+DataLoader, no per-sample Python); a ``Dataset`` goes through a seeded ``DataLoader``. The
+``nn.Module`` is built once, moved to its device once, and reused for every party a process hosts.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from pollen.client.data import LoaderSource, Shard, Source, batch_size_of, iter_batches, source, to_device
 from pollen.errors import ConfigError, ModelError
 from pollen.models.augment import Augment
 from pollen.types import EvalResult, ModelState, RoundConfig, Update
@@ -33,7 +36,7 @@ def load_numpy_state(model: nn.Module, state: Mapping[str, np.ndarray], strict: 
     Raises:
         ModelError: names or shapes that do not fit the model.
     """
-    own = model.state_dict()
+    own = model.state_dict()  # tensors on the model's device: copy_ moves the values there
     if strict and set(own) != set(state):
         missing = sorted(set(own) - set(state))[:5]
         extra = sorted(set(state) - set(own))[:5]
@@ -51,8 +54,8 @@ def load_numpy_state(model: nn.Module, state: Mapping[str, np.ndarray], strict: 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def autocast(config: RoundConfig) -> contextlib.AbstractContextManager:
-    """``torch.autocast('cpu', dtype)`` when ``config.extra["autocast"]`` asks for bf16/fp16
+def autocast(config: RoundConfig, device_type: str = "cpu") -> contextlib.AbstractContextManager:
+    """``torch.autocast(device_type, dtype)`` when ``config.extra["autocast"]`` asks for bf16/fp16
     (set by ``--autocast``); a no-op context otherwise. fp16 runs without loss scaling.
 
     Raises:
@@ -63,7 +66,7 @@ def autocast(config: RoundConfig) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
     if name not in AUTOCAST_DTYPES:
         raise ConfigError(f"autocast dtype {name!r} is unknown; choose off, {', '.join(AUTOCAST_DTYPES)}")
-    return torch.autocast("cpu", dtype=AUTOCAST_DTYPES[name])
+    return torch.autocast(device_type, dtype=AUTOCAST_DTYPES[name])
 
 
 def make_optimizer(params, config: RoundConfig) -> torch.optim.Optimizer:
@@ -75,96 +78,248 @@ def make_optimizer(params, config: RoundConfig) -> torch.optim.Optimizer:
     raise ConfigError(f"unknown local optimizer {config.optimizer!r}; choose 'sgd' or 'adam'")
 
 
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N`` as a device.
+
+    Raises:
+        ConfigError: CUDA asked for but not available (names what torch sees).
+    """
+    text = str(name or "cpu")
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(text)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {text}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu "
+                              "or auto, or install a CUDA build of torch==2.13.0")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
+def forward(model: nn.Module, inputs: object) -> torch.Tensor:
+    """``model`` on a batch's inputs: a tensor, a tuple of tensors (positional) or a dict (keywords)."""
+    if isinstance(inputs, torch.Tensor):
+        return model(inputs)
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    return model(*inputs)
+
+
+def as_source(data: object) -> Source:
+    """``data`` as a trainer source (``(x, y)`` tensors are accepted as they are)."""
+    return source(data)
+
+
 class Trainer:
-    """Fits and evaluates one reusable model on a party's tensors.
+    """Fits and evaluates one reusable model on a party's data.
 
     Args:
-        model: the network; reused across parties and rounds.
-        augment: optional batch augmentation applied to each training batch.
+        model: the network; moved to ``device`` once and reused across parties and rounds.
+        augment: optional batch augmentation ``augment(x, generator)`` of each training batch.
         eval_batch_size: batch size for evaluation (128 was fastest on a 2-core CPU).
+        loss: ``loss(outputs, targets)`` → mean loss (None: cross-entropy).
+        metrics: name → ``pollen.metrics.Metric`` computed on evaluation (None: accuracy with the
+            default loss, nothing otherwise).
+        device: where the model trains (a ``torch.device`` or a name).
+        app_train: the app's own ``train(model, data, config, ctx)`` (replaces the local loop).
+        app_evaluate: the app's own ``evaluate(model, data, ctx)`` → ``{"loss": …, metric: …}``.
+        context: the app ``Context`` passed to ``app_train``/``app_evaluate``.
     """
 
-    def __init__(self, model: nn.Module, augment: Augment | None = None, eval_batch_size: int = 128) -> None:
-        self.model = model
+    def __init__(self, model: nn.Module, augment: Augment | None = None, eval_batch_size: int = 128, *,
+                 loss: Callable | None = None, metrics: Mapping[str, object] | None = None,
+                 device: torch.device | str | None = None, app_train: Callable | None = None,
+                 app_evaluate: Callable | None = None, context: object = None) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
         self.augment = augment
         self.eval_batch_size = eval_batch_size
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.default_loss = loss is None
+        self.loss_fn = nn.CrossEntropyLoss() if loss is None else loss
+        if metrics is None:
+            from pollen.metrics import resolve_metrics
 
+            metrics = resolve_metrics(["accuracy"] if loss is None else [])
+        self.metrics = dict(metrics)
+        self.app_train, self.app_evaluate, self.context = app_train, app_evaluate, context
+
+    # ------------------------------------------------------------ fit
     def fit(
         self,
         global_state: Mapping[str, np.ndarray],
-        x: torch.Tensor,
-        y: torch.Tensor,
+        data: object,
         config: RoundConfig,
         generator: torch.Generator,
         grad_hooks: tuple[GradHook, ...] = (),
+        context: object = None,
     ) -> Update:
-        """Train from ``global_state`` on ``(x, y)`` and return the delta ``local − global``.
+        """Train from ``global_state`` on ``data`` and return the delta ``local − global``.
 
         Args:
             global_state: the model to start from (not modified).
-            x: inputs ``(N, ...)``; y: int64 labels ``(N,)``.
+            data: a ``Shard``, ``(x, y)`` tensors, a ``DatasetSource`` or a ``LoaderSource``.
             config: epochs, optimizer, lr, batch size, proximal mu, shared names.
             generator: seeded source of shuffling and augmentation randomness.
             grad_hooks: functions run on the model between backward and step.
+            context: the party's app ``Context`` (for the app's own ``train``; default: the trainer's).
         """
-        model = self.model
-        load_numpy_state(model, global_state, strict=False)
-        model.train()
-        n = int(x.shape[0])
-        if n == 0:
-            raise ModelError("cannot train on an empty dataset")
+        data = as_source(data)
+        load_numpy_state(self.model, global_state, strict=False)
+        self.model.train()
+        if self.app_train is not None:
+            metrics, n = self._fit_app(data, config, grad_hooks, context or self.context)
+        else:
+            metrics, n = self._fit_loop(data, config, generator, grad_hooks)
+        return Update(delta=self.delta(global_state, config), num_examples=n, metrics=metrics)
+
+    def delta(self, global_state: Mapping[str, np.ndarray], config: RoundConfig) -> ModelState:
+        """``local − global`` for the shared names (all of ``global_state``'s when None)."""
+        local = self.model.state_dict()
+        names = config.shared_names if config.shared_names is not None else tuple(global_state)
+        return {k: local[k].detach().cpu().numpy() - global_state[k] for k in names}
+
+    def _fit_loop(self, data: Source, config: RoundConfig, generator: torch.Generator,
+                  grad_hooks: tuple[GradHook, ...]) -> tuple[dict[str, float], int]:
+        model, device = self.model, self.device
         params = [p for p in model.parameters() if p.requires_grad]
         opt = make_optimizer(params, config)
         mu = config.proximal_mu
         anchors = [p.detach().clone() for p in params] if mu > 0 else None
         bs = config.batch_size
-        total_loss, correct, seen, steps = 0.0, 0, 0, 0
-        for _ in range(config.epochs):
-            order = torch.randperm(n, generator=generator)
-            for start in range(0, n, bs):
-                idx = order[start : start + bs]
-                xb, yb = x[idx], y[idx]
-                if self.augment is not None:
-                    xb = self.augment(xb, generator)
-                opt.zero_grad(set_to_none=True)
-                with autocast(config):
-                    logits = model(xb)
-                    loss = self.loss_fn(logits, yb)
-                if anchors is not None:
-                    # FedProx (Li et al. 2020): + mu/2 · ||w − w_global||²
-                    prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors))
-                    (loss + 0.5 * mu * prox).backward()
-                else:
-                    loss.backward()
-                for hook in grad_hooks:
-                    hook(model)
-                opt.step()
-                steps += 1
-                total_loss += float(loss.detach()) * len(idx)
-                correct += int((logits.detach().argmax(1) == yb).sum())
-                seen += len(idx)
-        local = model.state_dict()
-        names = config.shared_names if config.shared_names is not None else tuple(global_state)
-        delta = {k: local[k].detach().numpy() - global_state[k] for k in names}
-        loss_avg = total_loss / max(seen, 1)
+        track_accuracy = self.default_loss  # cross-entropy on class targets: accuracy comes for free
+        total_loss = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen, steps = 0, 0
+
+        def step(xb: object, yb: torch.Tensor) -> None:
+            nonlocal total_loss, correct, seen, steps
+            opt.zero_grad(set_to_none=True)
+            with autocast(config, device.type):
+                outputs = forward(model, xb)
+                loss = self.loss_fn(outputs, yb)
+            if anchors is not None:
+                # FedProx (Li et al. 2020): + mu/2 · ||w − w_global||²
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors))
+                (loss + 0.5 * mu * prox).backward()
+            else:
+                loss.backward()
+            for hook in grad_hooks:
+                hook(model)
+            opt.step()
+            b = batch_size_of(xb)
+            steps += 1
+            total_loss += loss.detach().double() * b
+            if track_accuracy:
+                correct += (outputs.detach().argmax(1) == yb).sum()
+            seen += b
+
+        if isinstance(data, Shard):
+            x, y = data.tensors()
+            x, y = to_device(x, device), to_device(y, device)
+            n = int(x.shape[0])
+            if n == 0:
+                raise ModelError("cannot train on an empty dataset")
+            for _ in range(config.epochs):
+                order = torch.randperm(n, generator=generator)
+                for start in range(0, n, bs):
+                    idx = order[start : start + bs]
+                    if idx.device != x.device:
+                        idx = idx.to(x.device)
+                    xb, yb = x[idx], y[idx]
+                    if self.augment is not None:
+                        xb = self.augment(xb, generator)
+                    step(xb, yb)
+        else:
+            if isinstance(data, LoaderSource) and data.sized and len(data) == 0:
+                raise ModelError("cannot train on an empty dataset")
+            for _ in range(config.epochs):
+                for xb, yb in iter_batches(data, bs, generator):
+                    xb, yb = to_device(xb, device), to_device(yb, device)
+                    if self.augment is not None and isinstance(xb, torch.Tensor):
+                        xb = self.augment(xb, generator)
+                    step(xb, yb)
+            if seen == 0:
+                raise ModelError("cannot train on an empty dataset (the data gave no batches)")
+            n = len(data) if not isinstance(data, LoaderSource) or data.sized else seen // max(config.epochs, 1)
+        loss_avg = float(total_loss) / max(seen, 1)
         if not math.isfinite(loss_avg):
             raise ModelError(f"local training diverged (loss {loss_avg}); lower the learning rate")
-        metrics = {"train_loss": loss_avg, "train_accuracy": correct / max(seen, 1), "steps": float(steps)}
-        return Update(delta=delta, num_examples=n, metrics=metrics)
+        metrics = {"train_loss": loss_avg, "steps": float(steps)}
+        if track_accuracy:
+            metrics["train_accuracy"] = int(correct) / max(seen, 1)
+        return metrics, n
 
+    def _fit_app(self, data: Source, config: RoundConfig, grad_hooks: tuple[GradHook, ...],
+                 context: object) -> tuple[dict[str, float], int]:
+        from pollen.app import call_user
+
+        if grad_hooks or config.proximal_mu > 0:
+            raise ConfigError("your app's train() runs its own loop, which cannot add this strategy's proximal term "
+                              "or gradient correction (FedProx, SCAFFOLD); use fedavg, fedadam, … or drop train()")
+        out = call_user(self.app_train, "train(model, data, config, ctx)", self.model, data.raw, config, context)
+        out = dict(out or {})
+        n = int(out.pop("num_examples", 0) or len(data))
+        if n <= 0:
+            raise ModelError("your app's train() trained on no examples (return {'num_examples': N} when the data "
+                             "has no len())")
+        metrics: dict[str, float] = {}
+        for k, v in out.items():
+            if isinstance(v, (int, float, np.floating, np.integer)) or (isinstance(v, torch.Tensor) and v.numel() == 1):
+                metrics[k if k.startswith("train_") or k == "steps" else f"train_{k}"] = float(v)
+        loss = metrics.get("train_loss")
+        if loss is not None and not math.isfinite(loss):
+            raise ModelError(f"local training diverged (loss {loss}); lower the learning rate")
+        return metrics, n
+
+    # ------------------------------------------------------------ evaluate
     @torch.no_grad()
-    def evaluate(self, state: Mapping[str, np.ndarray] | None, x: torch.Tensor, y: torch.Tensor) -> EvalResult:
-        """Loss and accuracy of ``state`` (or the current model when None) on ``(x, y)``."""
+    def evaluate(self, state: Mapping[str, np.ndarray] | None, data: object, context: object = None) -> EvalResult:
+        """Loss and metrics of ``state`` (or the current model when None) on ``data``."""
+        data = as_source(data)
         model = self.model
         if state is not None:
             load_numpy_state(model, state, strict=False)
         model.eval()
-        n = int(x.shape[0])
-        total_loss, correct = 0.0, 0
-        for start in range(0, n, self.eval_batch_size):
-            xb, yb = x[start : start + self.eval_batch_size], y[start : start + self.eval_batch_size]
-            logits = model(xb)
-            total_loss += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(1) == yb).sum())
-        return EvalResult(loss=total_loss / max(n, 1), accuracy=correct / max(n, 1), num_examples=n)
+        if self.app_evaluate is not None:
+            return self._evaluate_app(data, context or self.context)
+        device = self.device
+        total_loss, n = 0.0, 0
+        outputs: list[torch.Tensor] = []
+        targets: list[torch.Tensor] = []
+        if isinstance(data, Shard):
+            x, y = data.tensors()
+            batches = ((x[s : s + self.eval_batch_size], y[s : s + self.eval_batch_size])
+                       for s in range(0, int(x.shape[0]), self.eval_batch_size))
+        else:
+            batches = iter_batches(data, self.eval_batch_size, None)
+        for xb, yb in batches:
+            xb, yb = to_device(xb, device), to_device(yb, device)
+            out = forward(model, xb)
+            b = batch_size_of(xb)
+            if self.default_loss:
+                total_loss += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
+            else:
+                total_loss += float(self.loss_fn(out, yb)) * b
+            n += b
+            if self.metrics:
+                outputs.append(out.detach().float().cpu())
+                targets.append(yb.detach().cpu())
+        values: dict[str, float] = {}
+        if self.metrics and n:
+            out_all, y_all = torch.cat(outputs), torch.cat(targets)
+            values = {name: float(m.fn(out_all, y_all)) for name, m in self.metrics.items()}  # type: ignore[attr-defined]
+        return EvalResult(loss=total_loss / max(n, 1), accuracy=values.get("accuracy"), num_examples=n, metrics=values)
+
+    def _evaluate_app(self, data: Source, context: object) -> EvalResult:
+        from pollen.app import AppError, call_user
+
+        out = call_user(self.app_evaluate, "evaluate(model, data, ctx)", self.model, data.raw, context)
+        if not isinstance(out, Mapping):
+            raise AppError(f"your app's evaluate() must return a dict like {{'loss': 0.3, 'auc': 0.9}}, "
+                           f"got {type(out).__name__}")
+        out = dict(out)
+        n = int(out.pop("num_examples", 0) or len(data))
+        loss = float(out.pop("loss", float("nan")))
+        values = {k: float(v) for k, v in out.items()}
+        return EvalResult(loss=loss, accuracy=values.get("accuracy"), num_examples=n, metrics=values)

@@ -9,7 +9,6 @@ JSON metadata in ``Update.codec[<codec name>]``. See docs/compression.md.
 from __future__ import annotations
 
 from pollen.compression.base import TensorCodec
-from pollen.compression.checks import check_pipeline
 from pollen.compression.downlink import Autocast, Downlink
 from pollen.compression.prune import Prune
 from pollen.compression.quantize import HalfPrecision, ScaledSign, UniformQuantizer, int8, qsgd, terngrad
@@ -19,7 +18,7 @@ from pollen.transforms.base import UpdateStep
 
 __all__ = [
     "Autocast", "Downlink", "HalfPrecision", "Prune", "ScaledSign", "TensorCodec", "TopK", "UniformQuantizer",
-    "check_pipeline", "codec_from_config", "int8", "qsgd", "steps_from_config", "terngrad",
+    "codec_from_config", "int8", "qsgd", "steps_from_config", "terngrad",
 ]
 
 QSGD_BUCKET = 512  # QSGD's bucket size when --codec-block is 0 (Alistarh et al. 2017 use 512)

@@ -10,18 +10,20 @@ party. The schemes follow the usual federated benchmarks:
   Networks from Decentralized Data", AISTATS 2017): sort by label, deal out k shards per party.
 - ``quantity``: quantity skew (NIID-Bench): party sizes from Dir(α), content IID.
 - ``natural``: whole natural groups (e.g. FEMNIST writers) per party.
+- ``sizes``: chosen party sizes, exact (``"500,300,200"``) or proportional (``"5:3:2"``, every
+  example used, largest-remainder rounding); content IID.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from pollen.data.dataset import Dataset
 from pollen.errors import DataError
 
-PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "quantity", "natural")
+PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "quantity", "natural", "sizes")
 MAX_DIRICHLET_TRIES = 1000
 
 
@@ -217,12 +219,117 @@ def natural(groups: np.ndarray, parties: int, seed: int) -> list[np.ndarray]:
     return _as_parts(np.split(order, np.cumsum(np.bincount(owner, minlength=parties))[:-1]))
 
 
-_SCHEMES: dict[str, Callable[[Dataset, int, int, float, int], list[np.ndarray]]] = {
-    "iid": lambda d, p, s, a, k: iid(len(d.y_train), p, s),
-    "dirichlet": lambda d, p, s, a, k: dirichlet(d.y_train, p, a, s),
-    "shards": lambda d, p, s, a, k: shards(d.y_train, p, k, s),
-    "quantity": lambda d, p, s, a, k: quantity_skew(len(d.y_train), p, a, s),
-    "natural": lambda d, p, s, a, k: natural(_groups(d), p, s),
+SIZES_EXAMPLE = "exact examples per party as '500,300,200' or proportions of all data as '5:3:2'"
+
+
+def parse_sizes(text: str) -> tuple[list[float], bool]:
+    """Reads party sizes written as exact counts (``"500,300,200"``) or proportions (``"5:3:2"``).
+
+    Returns:
+        ``(sizes, proportional)``: positive integer counts and False for the comma form; positive
+        numbers and True for the colon form.
+
+    Raises:
+        DataError: Text in neither form.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"cannot read sizes {text!r}: write {SIZES_EXAMPLE}")
+    proportional = ":" in text
+    if proportional and "," in text:
+        raise DataError(f"cannot read sizes {text!r}: it mixes ',' and ':'; write {SIZES_EXAMPLE}")
+    values: list[float] = []
+    for piece in (p.strip() for p in text.split(":" if proportional else ",")):
+        try:
+            value = float(piece)
+        except ValueError:
+            raise DataError(f"cannot read sizes {text!r}: {piece!r} is not a number; write "
+                            f"{SIZES_EXAMPLE}") from None
+        if not (np.isfinite(value) and value > 0):
+            raise DataError(f"cannot read sizes {text!r}: every size must be positive, got "
+                            f"{piece!r}; write {SIZES_EXAMPLE}")
+        if not proportional and not value.is_integer():
+            raise DataError(f"cannot read sizes {text!r}: exact sizes count examples, got "
+                            f"{piece!r}; write {SIZES_EXAMPLE}")
+        values.append(value if proportional else int(value))
+    return values, proportional
+
+
+def _largest_remainder(n: int, weights: Sequence[float]) -> np.ndarray:
+    """Splits ``n`` in proportion to ``weights``: floors of ``n·w/Σw``, the rest one each to the
+    largest remainders (ties to the earlier party); a party left with none takes one from the
+    largest."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or not np.isfinite(w).all() or (w <= 0).any():
+        raise DataError(f"sizes: proportions must be positive numbers, got {list(weights)!r}")
+    if len(w) > n:
+        raise DataError(f"sizes: {len(w)} parties need at least {len(w)} examples, but the "
+                        f"training set has {n}")
+    quotas = n * w / w.sum()
+    amounts = np.floor(quotas).astype(np.int64)
+    order = np.argsort(-(quotas - amounts), kind="stable")  # largest remainder first
+    amounts[order[:n - int(amounts.sum())]] += 1
+    for j in np.flatnonzero(amounts == 0):  # a share that rounds to nothing still gets one
+        amounts[np.argmax(amounts)] -= 1
+        amounts[j] = 1
+    return amounts
+
+
+def sizes(n: int, counts: Sequence[float], seed: int,
+          proportional: bool = False) -> list[np.ndarray]:
+    """Chosen party sizes: ``default_rng(seed).permutation(n)`` cut into consecutive pieces.
+
+    Args:
+        n: Number of training examples.
+        counts: One size per party: exact example counts, or proportions when ``proportional``.
+        seed: Generator seed.
+        proportional: Use every example, splitting ``n`` as ``n·p/Σp`` rounded by largest
+            remainder (each party at least one example).
+
+    Returns:
+        One index array per party, of exactly the given (or rounded) sizes; exact counts that sum
+        to less than ``n`` leave the other examples unused.
+
+    Raises:
+        DataError: A count that is not a positive integer, or exact counts that sum past ``n``.
+    """
+    n = _check_count(n, "n", 1)
+    counts = list(counts)
+    if not counts:
+        raise DataError(f"sizes: give one size per party, {SIZES_EXAMPLE}")
+    if proportional:
+        amounts = _largest_remainder(n, counts)
+    else:
+        amounts = np.array([_check_count(int(c) if isinstance(c, float) and c.is_integer() else c,
+                                         "each exact size", 1) for c in counts], dtype=np.int64)
+        if amounts.sum() > n:
+            ratio = ":".join(str(int(a)) for a in amounts)
+            raise DataError(f"sizes: the exact counts sum to {int(amounts.sum())} but the training "
+                            f"set has only {n} examples; use smaller counts, or proportions such "
+                            f"as '{ratio}', which split all {n} examples in that ratio")
+    perm = np.random.default_rng(seed).permutation(n)
+    ends = np.cumsum(amounts)
+    return _as_parts([perm[end - size:end] for size, end in zip(amounts, ends)])
+
+
+def _sizes_scheme(n: int, parties: int, seed: int,
+                  spec: str | Sequence[int] | None) -> list[np.ndarray]:
+    if spec is None:
+        raise DataError(f"the sizes scheme needs sizes=: {SIZES_EXAMPLE}")
+    counts, proportional = parse_sizes(spec) if isinstance(spec, str) else (list(spec), False)
+    if len(counts) != parties:
+        raise DataError(f"sizes {spec!r} gives {len(counts)} parties but parties is {parties}; "
+                        f"give one size per party or set parties to {len(counts)}")
+    return sizes(n, counts, seed, proportional)
+
+
+# each takes (dataset, parties, seed, alpha, classes_per_party, sizes)
+_SCHEMES: dict[str, Callable[..., list[np.ndarray]]] = {
+    "iid": lambda d, p, s, a, k, z: iid(len(d.y_train), p, s),
+    "dirichlet": lambda d, p, s, a, k, z: dirichlet(d.y_train, p, a, s),
+    "shards": lambda d, p, s, a, k, z: shards(d.y_train, p, k, s),
+    "quantity": lambda d, p, s, a, k, z: quantity_skew(len(d.y_train), p, a, s),
+    "natural": lambda d, p, s, a, k, z: natural(_groups(d), p, s),
+    "sizes": lambda d, p, s, a, k, z: _sizes_scheme(len(d.y_train), p, s, z),
 }
 
 
@@ -234,7 +341,8 @@ def _groups(dataset: Dataset) -> np.ndarray:
 
 
 def partition(dataset: Dataset, scheme: str, parties: int, seed: int, alpha: float = 0.5,
-              classes_per_party: int = 2) -> list[np.ndarray]:
+              classes_per_party: int = 2,
+              sizes: str | Sequence[int] | None = None) -> list[np.ndarray]:
     """Splits ``dataset``'s training set among ``parties`` by ``scheme``.
 
     Args:
@@ -244,6 +352,8 @@ def partition(dataset: Dataset, scheme: str, parties: int, seed: int, alpha: flo
         seed: Generator seed; the same seed gives the same split.
         alpha: Dirichlet concentration for ``dirichlet`` and ``quantity``.
         classes_per_party: Shards per party for ``shards``.
+        sizes: Party sizes for ``sizes``: text for :func:`parse_sizes` (``"500,300,200"`` or
+            ``"5:3:2"``) or a list of exact counts; one size per party.
 
     Returns:
         One int64 index array into the training set per party.
@@ -255,7 +365,7 @@ def partition(dataset: Dataset, scheme: str, parties: int, seed: int, alpha: flo
         raise DataError(f"unknown partition scheme {scheme!r}; valid schemes: "
                         f"{', '.join(PARTITION_SCHEMES)}")
     _check_count(parties, "parties", 1, len(dataset.y_train))
-    return _SCHEMES[scheme](dataset, parties, seed, alpha, classes_per_party)
+    return _SCHEMES[scheme](dataset, parties, seed, alpha, classes_per_party, sizes)
 
 
 def label_histogram(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:

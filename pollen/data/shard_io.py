@@ -109,6 +109,23 @@ def _write_report(out: Path, dataset: Dataset, hist: np.ndarray, scheme: str, se
     )
 
 
+def read_shard_meta(path: str | Path) -> dict[str, object]:
+    """A shard's ``meta.json`` (dataset, input_shape, num_classes, …) without reading its tensors.
+
+    Raises:
+        DataError: the file is missing or not shard metadata.
+    """
+    folder = Path(path)
+    meta_path = (folder.parent if folder.name == DATA_FILE else folder) / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{meta_path} is missing or not valid JSON ({exc}); write the shards again") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("input_shape"), list):
+        raise DataError(f"{meta_path} is not shard metadata (no input_shape); write the shards again")
+    return meta
+
+
 def read_shard(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
     """Reads one party's shard.
 

@@ -27,16 +27,12 @@ def _he_steps(cfg) -> list:
     """The CKKS ``mask`` step when ``--he`` is on (see pollen/privacy/he_step.py)."""
     if not getattr(cfg.privacy, "he", False):
         return []
-    from pollen.compression import steps_from_config as compression_steps
     from pollen.errors import ConfigError
 
     if getattr(cfg.privacy, "secagg", False):
         raise ConfigError("--he and --secagg both hide single updates; choose one (both reveal only the sum)")
     if cfg.privacy.he_keys is None:
         raise ConfigError("--he needs --he-keys DIR; create the keys first with 'pollen keys --out DIR'")
-    if compression_steps(cfg):
-        raise ConfigError("--he encrypts full-precision updates and cannot follow a compression codec "
-                          "(ciphertexts are 8x float32 whatever the codec); turn compression off")
     from pollen.privacy.he_step import CKKSEncrypt
 
     return [CKKSEncrypt(cfg.privacy.he_keys, decrypt_timeout=cfg.federation.round_timeout)]

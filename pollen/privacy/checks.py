@@ -1,11 +1,11 @@
 """Refuse, before a run starts, privacy configurations that cannot work, saying why.
 
-``check_config(cfg)`` runs every rule in ``CHECKS`` and raises one ``ConfigError`` listing all
-the problems found. A rule is ``rule(cfg) -> str | None`` (the reason, or None when fine); other
-subsystems add theirs with ``register_check``. Rules that need the built pipeline (a median over
-masked updates, top-k under masks) also live in ``pollen.transforms.base.check_compatible``,
-which the coordinator runs on the pipeline it is given; the config-level rules here catch them
-before any data is loaded.
+``check_config(cfg)`` runs every rule in ``CHECKS`` (this module's rules, in order) and raises one
+``ConfigError`` listing all the problems found. A rule is ``rule(cfg) -> str | None`` (the reason,
+or None when fine). What a combination of update steps can do (a codec or a median under
+masking) is not checked here but once, on the built pipeline, by
+``pollen.transforms.check_pipeline`` (called by ``pollen.compose.assemble`` before any data is
+loaded).
 """
 
 from __future__ import annotations
@@ -16,31 +16,14 @@ from collections.abc import Callable
 from pollen.errors import ConfigError, MissingExtraError, PollenError
 
 Rule = Callable[..., "str | None"]
-CHECKS: list[Rule] = []
-
-# Flags of the privacy section that hide individual updates (secure aggregation, HE): whichever
-# of these a config has and sets.
-MASKING_FLAGS = ("secure_aggregation", "secagg", "he")
-
-
-def register_check(rule: Rule) -> Rule:
-    """Add a rule (usable as a decorator)."""
-    CHECKS.append(rule)
-    return rule
-
-
-def masking(cfg) -> str | None:
-    """The masking flag that is on, if any."""
-    return next((f for f in MASKING_FLAGS if getattr(cfg.privacy, f, False) not in (False, None, "off", "none")), None)
 
 
 def _strategy(cfg):
-    from pollen.simulation.build import make_strategy
+    from pollen.compose import build_strategy
 
-    return make_strategy(cfg)
+    return build_strategy(cfg)
 
 
-@register_check
 def _dp_needs_delta(cfg) -> str | None:
     p = cfg.privacy
     users = [name for name, on in (("--dp-sgd", p.dp_sgd), (f"--client-dp {p.client_dp}", p.client_dp != "off")) if on]
@@ -50,7 +33,6 @@ def _dp_needs_delta(cfg) -> str | None:
     return None
 
 
-@register_check
 def _dp_needs_noise(cfg) -> str | None:
     p = cfg.privacy
     if p.dp_sgd and p.noise_multiplier is None and p.target_epsilon is None:
@@ -62,14 +44,12 @@ def _dp_needs_noise(cfg) -> str | None:
     return None
 
 
-@register_check
 def _dp_sgd_needs_opacus(cfg) -> str | None:
     if cfg.privacy.dp_sgd and importlib.util.find_spec("opacus") is None:
         raise MissingExtraError("opacus", "dp", "DP-SGD (--dp-sgd)")
     return None
 
 
-@register_check
 def _prv_is_for_dp_sgd(cfg) -> str | None:
     p = cfg.privacy
     if p.accountant == "prv" and not p.dp_sgd:
@@ -78,7 +58,6 @@ def _prv_is_for_dp_sgd(cfg) -> str | None:
     return None
 
 
-@register_check
 def _adaptive_clip_is_central(cfg) -> str | None:
     p = cfg.privacy
     if p.adaptive_clip and p.client_dp in ("local", "distributed"):
@@ -89,7 +68,6 @@ def _adaptive_clip_is_central(cfg) -> str | None:
     return None
 
 
-@register_check
 def _dp_sgd_without_proximal_term(cfg) -> str | None:
     if cfg.privacy.dp_sgd and _strategy(cfg).configure(1, ["w"]).proximal_mu > 0:
         return (f"strategy {cfg.strategy.name!r} adds a proximal term to the loss, which DP-SGD's per-example "
@@ -97,29 +75,14 @@ def _dp_sgd_without_proximal_term(cfg) -> str | None:
     return None
 
 
-@register_check
 def _noise_needs_a_mean(cfg) -> str | None:
     aggregator = _strategy(cfg).aggregator
     if cfg.privacy.client_dp != "off" and not aggregator.linear:
         return (f"party-level DP calibrates its noise to the mean of clipped updates, but aggregator "
                 f"{aggregator.name!r} is not a mean; use a mean-based strategy (fedavg, fedavgm, fedadam, …)")
-    flag = masking(cfg)
-    if flag and not aggregator.linear:
-        return (f"--{flag.replace('_', '-')} reveals only the sum of updates, but aggregator {aggregator.name!r} "
-                "needs each party's update in the clear; use a mean-based strategy (fedavg, fedavgm, fedadam, …)")
     return None
 
 
-@register_check
-def _topk_cannot_be_masked(cfg) -> str | None:
-    flag = masking(cfg)
-    if flag and getattr(cfg.compression, "codec", "none") == "topk":
-        return (f"top-k sends each party's own indices, which cannot be summed under --{flag.replace('_', '-')} "
-                "(the coordinator would need every party's update to place them); use --codec none/fp16/int8")
-    return None
-
-
-@register_check
 def _client_dp_steps_build(cfg) -> str | None:
     """Calibrate the noise now (the target may be unreachable, the adaptive correction impossible)."""
     p = cfg.privacy
@@ -132,6 +95,12 @@ def _client_dp_steps_build(cfg) -> str | None:
     except PollenError as exc:
         return str(exc)
     return None
+
+
+# Every rule, in the order its reason is reported.
+CHECKS: tuple[Rule, ...] = (_dp_needs_delta, _dp_needs_noise, _dp_sgd_needs_opacus, _prv_is_for_dp_sgd,
+                            _adaptive_clip_is_central, _dp_sgd_without_proximal_term, _noise_needs_a_mean,
+                            _client_dp_steps_build)
 
 
 def problems(cfg) -> list[str]:

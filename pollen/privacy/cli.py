@@ -1,6 +1,6 @@
 """Privacy commands: ``pollen keys`` (CKKS keys) and ``pollen attack`` (attacks as measurements).
 
-Imported by ``pollen.cli._load_plugins``; thin wrappers over ``pollen.privacy.he`` and
+Listed in ``pollen.cli.COMMANDS``; thin wrappers over ``pollen.privacy.he`` and
 ``pollen.attacks``.
 """
 
@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import argparse
 
-from pollen.cli import command
 
-
-@command("keys", "generate CKKS keys for --he: secret.ctx for the parties, public.ctx for the server")
-def _keys_args(p: argparse.ArgumentParser) -> None:
+def keys_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write secret.ctx, public.ctx and keys.json to")
     p.add_argument("--poly-modulus-degree", type=int, default=8192, help="CKKS ring degree; slots per ciphertext = half of it (default: 8192)")
     p.add_argument("--coeff-bits", default="60,60", help="bit sizes of the coefficient-modulus primes (default: 60,60: additions only)")
     p.add_argument("--scale-bits", type=int, default=36, help="CKKS scale 2^bits: precision ~2^-bits, sums must stay below 2^(first prime - bits - 1) (default: 36)")
 
 
-@_keys_args.handler
-def _keys(args: argparse.Namespace) -> int:
+def keys_cmd(args: argparse.Namespace) -> int:
     from pollen.errors import ConfigError
     from pollen.privacy.he import write_keys
 
@@ -36,8 +32,7 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("attack", "run a privacy attack on a finished run: membership inference or gradient inversion")
-def _attack_args(p: argparse.ArgumentParser) -> None:
+def attack_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="attack_kind", metavar="ATTACK", required=True)
     m = sub.add_parser("membership", help="loss-threshold and offline-LiRA membership inference on the final model")
     m.add_argument("--run", required=True, metavar="RUN_DIR", help="a finished run directory (runs/<name>)")
@@ -60,8 +55,7 @@ def _attack_args(p: argparse.ArgumentParser) -> None:
     i.add_argument("--seed", type=int, default=0, help="seed of the attack's initialisation (default: 0)")
 
 
-@_attack_args.handler
-def _attack(args: argparse.Namespace) -> int:
+def attack_cmd(args: argparse.Namespace) -> int:
     from pollen.attacks.privacy_audit import LoadedRun, attack_inversion, attack_membership, write_result
 
     run = LoadedRun.load(args.run)

@@ -32,13 +32,11 @@ from typing import Any
 import numpy as np
 
 from pollen.errors import ConfigError
-from pollen.client.party import DURABLE_STATE_KEYS
 from pollen.privacy.accountant import RDPAccountant
 from pollen.transforms.base import StepContext, UpdateStep
 from pollen.types import ModelState, RoundConfig, Update, is_float
 
 PARTICIPATIONS_KEY = "client_dp_participations"  # local DP: rounds this party has noised (its accountant)
-DURABLE_STATE_KEYS.add(PARTICIPATIONS_KEY)
 
 
 def secure_rng() -> np.random.Generator:

@@ -27,12 +27,10 @@ import torch.nn as nn
 
 from pollen.client.trainer import Trainer, load_numpy_state, make_optimizer
 from pollen.errors import ConfigError, ModelError, PrivacyError, require
-from pollen.client.party import DURABLE_STATE_KEYS
 from pollen.privacy.accountant import make_accountant, noise_multiplier_for, participation_steps
 from pollen.types import RoundConfig, Update
 
-STATE_KEY = "dp_sgd"  # this module's entry in the party's state
-DURABLE_STATE_KEYS.add(STATE_KEY)  # the accountant's history survives --resume
+STATE_KEY = "dp_sgd"  # this module's entry in the party's state (durable: the accountant survives --resume)
 
 
 def _opacus():
@@ -60,7 +58,7 @@ def poisson_batches(n: int, sample_rate: float, steps: int, generator: torch.Gen
 def dp_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches: Sequence[torch.Tensor], config: RoundConfig,
              noise_multiplier: float, max_grad_norm: float, expected_batch_size: int,
              generator: torch.Generator, augment_generator: torch.Generator | None = None,
-             augment=None) -> dict[str, float]:
+             augment=None, loss_fn=None) -> dict[str, float]:
     """Run DP-SGD steps on ``model`` in place, one per batch of indices; returns training metrics.
 
     An empty batch still takes a step (noise only), as the accountant assumes.
@@ -71,7 +69,8 @@ def dp_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches: Sequen
     opt = opacus.optimizers.DPOptimizer(make_optimizer(params, config), noise_multiplier=noise_multiplier,
                                         max_grad_norm=max_grad_norm, expected_batch_size=expected_batch_size,
                                         generator=generator)
-    loss_fn = nn.CrossEntropyLoss()
+    track_accuracy = loss_fn is None
+    loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
     total, correct, seen = 0.0, 0, 0
     with warnings.catch_warnings():
         # Opacus' hooks on the first layer fire although its input needs no grad: harmless, but
@@ -92,13 +91,17 @@ def dp_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches: Sequen
                     loss = loss_fn(logits, yb)
                     loss.backward()
                     total += float(loss.detach()) * len(idx)
-                    correct += int((logits.detach().argmax(1) == yb).sum())
+                    if track_accuracy:
+                        correct += int((logits.detach().argmax(1) == yb).sum())
                     seen += len(idx)
                 opt.step()
         finally:
             opt.zero_grad(set_to_none=True)
             gsm._close()  # remove Opacus' hooks: the trainer's model is reused by other parties
-    return {"train_loss": total / max(seen, 1), "train_accuracy": correct / max(seen, 1), "steps": float(len(batches))}
+    out = {"train_loss": total / max(seen, 1), "steps": float(len(batches))}
+    if track_accuracy:
+        out["train_accuracy"] = correct / max(seen, 1)
+    return out
 
 
 def _noise_multiplier(settings: Mapping[str, Any], q: float, steps: int, cache: MutableMapping[str, Any]) -> float:
@@ -111,7 +114,7 @@ def _noise_multiplier(settings: Mapping[str, Any], q: float, steps: int, cache: 
     return cache[key]
 
 
-def dp_fit(trainer: Trainer, global_state: Mapping[str, np.ndarray], x: torch.Tensor, y: torch.Tensor,
+def dp_fit(trainer: Trainer, global_state: Mapping[str, np.ndarray], data: Any,
            config: RoundConfig, generator: torch.Generator, party_state: MutableMapping[str, Any]) -> Update:
     """``Trainer.fit`` with DP-SGD: Poisson batches, per-example clipping, Gaussian noise, and
     this party's ε (``epsilon_record``; also ``epsilon`` when it is the run's headline) in the
@@ -120,7 +123,17 @@ def dp_fit(trainer: Trainer, global_state: Mapping[str, np.ndarray], x: torch.Te
     Raises:
         PrivacyError: this round would take the party past ``target_epsilon`` (it stops training).
     """
+    from pollen.client.data import Shard
+    from pollen.client.trainer import as_source
+
     settings = config.extra["dp_sgd"]
+    data = as_source(data)
+    if not isinstance(data, Shard):
+        raise ConfigError("DP-SGD draws Poisson batches from in-memory tensors: return (x, y) tensors from your app's "
+                          "load_data (a Dataset or DataLoader cannot be Poisson-sampled here)")
+    if trainer.app_train is not None:
+        raise ConfigError("DP-SGD replaces the local loop; your app's own train() cannot run under --dp-sgd")
+    x, y = (t.to(trainer.device) for t in data.tensors())
     if config.proximal_mu > 0:
         raise ConfigError("DP-SGD does not support FedProx's proximal term (Opacus clips only the data loss); "
                           "use fedavg or another strategy without a proximal term")
@@ -143,7 +156,7 @@ def dp_fit(trainer: Trainer, global_state: Mapping[str, np.ndarray], x: torch.Te
     csprng = secure_generator()
     batches = poisson_batches(n, q, steps, csprng)
     metrics = dp_train(model, x, y, batches, config, sigma, settings["max_grad_norm"], config.batch_size,
-                       csprng, generator, trainer.augment)
+                       csprng, generator, trainer.augment, None if trainer.default_loss else trainer.loss_fn)
     if not math.isfinite(metrics["train_loss"]):
         raise ModelError(f"local DP-SGD diverged (loss {metrics['train_loss']}); lower the learning rate")
     own["history"] = accountant.state_dict()["history"]
@@ -156,5 +169,5 @@ def dp_fit(trainer: Trainer, global_state: Mapping[str, np.ndarray], x: torch.Te
         metrics["epsilon"] = eps_after
     local = model.state_dict()
     names = config.shared_names if config.shared_names is not None else tuple(global_state)
-    delta_state = {k: local[k].detach().numpy() - global_state[k] for k in names}
+    delta_state = {k: local[k].detach().cpu().numpy() - global_state[k] for k in names}
     return Update(delta=delta_state, num_examples=n, metrics=metrics)

@@ -131,11 +131,6 @@ def handle_decrypt(party: Any, task: Task) -> Reply:
     return Reply(party.party_id, DECRYPT_KIND, task.round, update=update)
 
 
-def register() -> None:
-    """Teach the party runtime the ``he_decrypt`` task kind."""
-    from pollen.client.party import TASK_HANDLERS
-
-    TASK_HANDLERS[DECRYPT_KIND] = handle_decrypt
-
-
-register()
+def task_handlers() -> dict[str, Any]:
+    """The ``he_decrypt`` task kind and its party-side handler (for ``PartyTables``)."""
+    return {DECRYPT_KIND: handle_decrypt}

@@ -10,7 +10,7 @@ from typing import Any
 
 from pollen.privacy.accountant import noise_multiplier_for
 from pollen.privacy.client_dp import ClipStep, GaussianNoiseStep
-from pollen.strategy.base import Sampler
+from pollen.strategy.registry import sampler_from_config
 from pollen.transforms.base import UpdateStep
 
 
@@ -39,7 +39,7 @@ class SamplingPlan:
 def sampling_plan(cfg) -> SamplingPlan:
     """Replay the run's sampler over the planned rounds (all parties available)."""
     f, n = cfg.federation, cfg.data.parties
-    sampler = Sampler(fraction=f.fraction, count=f.parties_per_round, seed=cfg.run.seed)
+    sampler = sampler_from_config(cfg)
     ids = [str(i) for i in range(n)]
     k = sampler.sample_size(n)
     if k == n:

@@ -36,7 +36,7 @@ from pollen.server.checkpoint import Checkpointer
 from pollen.strategy.base import Strategy
 from pollen.strategy.fedbuff import STALENESS_KEY
 from pollen.telemetry.events import EventBus, PartyReplied, RoundCompleted, RoundStarted, RunCompleted, RunStarted
-from pollen.transforms.base import Pipeline, check_compatible, empty_pipeline
+from pollen.transforms.base import Pipeline, empty_pipeline
 from pollen.transport.base import Transport
 from pollen.types import EvalResult, ModelState, Reply, RoundConfig, Task, Update, state_nbytes
 
@@ -99,15 +99,21 @@ def task_sizes(tasks: Sequence[Task]) -> dict[str, int]:
 
 
 def weighted_eval(results: Sequence[EvalResult]) -> EvalResult | None:
-    """Example-weighted loss and accuracy over several evaluations."""
+    """Example-weighted loss and metrics over several evaluations. A value a party could not compute
+    (NaN: an AUC on one class) is left out of that metric's mean, with its weight."""
     n = sum(r.num_examples for r in results)
     if n == 0:
         return None
-    return EvalResult(
-        loss=sum(r.loss * r.num_examples for r in results) / n,
-        accuracy=sum(r.accuracy * r.num_examples for r in results) / n,
-        num_examples=n,
-    )
+
+    def mean(values: list[tuple[float, int]]) -> float:
+        good = [(v, w) for v, w in values if v is not None and math.isfinite(v)]
+        total = sum(w for _, w in good)
+        return sum(v * w for v, w in good) / total if total else float("nan")
+
+    names = sorted({k for r in results for k in r.metrics})
+    metrics = {k: mean([(r.metrics.get(k), r.num_examples) for r in results]) for k in names}
+    return EvalResult(loss=mean([(r.loss, r.num_examples) for r in results]), accuracy=metrics.get("accuracy"),
+                      num_examples=n, metrics=metrics)
 
 
 def mean_metrics(updates: Sequence[Update]) -> dict[str, float]:
@@ -141,6 +147,7 @@ class Coordinator:
         round_timeout: seconds to wait for replies (None waits for all).
         events: where the loop's events go.
         checkpointer: saves the state after every round (None disables).
+        primary_metric: the app's headline metric (federated evaluation records it per party).
     """
 
     strategy: Strategy
@@ -155,12 +162,9 @@ class Coordinator:
     round_timeout: float | None = None
     events: EventBus = field(default_factory=EventBus)
     checkpointer: Checkpointer | None = None
+    primary_metric: str = "accuracy"
     _in_flight: dict[str, int] = field(default_factory=dict, init=False, repr=False)  # async: party -> version
     _dispatched: int = field(default=0, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        agg = self.strategy.aggregator
-        check_compatible(self.pipeline, agg.name, agg.linear)
 
     def run(
         self, state: ModelState, start_round: int = 1, optimizer_state: dict[str, np.ndarray] | None = None
@@ -197,6 +201,8 @@ class Coordinator:
             self.events.emit(RoundStarted(rnd, tuple(chosen)))
             tasks = [Task(pid, "fit", rnd, sent, config) for pid in chosen]
             replies, late = collect(self.transport, tasks, self.round_timeout)
+            # Aggregate in party order, not arrival order: float sums then do not depend on timing.
+            replies.sort(key=lambda r: _id_key(r.party_id))
         else:  # FedBuff / FedAsync: K arrivals from the tasks in flight
             tasks, replies, staleness, info = self._async_collect(rnd, sent, config)
             late = []
@@ -209,6 +215,7 @@ class Coordinator:
         ok: list[Reply] = []
         updates: list[Update] = []
         failed: list[str] = list(late)
+        reasons: dict[str, str] = {pid: "no reply before the round's deadline" for pid in late}
         for i, reply in enumerate(replies):
             update, failure = None, reply.failure
             if reply.ok and reply.update is not None:
@@ -222,7 +229,10 @@ class Coordinator:
                 updates.append(update)
             else:
                 failed.append(reply.party_id)
+                reasons[reply.party_id] = str(failure or "no update")[:300]
         record: dict[str, Any] = {"round": rnd, "parties": [r.party_id for r in ok], "parties_failed": sorted(failed), **info}
+        if reasons:
+            record["failures"] = {pid: reasons[pid] for pid in sorted(reasons, key=_id_key)}
         raw_up = sum(state_nbytes(u.delta) for u in updates)
         record.update(compression_up=raw_up / up if up else None,
                       compression_down=state_nbytes(state) * len(tasks) / down if down else None)
@@ -321,7 +331,7 @@ class Coordinator:
         last = rnd == self.rounds
         if self.evaluate is not None and (rnd % max(self.eval_every, 1) == 0 or last):
             res = self.evaluate(state)
-            out.update(accuracy=res.accuracy, loss=res.loss)
+            out.update(loss=res.loss, **res.metrics)
         periodic = self.fed_eval_every and rnd % self.fed_eval_every == 0 and self.strategy.asynchronous is None
         if self.fed_eval and (last or periodic):  # async: only at the end (before, tasks are in flight)
             cfg = self.strategy.configure(rnd, list(state)).with_(extra={"personalized": True})
@@ -330,10 +340,16 @@ class Coordinator:
             good = [r for r in replies if r.ok and r.evaluation is not None]
             res = weighted_eval([r.evaluation for r in good])
             if res is not None:
-                out.update(fed_accuracy=res.accuracy, fed_loss=res.loss,
-                           fed_accuracy_parties={r.party_id: r.evaluation.accuracy for r in good})
+                out.update(fed_loss=res.loss, **{f"fed_{k}": v for k, v in res.metrics.items()})
+                key = self.primary_metric
+                values = {r.party_id: (r.evaluation.loss if key == "loss" else r.evaluation.metrics.get(key)) for r in good}
+                out[f"fed_{key}_parties"] = {p: (v if v is not None and math.isfinite(v) else None)
+                                             for p, v in values.items()}
         for k, v in list(out.items()):
             if isinstance(v, float) and not math.isfinite(v):
                 out[k] = None
         return out
 
+
+def _id_key(party_id: str) -> tuple[int, int | str]:
+    return (0, int(party_id)) if party_id.isdigit() else (1, party_id)

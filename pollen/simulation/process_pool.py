@@ -3,7 +3,8 @@
 Party ``i`` lives in worker ``i mod W`` for the whole run, so per-party state (control variates,
 error-feedback residuals) persists between rounds. Tasks and replies cross the process boundary
 as safetensors bytes (raw tensor buffers + JSON header), never pickled objects. Each worker
-rebuilds its parties from the run config (dataset loading and partitioning are deterministic).
+imports the app by its reference and assembles its parties with ``pollen.compose.assemble``,
+like every other mode (loading and partitioning are deterministic).
 """
 
 from __future__ import annotations
@@ -14,22 +15,21 @@ from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from pollen.errors import TransportError
+from pollen.errors import ConfigError, TransportError
 from pollen.serialization import reply_from_bytes, reply_to_bytes, task_from_bytes, task_to_bytes
 from pollen.transport.base import Transport
 from pollen.types import Reply, Task
 
 
-def _worker(conn: Connection, cfg_dict: dict[str, Any], ids: list[str], threads: int) -> None:
+def _worker(conn: Connection, cfg_dict: dict[str, Any], app_ref: str, ids: list[str], threads: int) -> None:
     import torch
 
+    from pollen.compose import assemble
     from pollen.config import make_config
-    from pollen.simulation.build import Federation, make_pipeline
 
     torch.set_num_threads(threads)
-    cfg = make_config(cfg_dict)
-    fed = Federation.from_config(cfg)
-    parties = fed.make_parties(fed.make_trainer(), ids, make_pipeline(cfg))
+    assembly = assemble(make_config(cfg_dict), app_ref)
+    parties = assembly.parties(assembly.trainer(), ids)
     conn.send_bytes(b"ready")
     while True:
         try:
@@ -46,14 +46,22 @@ class ProcessPoolTransport(Transport):
     """Runs parties in ``workers`` processes.
 
     Args:
-        cfg_dict: the run config as a dict (each worker rebuilds its parties from it).
-        party_ids: all party ids.
+        assembly: the run (``pollen.compose.Assembly``); each worker assembles it again from its
+            config and app reference.
         workers: number of worker processes.
         threads: torch threads per worker.
+
+    Raises:
+        ConfigError: the app was given as an object no other process can import.
     """
 
-    def __init__(self, cfg_dict: dict[str, Any], party_ids: list[str], workers: int, threads: int = 1) -> None:
-        self.ids = list(party_ids)
+    def __init__(self, assembly: Any, workers: int, threads: int = 1) -> None:
+        app_ref = assembly.app.reference
+        if app_ref is None:
+            raise ConfigError("the process backend starts fresh Python processes, which import your app by name: give "
+                              "the app as a .py file or a module name (or use --backend inline)")
+        cfg_dict = assembly.cfg.to_dict()
+        self.ids = list(assembly.party_ids)
         workers = max(1, min(workers, len(self.ids)))
         ctx = mp.get_context("spawn")
         self._conns: list[Connection] = []
@@ -64,7 +72,7 @@ class ProcessPoolTransport(Transport):
             for pid in mine:
                 self._owner[pid] = w
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, cfg_dict, mine, threads), daemon=True)
+            proc = ctx.Process(target=_worker, args=(child, cfg_dict, app_ref, mine, threads), daemon=True)
             proc.start()
             child.close()
             self._conns.append(parent)

@@ -51,7 +51,7 @@ class Sampler:
         """The parties that train in ``round`` (a subset of ``available``)."""
         ordered = sorted(available, key=_id_key)
         k = self.sample_size(len(ordered))
-        if k == len(ordered) and self.count is None and self.fraction >= 1.0:
+        if k == len(ordered):  # everyone: the same set in id order (a permutation would only reorder it)
             return ordered
         rng = np.random.default_rng([self.seed, round])
         return [ordered[i] for i in rng.choice(len(ordered), k, replace=False)]

@@ -25,6 +25,19 @@ from pollen.strategy.scaffold import scaffold
 from pollen.strategy.schedule import LrSchedule, load_config_hook, parse_epochs_schedule
 
 Builder = Callable[..., Strategy]
+DEFAULT_PARTIES_PER_ROUND = 10  # without --fraction or --parties-per-round (W1's 10 of 100; all when fewer)
+
+
+def sampler_from_config(cfg) -> Sampler:
+    """The party sampler ``cfg.federation`` asks for (the one place that reads its sampling fields).
+
+    ``--parties-per-round`` wins over ``--fraction``; with neither, a round trains
+    ``DEFAULT_PARTIES_PER_ROUND`` parties (every party when there are fewer).
+    """
+    f = cfg.federation
+    if f.parties_per_round is None and f.fraction is None:
+        return Sampler(count=min(DEFAULT_PARTIES_PER_ROUND, cfg.data.parties), seed=cfg.run.seed)
+    return Sampler(fraction=f.fraction if f.fraction is not None else 1.0, count=f.parties_per_round, seed=cfg.run.seed)
 
 
 def _lr(cfg, default: float = 1.0) -> float:

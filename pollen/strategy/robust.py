@@ -11,7 +11,7 @@ arbitrary (malicious) updates cannot move the result far.
   Learning?" (each update clipped to an L2 norm bound, then averaged).
 
 Every aggregator here needs each party's update in the clear (``linear = False``), so none of them
-runs over securely summed or encrypted updates (``check_compatible`` refuses that combination).
+runs over securely summed or encrypted updates (``pollen.transforms.check_pipeline`` refuses that combination).
 Each refuses a count of updates its math cannot handle (``check``): at start-up with the number of
 parties sampled per round, and again in every round with the number of replies that came.
 

@@ -24,7 +24,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from pollen.client.party import CLIENT_HOOKS, ClientHook, LocalParty
+from pollen.client.party import ClientHook, LocalParty
 from pollen.client.trainer import GradHook
 from pollen.errors import StrategyError
 from pollen.strategy.base import (
@@ -85,8 +85,6 @@ class ScaffoldClient(ClientHook):
         dc = {f"{DC_PREFIX}{k}": ci_new[k] - ci[k] for k in c}
         return update.with_(delta={**update.delta, **dc})
 
-
-CLIENT_HOOKS["scaffold"] = ScaffoldClient()
 
 
 class ScaffoldServer(ServerOptimizer):

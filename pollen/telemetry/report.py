@@ -35,24 +35,46 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]],
     return cfg, read_history(d), summary
 
 
+def primary_of(summary: dict[str, Any]) -> tuple[str, bool]:
+    """(the run's primary metric, whether higher is better) from its summary (accuracy by default)."""
+    return summary.get("primary_metric") or "accuracy", bool(summary.get("higher_is_better", True))
+
+
+def headline(history: list[dict[str, Any]], key: str) -> float | None:
+    """The last recorded value of ``key`` in a history."""
+    return next((r[key] for r in reversed(history) if isinstance(r.get(key), (int, float))), None)
+
+
+def _fmt_metric(name: str, v: float | None) -> str:
+    if v is None:
+        return "—"
+    if name in ("accuracy", "multilabel_accuracy") or name.endswith("_accuracy"):
+        return f"{100 * v:.2f} %"
+    return f"{v:.4g}"
+
+
 def summarize(cfg: dict[str, Any], history: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers of a run."""
-    evals = [r for r in history if r.get("accuracy") is not None]
+    """The headline numbers of a run (its primary metric: final and best)."""
+    key, higher = primary_of(summary)
+    evals = [r for r in history if isinstance(r.get(key), (int, float))]
     final = evals[-1] if evals else {}
-    best = max(evals, key=lambda r: r["accuracy"]) if evals else {}
+    best = (max if higher else min)(evals, key=lambda r: r[key]) if evals else {}
     up = sum(r.get("bytes_up", 0) for r in history)
     down = sum(r.get("bytes_down", 0) for r in history)
     data_bytes = summary.get("data_bytes")
-    fed = [r for r in history if r.get("fed_accuracy") is not None]
+    fed = [r for r in history if r.get(f"fed_{key}") is not None]
+    app = summary.get("app")
     return {
         "method": summary.get("method") or cfg.get("strategy", {}).get("name", "?"),
-        "dataset": cfg.get("data", {}).get("dataset", "?"),
+        "dataset": Path(app).stem if app else cfg.get("data", {}).get("dataset", "fmnist"),
+        "metric": key,
         "rounds": len(history),
-        "final_accuracy": final.get("accuracy"),
+        "final": final.get(key),
         "final_loss": final.get("loss"),
-        "best_accuracy": best.get("accuracy"),
+        "best": best.get(key),
         "best_round": best.get("round"),
-        "fed_accuracy": fed[-1]["fed_accuracy"] if fed else None,
+        "fed": fed[-1][f"fed_{key}"] if fed else None,
+        "final_accuracy": final.get("accuracy") if key == "accuracy" else None,
         "bytes_up": up,
         "bytes_down": down,
         "comm_ratio": (up + down) / data_bytes if data_bytes else None,
@@ -65,16 +87,17 @@ def summarize(cfg: dict[str, Any], history: list[dict[str, Any]], summary: dict[
 
 def summary_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     """A markdown table of run summaries (the seed's comparison table)."""
-    head = "| run | method | test accuracy | best (round) | rounds | communication (up + down) | comm / data | ε | seconds |\n"
-    head += "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    head = "| run | method | data | metric | final | best (round) | rounds | communication (up + down) | comm / data | ε | seconds |\n"
+    head += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     lines = []
     for name, s in rows:
         comm = f"{_mb(s['bytes_up'])} + {_mb(s['bytes_down'])}"
         ratio = "—" if s["comm_ratio"] is None else f"{100 * s['comm_ratio']:.1f} %"
         eps = "—" if s["epsilon"] is None else f"{s['epsilon']:.2f}"
-        best = f"{_pct(s['best_accuracy'])} ({s['best_round']})" if s["best_accuracy"] is not None else "—"
-        lines.append(f"| {name} | {s['method']} | {_pct(s['final_accuracy'])} | {best} | {s['rounds']} | {comm} | "
-                     f"{ratio} | {eps} | {s['seconds']:.1f} |")
+        m = s["metric"]
+        best = f"{_fmt_metric(m, s['best'])} ({s['best_round']})" if s["best"] is not None else "—"
+        lines.append(f"| {name} | {s['method']} | {s['dataset']} | {m} | {_fmt_metric(m, s['final'])} | {best} | "
+                     f"{s['rounds']} | {comm} | {ratio} | {eps} | {s['seconds']:.1f} |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -83,31 +106,39 @@ def write_report(run_dir: str | Path, baseline: dict[str, Any] | None = None) ->
     d = Path(run_dir)
     cfg, history, summary = load_run(d)
     s = summarize(cfg, history, summary)
+    key = s["metric"]
     lines = [f"# Run `{d.name}`", "", summary_table([(d.name, s)])]
+    notes = summary.get("metric_notes") or {}
+    if notes:
+        lines += ["Federated evaluation combines " + "; ".join(f"`{k}` as the {v}" for k, v in notes.items()) + ".", ""]
     if summary.get("centralized"):
         c = summary["centralized"]
         lines += ["## Against training on pooled data", "",
-                  "| training | test accuracy | passes over the data |", "| --- | --- | --- |",
-                  f"| federated ({s['method']}) | {_pct(s['final_accuracy'])} | {c.get('epochs')} |",
-                  f"| centralized (pooled data) | {_pct(c.get('accuracy'))} | {c.get('epochs')} |", ""]
-    lines += ["## Rounds", "", "| round | accuracy | loss | fed. accuracy | train loss | parties | failed | up | down | seconds |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  f"| training | {key} | passes over the data |", "| --- | --- | --- |",
+                  f"| federated ({s['method']}) | {_fmt_metric(key, s['final'])} | {c.get('epochs')} |",
+                  f"| centralized (pooled data) | {_fmt_metric(key, c.get(key))} | {c.get('epochs')} |", ""]
+    extra = sorted({k for r in history for k in r if k in (summary.get("metric_names") or [])} - {key})
+    head = ["round", key, "loss", f"fed. {key}", "train loss", *extra, "parties", "failed", "up", "down", "seconds"]
+    lines += ["## Rounds", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in history:
-        lines.append(
-            f"| {r.get('round')} | {_pct(r.get('accuracy'))} | {r.get('loss') if r.get('loss') is None else format(r['loss'], '.4f')} | "
-            f"{_pct(r.get('fed_accuracy'))} | {format(r['train_loss'], '.4f') if r.get('train_loss') is not None else '—'} | "
-            f"{len(r.get('parties', []))} | {len(r.get('parties_failed', []))} | {_mb(r.get('bytes_up'))} | "
-            f"{_mb(r.get('bytes_down'))} | {r.get('seconds', 0):.2f} |")
-    plot = plot_history(history, d / "plot.png", title=d.name)
-    lines += ["", f"![accuracy and loss per round]({plot.name})" if plot else
+        loss = r.get("loss")
+        cells = [str(r.get("round")), _fmt_metric(key, r.get(key)), "—" if loss is None else format(loss, ".4f"),
+                 _fmt_metric(key, r.get(f"fed_{key}")),
+                 format(r["train_loss"], ".4f") if r.get("train_loss") is not None else "—",
+                 *(_fmt_metric(k, r.get(k)) for k in extra),
+                 str(len(r.get("parties", []))), str(len(r.get("parties_failed", []))), _mb(r.get("bytes_up")),
+                 _mb(r.get("bytes_down")), f"{r.get('seconds', 0):.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    plot = plot_history(history, d / "plot.png", title=d.name, metric=key)
+    lines += ["", f"![{key} and loss per round]({plot.name})" if plot else
               "(plot skipped: install matplotlib with `pip install 'pollen-fl[plot]'`)", ""]
     out = d / "report.md"
     out.write_text("\n".join(lines))
     return out
 
 
-def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:
-    """Accuracy and loss per round as a PNG; None when matplotlib is missing."""
+def plot_history(history: list[dict[str, Any]], path: Path, title: str = "", metric: str = "accuracy") -> Path | None:
+    """The primary metric and the loss per round as a PNG; None when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -115,19 +146,26 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> 
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    ev = [r for r in history if r.get("accuracy") is not None]
+    pct = metric.endswith("accuracy")
+    scale = 100 if pct else 1
+    ev = [r for r in history if isinstance(r.get(metric), (int, float))]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    a1.plot([r["round"] for r in ev], [100 * r["accuracy"] for r in ev], marker="o", label="test (global model)")
-    fed = [r for r in history if r.get("fed_accuracy") is not None]
+    a1.plot([r["round"] for r in ev], [scale * r[metric] for r in ev], marker="o", label="global model (coordinator's data)")
+    fed = [r for r in history if isinstance(r.get(f"fed_{metric}"), (int, float))]
     if fed:
-        a1.plot([r["round"] for r in fed], [100 * r["fed_accuracy"] for r in fed], marker="s", label="parties' held-out")
+        a1.plot([r["round"] for r in fed], [scale * r[f"fed_{metric}"] for r in fed], marker="s", label="parties' held-out")
     # a fixed legend place: loc="best" warns (an error under pytest) when the machine is slow
-    a1.set_xlabel("round"), a1.set_ylabel("accuracy (%)"), a1.grid(alpha=0.3), a1.legend(loc="lower right")
-    a2.plot([r["round"] for r in ev], [r["loss"] for r in ev], marker="o", color="tab:red", label="test loss")
+    a1.set_xlabel("round"), a1.set_ylabel(f"{metric} (%)" if pct else metric), a1.grid(alpha=0.3)
+    if ev or fed:
+        a1.legend(loc="lower right")
+    lv = [r for r in history if isinstance(r.get("loss"), (int, float))]
+    a2.plot([r["round"] for r in lv], [r["loss"] for r in lv], marker="o", color="tab:red", label="loss")
     tl = [r for r in history if r.get("train_loss") is not None]
     if tl:
         a2.plot([r["round"] for r in tl], [r["train_loss"] for r in tl], marker=".", color="tab:orange", label="train loss")
-    a2.set_xlabel("round"), a2.set_ylabel("loss"), a2.grid(alpha=0.3), a2.legend(loc="upper right")
+    a2.set_xlabel("round"), a2.set_ylabel("loss"), a2.grid(alpha=0.3)
+    if lv or tl:
+        a2.legend(loc="upper right")
     from matplotlib.ticker import MaxNLocator
 
     for ax in (a1, a2):

@@ -1,5 +1,5 @@
 """The update pipeline (clip → noise → compress → mask/encrypt) and its compatibility check."""
 
-from pollen.transforms.base import Pipeline, StepContext, UpdateStep, check_compatible, empty_pipeline
+from pollen.transforms.base import Pipeline, StepContext, UpdateStep, check_pipeline, empty_pipeline
 
-__all__ = ["Pipeline", "StepContext", "UpdateStep", "check_compatible", "empty_pipeline"]
+__all__ = ["Pipeline", "StepContext", "UpdateStep", "check_pipeline", "empty_pipeline"]

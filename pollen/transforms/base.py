@@ -197,25 +197,48 @@ class Pipeline:
         return [s.name for s in self.steps]
 
 
-def check_compatible(pipeline: Pipeline, aggregator_name: str, aggregator_linear: bool) -> None:
-    """Refuse pipelines the aggregator cannot work with, before the run starts.
+def check_pipeline(pipeline: Pipeline, aggregator: Any = None) -> None:
+    """The one compatibility check of an update pipeline (and the aggregator it feeds), run by the
+    composition root before a run starts.
 
-    A masked or encrypted update can only be summed: an aggregator that needs each party's update
-    (median, Krum, …) cannot run on it.
+    - Masking (secure aggregation) and encryption (HE) reveal only the *sum* of the parties' encoded
+      updates. A codec whose decoding is per party (top-k's own indices, per-party scales of int8 /
+      QSGD / TernGrad, fp16 bit patterns, pruning masks) cannot be decoded from that sum; the only
+      quantisation that composes with masking is the masking step's own fixed-point encoding into
+      its field.
+    - An aggregator that needs each party's update (median, Krum, …) cannot run on masked updates.
+    - Error feedback adds what earlier rounds dropped to this round's message, so with DP clipping
+      a party's message is no longer bounded by the clip norm that the noise is calibrated to.
+
+    Args:
+        pipeline: the steps, in order.
+        aggregator: the strategy's aggregator (``name``, ``linear``), or None to check the steps alone.
+
+    Raises:
+        ConfigError: the first combination that cannot work, with the reason and the fix.
     """
     masked = [s.name for s in pipeline.steps if s.stage == "mask"]
-    unsummable = [s.name for s in pipeline.steps if s.stage == "compress" and not s.linear]
-    if masked and unsummable:
+    codecs = [s.name for s in pipeline.steps if s.stage == "compress" and not s.linear]
+    if masked and codecs:
         raise ConfigError(
-            f"compression {unsummable[0]!r} encodes each party's update its own way (e.g. top-k's own "
-            f"indices), so encoded updates cannot be summed, but {masked[0]!r} reveals only their sum; "
-            "use a codec that sums (none, fp16, int8 with a shared scale) or turn masking off"
+            f"--codec/--prune {codecs[0]!r} cannot be used with {masked[0]!r}: the server only sees the sum of "
+            "the parties' masked or encrypted updates, and this codec's encoding (its own indices or scales per "
+            "party) cannot be decoded from a sum. Masking already quantises each update into its finite field, "
+            "the only quantisation that composes with it; use --codec none (--downlink and --autocast are fine)"
         )
-    if masked and not aggregator_linear:
+    if masked and aggregator is not None and not aggregator.linear:
         raise ConfigError(
-            f"aggregator {aggregator_name!r} needs each party's update in the clear, but {masked[0]!r} "
+            f"aggregator {aggregator.name!r} needs each party's update in the clear, but {masked[0]!r} "
             "hides individual updates and reveals only their sum; use a mean-based strategy "
             "(fedavg, fedavgm, fedadam, …) with it"
+        )
+    clipped = [s.name for s in pipeline.steps if s.stage == "clip"]
+    feedback = [s.name for s in pipeline.steps if getattr(s, "error_feedback", False)]
+    if clipped and feedback:
+        raise ConfigError(
+            f"--error-feedback with {feedback[0]!r} cannot be combined with DP clipping ({clipped[0]!r}): the "
+            "residual adds what earlier rounds dropped to this round's message, so it is no longer bounded by the "
+            "clip norm the DP noise is calibrated to; turn error feedback off (--no-error-feedback)"
         )
 
 

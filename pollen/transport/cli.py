@@ -9,22 +9,23 @@ import signal
 import sys
 from pathlib import Path
 
-from pollen.cli import add_config_flags, command, config_from_args
+from pollen.cli import SERVER_SECTIONS, add_config_flags, config_from_args, explicit_flags
+from pollen.errors import ConfigError
 
 
 # ------------------------------------------------------------ server
-@command("server", "run the coordinator of a deployed federation (parties connect over gRPC)")
-def _server_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a crashed run from its last checkpoint (network flags may change)")
+def server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a crashed run from its last checkpoint (network flags "
+                   "may change; --rounds N extends a finished run)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in runs/<name> (default: refuse)")
     p.add_argument("--log-json", action="store_true", help="structured logs: one JSON object per line on stderr")
     p.add_argument("--num-parties", type=int, metavar="N",
                    help="parties in the federation: wait for N to connect before round 1 (sets --min-parties and --parties)")
-    add_config_flags(p)
+    add_config_flags(p, SERVER_SECTIONS)
 
 
-@_server_args.handler
-def _server(args: argparse.Namespace) -> int:
-    from pollen.config import load_toml, make_config, merge
+def server_cmd(args: argparse.Namespace) -> int:
+    from pollen.compose import resume_config
     from pollen.telemetry.report import compare
     from pollen.transport.rpc.serve import run_server
 
@@ -37,24 +38,29 @@ def _server(args: argparse.Namespace) -> int:
             args.cfg__network__min_parties = args.num_parties
         if args.cfg__data__parties is None:
             args.cfg__data__parties = args.num_parties
-    cfg = config_from_args(args)
+    host = args.cfg__network__host
+    if host and ":" in host.strip("[]") and not host.startswith("["):
+        raise ConfigError(f"--host {host!r}: give the address alone and the port with --port (e.g. --host 0.0.0.0 "
+                          "--port 9394)")
     if args.resume:
-        flags = {"network": cfg.network.model_dump(exclude_defaults=True)}
-        cfg = make_config(merge(load_toml(Path(args.resume) / "config.toml"), flags))
-        result = run_server(cfg, resume=Path(args.resume))
+        result = run_server(resume_config(Path(args.resume), explicit_flags(args)), resume=Path(args.resume))
     else:
-        result = run_server(cfg)
+        result = run_server(config_from_args(args), overwrite=args.overwrite)
     print(compare([result.run_dir]))
     print(f"run written to {result.run_dir}/")
     return 0
 
 
 # ------------------------------------------------------------ client
-@command("client", "run one party of a deployed federation: train on local data, send updates")
-def _client_args(p: argparse.ArgumentParser) -> None:
+def client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--party-id", required=True, help="this party's id (its certificate must be party-<id>)")
-    p.add_argument("--server", required=True, metavar="HOST:PORT", help="address of the coordinator")
-    p.add_argument("--data-path", required=True, metavar="DIR", help="this party's shard (written by 'pollen partition --out data/')")
+    p.add_argument("--server", required=True, metavar="HOST:PORT", help="address of the coordinator, e.g. localhost:9394")
+    p.add_argument("--data", "--data-path", dest="data_path", metavar="PATH",
+                   help="this party's own data: what its app reads as ctx.data_path (for the built-in datasets, "
+                        "the shard folder 'pollen partition --out data/' wrote, e.g. data/party0)")
+    p.add_argument("--app", metavar="APP", help="this party's app (.py file or module) with model() and load_data(ctx) "
+                   "(default: the one the coordinator runs)")
+    p.add_argument("--device", metavar="DEVICE", help="where this party trains: auto, cpu, cuda, cuda:N (default: the run's)")
     p.add_argument("--certs-dir", default="certs", metavar="DIR", help="folder with ca.pem and party-<id>.pem/.key (default: certs)")
     p.add_argument("--insecure", action="store_true", help="connect without TLS (only to an --insecure coordinator)")
     p.add_argument("--server-name", metavar="NAME", help="name on the server certificate when it differs from HOST")
@@ -64,8 +70,7 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, metavar="N", help="torch threads for local training (default: torch's)")
 
 
-@_client_args.handler
-def _client(args: argparse.Namespace) -> int:
+def client_cmd(args: argparse.Namespace) -> int:
     from pollen.transport.rpc.party import GrpcParty, PartyOptions
 
     if args.log_json:
@@ -74,7 +79,7 @@ def _client(args: argparse.Namespace) -> int:
         use_json_logs()
     opts = PartyOptions(party_id=args.party_id, server=args.server, data_path=args.data_path, certs_dir=args.certs_dir,
                         insecure=args.insecure, server_name=args.server_name, retry_seconds=args.retry_seconds,
-                        backoff_cap=args.backoff_cap, threads=args.threads)
+                        backoff_cap=args.backoff_cap, threads=args.threads, app=args.app, device=args.device)
     if args.insecure:
         print("WARNING: --insecure: this party sends its updates without TLS; local experiments only", file=sys.stderr)
     party = GrpcParty(opts)
@@ -90,16 +95,14 @@ def _client(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------ certs
-@command("certs", "create a CA, a server certificate and party certificates for mutual TLS")
-def _certs_args(p: argparse.ArgumentParser) -> None:
+def certs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="certs", metavar="DIR", help="output folder (default: certs)")
     p.add_argument("--parties", type=int, default=10, metavar="N", help="issue certificates for parties 0 … N-1 (default: 10)")
     p.add_argument("--hosts", default="localhost,127.0.0.1", help="comma-separated names/IPs the server certificate is valid for")
     p.add_argument("--revoke", metavar="PARTY_ID", help="instead: add a party id (or certificate serial) to DIR/revoked.txt")
 
 
-@_certs_args.handler
-def _certs(args: argparse.Namespace) -> int:
+def certs_cmd(args: argparse.Namespace) -> int:
     from pollen.transport.rpc.tls import make_certs
 
     out = Path(args.out)
@@ -116,8 +119,7 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------ status
-@command("status", "show a running coordinator's connected parties and progress")
-def _status_args(p: argparse.ArgumentParser) -> None:
+def status_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", required=True, metavar="HOST:PORT", help="address of the coordinator")
     p.add_argument("--certs-dir", default="certs", metavar="DIR", help="folder with ca.pem and admin.pem/.key (default: certs)")
     p.add_argument("--insecure", action="store_true", help="connect without TLS")
@@ -125,8 +127,7 @@ def _status_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-@_status_args.handler
-def _status(args: argparse.Namespace) -> int:
+def status_cmd(args: argparse.Namespace) -> int:
     from pollen.transport.rpc.status import fetch_status, format_status
 
     status = fetch_status(args.server, args.certs_dir, args.insecure, args.server_name)

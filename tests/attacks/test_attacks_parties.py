@@ -9,16 +9,16 @@ import torch
 from pollen.attacks import MaliciousTrainer, alie_z_max, select_malicious
 from pollen.attacks.poison import flip_labels
 from pollen.client.party import round_seed
-from pollen.simulation.build import Federation, base_round_config
+from pollen.compose import assemble, build_strategy, base_round_config
 from pollen.types import Task
 
 
 def _setup(digits_cfg, attack: str, **extra):
     cfg = digits_cfg(data={"parties": 10, "holdout": 0.0},
                      attack={"malicious_fraction": 0.3, "attack": attack, **extra})
-    fed = Federation.from_config(cfg)
-    trainer = fed.make_trainer()
-    parties = fed.make_parties(trainer)
+    fed = assemble(cfg)
+    trainer = fed.trainer()
+    parties = fed.parties(trainer)
     bad = sorted(select_malicious(fed.party_ids, 0.3, 0), key=int)
     state = {k: v.detach().numpy().copy() for k, v in trainer.model.state_dict().items()}
     return cfg, fed, trainer, parties, bad, state
@@ -32,11 +32,11 @@ def _fit(cfg, party, state, rnd=1):
 
 def _honest(fed, trainer, pid, state, cfg, rnd=1, flip=False):
     """The update ``pid`` computes when it trains honestly (on flipped labels if asked)."""
-    x, y = fed.party_shards(pid)[0].tensors()
+    x, y = fed.party_data(pid).train.tensors()
     if flip:
-        y = flip_labels(y, fed.dataset.num_classes)
+        y = flip_labels(y, 10)
     gen = torch.Generator().manual_seed(round_seed(cfg.run.seed, pid, rnd))
-    return trainer.fit(state, x, y, base_round_config(cfg).with_(round=rnd), gen)
+    return trainer.fit(state, (x, y), base_round_config(cfg).with_(round=rnd), gen)
 
 
 @pytest.mark.parametrize("attack", ["signflip", "scaling", "labelflip", "gaussian", "alie", "ipm"])

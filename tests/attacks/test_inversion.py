@@ -20,7 +20,7 @@ def setup():
     model = build_model("mlp", (1, 8, 8), 10)
     start = state_to_numpy(model)
     x, y = torch.from_numpy(ds.x_train[:1]), torch.from_numpy(ds.y_train[:1])
-    update = Trainer(model).fit(start, x, y, RoundConfig(lr=0.05, batch_size=1), torch.Generator().manual_seed(0))
+    update = Trainer(model).fit(start, (x, y), RoundConfig(lr=0.05, batch_size=1), torch.Generator().manual_seed(0))
     names = [n for n, _ in model.named_parameters()]
     return model, start, names, update.delta, x, y, float(ds.x_train.max() - ds.x_train.min())
 

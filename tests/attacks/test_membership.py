@@ -25,7 +25,7 @@ def digits():
 def _train(x, y, seed, epochs):
     torch.manual_seed(seed)
     model = build_model("mlp", (1, 8, 8), 10)
-    Trainer(model).fit(state_to_numpy(model), x, y, RoundConfig(epochs=epochs, lr=0.1, batch_size=16),
+    Trainer(model).fit(state_to_numpy(model), (x, y), RoundConfig(epochs=epochs, lr=0.1, batch_size=16),
                        torch.Generator().manual_seed(seed))
     return model
 

@@ -9,7 +9,7 @@ import pytest
 
 from pollen.serialization import reply_to_bytes, task_to_bytes
 from pollen.server.coordinator import Coordinator, task_sizes
-from pollen.simulation.build import Federation, initial_state, make_pipeline, make_strategy
+from pollen.compose import assemble, build_strategy, base_round_config
 from pollen.transport.inprocess import InProcessTransport
 from pollen.types import RoundConfig, Task, state_nbytes
 
@@ -33,12 +33,12 @@ class Recording(InProcessTransport):
 
 
 def run_one_round(cfg):
-    fed = Federation.from_config(cfg)
-    trainer = fed.make_trainer()
-    pipeline = make_pipeline(cfg)
-    transport = Recording(fed.make_parties(trainer, pipeline=pipeline))
-    coord = Coordinator(make_strategy(cfg), transport, rounds=1, pipeline=pipeline)
-    state = initial_state(cfg, fed.dataset)
+    fed = assemble(cfg)
+    trainer = fed.trainer()
+    pipeline = assemble(cfg).pipeline
+    transport = Recording(fed.parties(trainer))
+    coord = Coordinator(build_strategy(cfg), transport, rounds=1, pipeline=pipeline)
+    state = fed.initial_state()
     outcome, _ = coord.run_round(1, state, coord.strategy.server_optimizer.init(state))
     return outcome.record, transport, state
 
@@ -71,7 +71,7 @@ def test_codec_shrinks_the_uplink(digits_cfg):
 
 def test_task_sizes_are_exact_for_any_party_id(digits_cfg):
     cfg = digits_cfg()
-    state = initial_state(cfg, Federation.from_config(cfg).dataset)
+    state = assemble(cfg).initial_state()
     config = RoundConfig(extra={"x": 1})
     tasks = [Task(pid, "fit", 3, state, config) for pid in ("7", "10", "123", "party-\u00e9", "8", "99999")]
     sizes = task_sizes(tasks)
@@ -81,16 +81,16 @@ def test_task_sizes_are_exact_for_any_party_id(digits_cfg):
 def test_transport_reported_sizes_win(digits_cfg):
     """A transport that measures the wire (gRPC, process pool) sets Reply.bytes_*; those are used."""
     cfg = digits_cfg()
-    fed = Federation.from_config(cfg)
-    parties = fed.make_parties(fed.make_trainer())
+    fed = assemble(cfg)
+    parties = fed.parties(fed.trainer())
 
     class Measured(InProcessTransport):
         def poll(self, timeout=None):
             reply = super().poll(timeout)
             return None if reply is None else replace(reply, bytes_up=111, bytes_down=222)
 
-    coord = Coordinator(make_strategy(cfg), Measured(parties), rounds=1)
-    state = initial_state(cfg, fed.dataset)
+    coord = Coordinator(build_strategy(cfg), Measured(parties), rounds=1)
+    state = fed.initial_state()
     outcome, _ = coord.run_round(1, state, coord.strategy.server_optimizer.init(state))
     assert outcome.record["bytes_up"] == 4 * 111 and outcome.record["bytes_down"] == 4 * 222
 
@@ -100,10 +100,10 @@ def test_process_pool_reports_pipe_bytes(digits_cfg):
     from pollen.simulation.process_pool import ProcessPoolTransport
 
     cfg = digits_cfg(compression={"codec": "int8"}, simulation={"threads": 1})
-    fed = Federation.from_config(cfg)
-    state = initial_state(cfg, fed.dataset)
-    task = Task("1", "fit", 1, state, make_strategy(cfg).configure(1, list(state)))
-    with ProcessPoolTransport(cfg.to_dict(), fed.party_ids, workers=1) as pool:
+    fed = assemble(cfg)
+    state = fed.initial_state()
+    task = Task("1", "fit", 1, state, build_strategy(cfg).configure(1, list(state)))
+    with ProcessPoolTransport(fed, workers=1) as pool:
         pool.submit(task)
         reply = pool.poll(120)
     assert reply is not None and reply.ok, reply

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pollen.compression import Downlink, TopK, check_pipeline, int8, steps_from_config
+from pollen.compression import Downlink, TopK, int8, steps_from_config
+from pollen.transforms import check_pipeline
 from pollen.config import flag_fields, make_config
 from pollen.errors import ConfigError
 from pollen.transforms.base import Pipeline, StepContext, UpdateStep
@@ -97,15 +98,15 @@ def test_cli_accepts_codec_flags():
                                                  "delta": 1e-5}, "clip norm"),
 ])
 def test_real_privacy_configs_are_checked(compression, privacy, match):
-    from pollen.simulation.build import make_pipeline
+    from pollen.compose import assemble
 
     with pytest.raises(ConfigError, match=match):
-        make_pipeline(make_config({"compression": compression, "privacy": privacy}))
+        assemble(make_config({"compression": compression, "privacy": privacy}))
 
 
 def test_real_dp_pipeline_orders_clip_noise_then_codec():
-    from pollen.simulation.build import make_pipeline
+    from pollen.compose import assemble
 
     cfg = make_config({"compression": {"codec": "topk"}, "privacy": {"client_dp": "local", "client_noise_multiplier": 1.0,
                                                                      "delta": 1e-5}})
-    assert [s.stage for s in make_pipeline(cfg).steps] == ["clip", "noise", "compress"]
+    assert [s.stage for s in assemble(cfg).pipeline.steps] == ["clip", "noise", "compress"]

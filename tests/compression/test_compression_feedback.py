@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pollen.compression import TopK, int8
-from pollen.simulation.build import Federation, initial_state, make_pipeline, make_strategy
+from pollen.compose import assemble, build_strategy, base_round_config
 from pollen.transforms.base import StepContext
 from pollen.types import Task, Update
 
@@ -51,15 +51,15 @@ def test_feedback_works_for_quantizers_too():
 def test_party_runtime_keeps_the_residual_between_rounds(digits_cfg):
     """LocalParty (the runtime used inline, in the process pool and behind gRPC) holds the residual."""
     cfg = digits_cfg(compression={"codec": "topk", "topk_fraction": 0.05, "error_feedback": True})
-    fed = Federation.from_config(cfg)
-    pipeline = make_pipeline(cfg)
-    party = fed.make_parties(fed.make_trainer(), ["0"], pipeline)["0"]
-    state = initial_state(cfg, fed.dataset)
+    fed = assemble(cfg)
+    pipeline = assemble(cfg).pipeline
+    party = fed.parties(fed.trainer(), ["0"])["0"]
+    state = fed.initial_state()
     key = pipeline.steps[-1].state_key
-    r1 = party.handle(Task("0", "fit", 1, state, make_strategy(cfg).configure(1, list(state))))
+    r1 = party.handle(Task("0", "fit", 1, state, build_strategy(cfg).configure(1, list(state))))
     assert r1.ok and key in party.state
     first = {k: v.copy() for k, v in party.state[key].items()}
-    r2 = party.handle(Task("0", "fit", 2, state, make_strategy(cfg).configure(2, list(state))))
+    r2 = party.handle(Task("0", "fit", 2, state, build_strategy(cfg).configure(2, list(state))))
     assert r2.ok
     second = party.state[key]
     assert set(first) == set(second) and any(not np.array_equal(first[k], second[k]) for k in first)

@@ -12,7 +12,7 @@ import pytest
 from pollen.config import make_config
 from pollen.data import load_dataset, partition, write_shards
 from pollen.server.coordinator import Coordinator
-from pollen.simulation.build import Federation, initial_state, make_pipeline, make_strategy
+from pollen.compose import assemble, build_strategy, base_round_config
 from pollen.telemetry.events import RoundCompleted
 
 pytestmark = pytest.mark.slow
@@ -44,11 +44,11 @@ def test_topk_with_error_feedback_and_downlink_over_grpc(tmp_path):
         t.start()
     try:
         assert hub.wait_for_parties(2, timeout=60)
-        pipeline = make_pipeline(cfg)
+        pipeline = assemble(cfg).pipeline
         records: list[dict] = []
-        coord = Coordinator(strategy=make_strategy(cfg), transport=hub, rounds=3, pipeline=pipeline, round_timeout=120)
+        coord = Coordinator(strategy=build_strategy(cfg), transport=hub, rounds=3, pipeline=pipeline, round_timeout=120)
         coord.events.subscribe(lambda e: records.append(e.record) if isinstance(e, RoundCompleted) else None)
-        state0 = initial_state(cfg, Federation.from_config(cfg).dataset)
+        state0 = assemble(cfg).initial_state()
         final = coord.run(state0)
     finally:
         hub.close()

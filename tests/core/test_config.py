@@ -6,8 +6,15 @@ from pollen.errors import ConfigError
 
 
 def test_defaults_are_the_documented_job():
+    """The default job is W1 (BENCHMARKS.md): Fashion-MNIST, 100 IID parties, 10 a round, 30 rounds."""
+    from pollen.compose import assemble
+    from pollen.models.builtin import dataset_name
+
     c = make_config({})
-    assert (c.data.dataset, c.data.parties, c.data.partition, c.federation.rounds, c.federation.fraction) == ("fmnist", 10, "iid", 20, 1.0)
+    assert (dataset_name(c), c.data.parties, c.data.partition, c.federation.rounds) == ("fmnist", 100, "iid", 30)
+    assert assemble(c).strategy.sampler.sample_size(c.data.parties) == 10
+    few = make_config({"data": {"parties": 4}})
+    assert assemble(few).strategy.sampler.sample_size(4) == 4  # every party when there are fewer than 10
 
 
 def test_unknown_key_is_named_with_allowed_keys():

@@ -15,6 +15,7 @@ from pollen.data import (
     partition,
     quantity_skew,
     shards,
+    sizes,
     split_holdout,
 )
 from pollen.errors import DataError
@@ -40,7 +41,9 @@ SPLITTERS = {
     "shards": lambda seed: shards(LABELS, 7, 2, seed),
     "quantity": lambda seed: quantity_skew(1000, 7, 0.5, seed),
     "natural": lambda seed: natural(np.arange(1000) % 23, 7, seed),
+    "sizes": lambda seed: sizes(1000, SIZES, seed),
 }
+SIZES = [100, 150, 200, 50, 300, 100, 100]
 
 
 @pytest.mark.parametrize("scheme", PARTITION_SCHEMES)
@@ -54,12 +57,12 @@ def test_disjoint_complete_reproducible(scheme):
 @pytest.mark.parametrize("scheme", PARTITION_SCHEMES)
 def test_dispatcher(scheme):
     data = make_dataset(groups=np.arange(1000) % 23)
-    parts = partition(data, scheme, 7, seed=0, alpha=0.5, classes_per_party=2)
+    parts = partition(data, scheme, 7, seed=0, alpha=0.5, classes_per_party=2, sizes=",".join(map(str, SIZES)))
     assert all(np.array_equal(a, b) for a, b in zip(parts, SPLITTERS[scheme](0)))
 
 
 def test_dispatcher_errors():
-    valid = "iid, dirichlet, shards, quantity, natural"
+    valid = "iid, dirichlet, shards, quantity, natural, sizes"
     with pytest.raises(DataError, match=f"unknown partition scheme 'pathological'.*{valid}"):
         partition(make_dataset(), "pathological", 3, 0)
     for bad in (0, 1001, 2.5, True):

@@ -110,7 +110,7 @@ def test_fixed_noise_reports_prv_and_rdp():
     party = _party()
     state = state_to_numpy(party.trainer.model)
     cfg = _dp_config(1, noise_multiplier=1.1, target_epsilon=None, accountant="prv", headline=False)
-    up = dp_fit(party.trainer, state, *party.train.tensors(), cfg, torch.Generator(), {})
+    up = dp_fit(party.trainer, state, party.train, cfg, torch.Generator(), {})
     assert "epsilon" not in up.metrics
     assert 0 < up.metrics["epsilon_record"] <= up.metrics["epsilon_record_rdp"] * 1.01
     assert up.metrics["noise_multiplier"] == 1.1

@@ -10,12 +10,12 @@ import torch
 
 ts = pytest.importorskip("tenseal")
 
-from pollen.client.party import LocalParty, Shard  # noqa: E402
+from pollen.client.party import LocalParty, PartyTables, Shard  # noqa: E402
 from pollen.errors import ConfigError, PrivacyError  # noqa: E402
 from pollen.privacy import he  # noqa: E402
-from pollen.privacy.he_step import CKKSEncrypt  # noqa: E402
+from pollen.privacy.he_step import CKKSEncrypt, task_handlers  # noqa: E402
 from pollen.strategy.base import WeightedMean  # noqa: E402
-from pollen.transforms.base import Pipeline, StepContext, check_compatible  # noqa: E402
+from pollen.transforms.base import Pipeline, StepContext, check_pipeline  # noqa: E402
 from pollen.transport.inprocess import InProcessTransport  # noqa: E402
 from pollen.types import Update  # noqa: E402
 
@@ -41,7 +41,8 @@ def _updates(rng: np.random.Generator, parties: int) -> list[Update]:
 def _transport(party_keys, ids):
     step = CKKSEncrypt(party_keys)
     x, y = torch.zeros(1, 1), torch.zeros(1, dtype=torch.long)
-    parties = {pid: LocalParty(pid, Shard(x, y), trainer=None, pipeline=Pipeline((step,))) for pid in ids}
+    tables = PartyTables(task_handlers=task_handlers())
+    parties = {pid: LocalParty(pid, Shard(x, y), trainer=None, pipeline=Pipeline((step,)), tables=tables) for pid in ids}
     return step, InProcessTransport(parties)
 
 
@@ -116,7 +117,7 @@ def test_bad_packages_and_overflow_are_refused(keys):
 
 def test_median_over_ciphertexts_is_refused(keys):
     with pytest.raises(ConfigError, match="only their sum"):
-        check_compatible(Pipeline((CKKSEncrypt(keys[1]),)), "median", False)
+        check_pipeline(Pipeline((CKKSEncrypt(keys[1]),)), type("A", (), {"name": "median", "linear": False})())
 
 
 def test_keys_command_and_config(tmp_path, digits_cfg):

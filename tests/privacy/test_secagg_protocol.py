@@ -7,7 +7,8 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from pollen.client.party import TASK_HANDLERS, LocalParty, Shard
+from pollen.client.party import LocalParty, PartyTables, Shard
+from pollen.privacy.secagg.party import task_handlers
 from pollen.errors import RunError
 from pollen.privacy.secagg import SecAggParams, SecAggPlus, field, masks, shamir
 from pollen.privacy.secagg import constants as C
@@ -26,8 +27,8 @@ class FixedTrainer:
     def __init__(self, delta):
         self.delta = delta
 
-    def fit(self, state, x, y, config, generator, *a, **kw):
-        return Update(dict(self.delta), int(x.shape[0]), {"train_loss": 1.0})
+    def fit(self, state, data, config, generator, *a, **kw):
+        return Update(dict(self.delta), len(data), {"train_loss": 1.0})
 
 
 class Spy(InProcessTransport):
@@ -52,10 +53,11 @@ def federation(n=7, seed=0, scale=0.05):
     return deltas, examples
 
 
-def run_round(deltas, examples, step, transport_cls=InProcessTransport, extra_steps=()):
+def run_round(deltas, examples, step, transport_cls=InProcessTransport, extra_steps=(), handlers=None):
     pipeline = Pipeline((*extra_steps, step))
+    tables = PartyTables(task_handlers=handlers if handlers is not None else task_handlers())
     parties = {p: LocalParty(p, Shard(torch.zeros(examples[p], 1), torch.zeros(examples[p], dtype=torch.long)),
-                             FixedTrainer(d), pipeline=pipeline) for p, d in deltas.items()}
+                             FixedTrainer(d), pipeline=pipeline, tables=tables) for p, d in deltas.items()}
     transport = transport_cls(parties)
     state = {"w": np.zeros(D, np.float32), "b": np.zeros(3, np.float32)}
     coord = Coordinator(fedavg(Sampler(), ClientConfig()), transport, rounds=1, pipeline=pipeline)
@@ -111,7 +113,8 @@ def test_integer_buffers_are_summed_exactly():
     step = SecAggPlus(SecAggParams(clip=0.5))
     pipeline = Pipeline((step,))
     parties = {p: LocalParty(p, Shard(torch.zeros(examples[p], 1), torch.zeros(examples[p], dtype=torch.long)),
-                             FixedTrainer(d), pipeline=pipeline) for p, d in deltas.items()}
+                             FixedTrainer(d), pipeline=pipeline, tables=PartyTables(task_handlers=task_handlers()))
+               for p, d in deltas.items()}
     state = {"w": np.zeros(D, np.float32), "b": np.zeros(3, np.float32), "steps": np.array(0, np.int64)}
     coord = Coordinator(fedavg(Sampler(), ClientConfig()), InProcessTransport(parties), rounds=1, pipeline=pipeline)
     out = coord.run(state)
@@ -191,16 +194,17 @@ def test_t_minus_one_colluders_and_the_coordinator_cannot_unmask_a_survivor(monk
     the t − 1 colluders' shares rebuild a wrong key. With t colluders the attack works — the
     threshold is what protects h."""
     held = {}
-    real = TASK_HANDLERS[C.STAGE_UNMASK]
+    handlers = task_handlers()
+    real = handlers[C.STAGE_UNMASK]
 
     def snoop(party, task):  # the colluders hand over every share they hold
         held[party.party_id] = dict(party.state[C.STATE]["shares"])
         return real(party, task)
 
-    monkeypatch.setitem(TASK_HANDLERS, C.STAGE_UNMASK, snoop)
+    handlers[C.STAGE_UNMASK] = snoop
     deltas, examples = federation()
     step = SecAggPlus(SecAggParams())
-    _, spy, _ = run_round(deltas, examples, step, transport_cls=Spy)
+    _, spy, _ = run_round(deltas, examples, step, transport_cls=Spy, handlers=handlers)
     t, h = step.last.t, "0"
     masked = next(r.update.delta[C.MASKED] for r in spy.received
                   if r.kind == C.STAGE_MASKED_INPUT and r.party_id == h).view(np.uint32)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pollen.errors import ConfigError
-from pollen.simulation.build import make_pipeline
+from pollen.compose import assemble, build_strategy, base_round_config
 from pollen.simulation.run import simulate
 
 # A small MLP on digits without held-out splits: each run takes a few seconds.
@@ -43,6 +43,6 @@ def test_secagg_with_dropout_after_masking_still_learns(digits_cfg):
 
 def test_impossible_combinations_are_refused(digits_cfg):
     with pytest.raises(ConfigError, match="codec"):
-        make_pipeline(digits_cfg(privacy={"secagg": True}, compression={"codec": "topk"}))
+        assemble(digits_cfg(privacy={"secagg": True}, compression={"codec": "topk"}))
     with pytest.raises(ConfigError, match="at least 2 parties"):
-        make_pipeline(digits_cfg(privacy={"secagg": True}, federation={"parties_per_round": 1}))
+        assemble(digits_cfg(privacy={"secagg": True}, federation={"parties_per_round": 1}))

@@ -38,18 +38,18 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(digits_cfg, tmp_pat
 
 def test_history_never_runs_ahead_of_the_checkpoint_and_resume_restores_a_lost_line(digits_cfg):
     from pollen.server.checkpoint import Checkpointer
-    from pollen.simulation.build import Federation, initial_state, make_strategy
+    from pollen.compose import assemble, build_strategy, base_round_config
     from pollen.server import Coordinator
     from pollen.telemetry import RoundCompleted
     from pollen.transport.inprocess import InProcessTransport
 
     cfg = digits_cfg(federation={"rounds": 2}, run={"name": "order"})
-    fed = Federation.from_config(cfg)
+    fed = assemble(cfg)
     ckpt = Checkpointer(cfg.run.runs_dir + "/order")
     seen = []  # the checkpoint's round at the moment each RoundCompleted is published
-    coord = Coordinator(make_strategy(cfg), InProcessTransport(fed.make_parties(fed.make_trainer())), 2, checkpointer=ckpt)
+    coord = Coordinator(build_strategy(cfg), InProcessTransport(fed.parties(fed.trainer())), 2, checkpointer=ckpt)
     coord.events.subscribe(lambda e: seen.append((e.round, ckpt.load()[0])) if isinstance(e, RoundCompleted) else None)
-    coord.run(initial_state(cfg, fed.dataset))
+    coord.run(fed.initial_state())
     assert seen == [(1, 1), (2, 2)]
 
     # killed after round 2's checkpoint but before its history line: resume restores the line
@@ -77,7 +77,7 @@ def test_simulate_trains_with_its_threads_and_puts_back_the_callers(digits_cfg, 
     monkeypatch.setattr(Trainer, "fit", lambda self, *a, **k: (seen.append(torch.get_num_threads()), fit(self, *a, **k))[1])
     torch.set_num_threads(1)
     simulate(digits_cfg(federation={"rounds": 1}, simulation={"threads": 2}))
-    centralized(digits_cfg(federation={"rounds": 1}, simulation={"threads": 2}))
+    centralized(digits_cfg(federation={"rounds": 1}, simulation={"threads": 2}, run={"name": "c"}))
     assert seen and set(seen) == {2}  # the run used the configured threads ...
     assert torch.get_num_threads() == 1  # ... and left the caller's setting as it was
 
@@ -98,7 +98,7 @@ def test_cli_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "| a | fedavg |" in r.stdout and "centralized" in r.stdout
     r = _cli("report", "runs/a", cwd=tmp_path)
-    assert r.returncode == 0 and "test accuracy" in r.stdout
+    assert r.returncode == 0 and "| a | fedavg | digits | accuracy |" in r.stdout
     r = _cli("compare", "runs/a", "runs/a-centralized", cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.count("\n| a") == 2
     assert "Against training on pooled data" in (tmp_path / "runs/a/report.md").read_text()

@@ -12,7 +12,7 @@ import pytest
 from pollen.config import make_config
 from pollen.server import Coordinator
 from pollen.simulation import simulate
-from pollen.simulation.build import Federation, initial_state, make_strategy
+from pollen.compose import assemble, build_strategy, base_round_config
 from pollen.telemetry import EventBus, RoundCompleted
 from pollen.transport.inprocess import InProcessTransport
 
@@ -31,20 +31,20 @@ THRESHOLDS = {
 
 @pytest.fixture(scope="module")
 def federation():
-    return Federation.from_config(make_config(BASE))
+    return assemble(make_config(BASE))
 
 
 @pytest.mark.parametrize("name", sorted(THRESHOLDS))
 def test_strategy_learns_digits(federation, name):
     cfg = make_config({**BASE, "strategy": {"name": name, "async_buffer": 3}})
     federation.cfg = cfg
-    trainer = federation.make_trainer()
+    trainer = federation.trainer()
     records = []
     bus = EventBus()
     bus.subscribe(lambda e: records.append(e.record) if isinstance(e, RoundCompleted) else None)
-    coord = Coordinator(make_strategy(cfg), InProcessTransport(federation.make_parties(trainer)), 5,
-                        evaluate=federation.make_evaluator(trainer), fed_eval=True, events=bus)
-    coord.run(initial_state(cfg, federation.dataset))
+    coord = Coordinator(build_strategy(cfg), InProcessTransport(federation.parties(trainer)), 5,
+                        evaluate=federation.evaluator(trainer), fed_eval=True, events=bus)
+    coord.run(federation.initial_state())
     metric, threshold = THRESHOLDS[name]
     assert len(records) == 5 and all(r["aggregated"] for r in records)
     assert records[-1][metric] >= threshold, f"{name}: {metric} {records[-1][metric]:.3f} < {threshold}"

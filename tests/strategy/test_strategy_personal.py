@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from pollen.client.data import PartyData
 from pollen.client.party import LocalParty, Shard
 from pollen.client.trainer import Trainer, state_to_numpy
 from pollen.errors import StrategyError
@@ -43,7 +44,7 @@ def _federation(n=3, seed=0):
         # a feature shift per party (FedBN's setting): different input scale and offset
         x = torch.randn(40, 1, 8, 8, generator=g) * (1 + i) + i
         y = torch.randint(0, 10, (40,), generator=g)
-        parties[str(i)] = LocalParty(str(i), Shard(x, y), trainer, Shard(x[:10], y[:10]))
+        parties[str(i)] = LocalParty(str(i), PartyData(Shard(x, y), Shard(x[:10], y[:10])), trainer)
     return trainer, parties
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pollen.client.party import LocalParty, Shard
+from pollen.client.party import LocalParty, PartyTables, Shard
 from pollen.client.trainer import Trainer, state_to_numpy
 from pollen.strategy import ClientConfig, Sampler
-from pollen.strategy.scaffold import C_PREFIX, DC_PREFIX, PARTY_KEY, ScaffoldServer, scaffold
+from pollen.strategy.scaffold import C_PREFIX, DC_PREFIX, PARTY_KEY, ScaffoldClient, ScaffoldServer, scaffold
 from pollen.types import RoundConfig, Task
 
 LR, EPOCHS, N = 0.1, 3, 24
@@ -25,7 +25,8 @@ def _setup(seed=0):
     for pid in ("0", "1"):
         x = torch.randn(N, 4, generator=g)
         y = torch.randint(0, 3, (N,), generator=g)
-        parties[pid] = LocalParty(pid, Shard(x, y), Trainer(model))
+        parties[pid] = LocalParty(pid, Shard(x, y), Trainer(model),
+                                  tables=PartyTables(client_hooks={"scaffold": ScaffoldClient()}))
     return model, parties
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from pollen.cli import add_config_flags, config_from_args
 from pollen.errors import ConfigError
-from pollen.simulation.build import make_strategy
+from pollen.compose import assemble, build_strategy, base_round_config
 from pollen.strategy import ClientConfig
 from pollen.strategy.schedule import LrSchedule, load_config_hook, parse_epochs_schedule
 from pollen.types import RoundConfig
@@ -53,19 +53,19 @@ def _cfg(argv):
 
 def test_cli_flags_build_the_strategies(tmp_path):
     cfg = _cfg(["--dataset", "digits", "--strategy", "fedprox", "--proximal-mu", "0.01"])
-    strat = make_strategy(cfg)
+    strat = build_strategy(cfg)
     assert strat.name == "fedprox" and strat.configure(1, ["w"]).proximal_mu == 0.01
-    adam = make_strategy(_cfg(["--strategy", "fedadam", "--beta1", "0.8", "--tau", "0.01"]))
+    adam = build_strategy(_cfg(["--strategy", "fedadam", "--beta1", "0.8", "--tau", "0.01"]))
     assert (adam.server_optimizer.lr, adam.server_optimizer.beta1, adam.server_optimizer.tau) == (0.01, 0.8, 0.01)
-    assert make_strategy(_cfg(["--strategy", "fedadam", "--server-lr", "0.1"])).server_optimizer.lr == 0.1
-    buff = make_strategy(_cfg(["--strategy", "fedbuff", "--async-buffer", "3", "--max-staleness", "4"]))
+    assert build_strategy(_cfg(["--strategy", "fedadam", "--server-lr", "0.1"])).server_optimizer.lr == 0.1
+    buff = build_strategy(_cfg(["--strategy", "fedbuff", "--async-buffer", "3", "--max-staleness", "4"]))
     assert (buff.asynchronous.buffer_size, buff.asynchronous.max_staleness) == (3, 4)
-    assert make_strategy(_cfg(["--strategy", "fedasync"])).asynchronous.buffer_size == 1
+    assert build_strategy(_cfg(["--strategy", "fedasync"])).asynchronous.buffer_size == 1
     hook_file = tmp_path / "hooks.py"
     hook_file.write_text("def warmup(rnd, cfg):\n    return cfg.with_(lr=cfg.lr * min(1.0, rnd / 3))\n")
     cfg = _cfg(["--strategy", "fedavg", "--config-hook", f"{hook_file}:warmup", "--lr", "0.3",
                 "--lr-schedule", "cosine", "--rounds", "5", "--epochs-schedule", "1:1,4:3"])
-    s = make_strategy(cfg)
+    s = build_strategy(cfg)
     assert s.configure(1, ["w"]).lr == pytest.approx(0.1)
     assert s.configure(4, ["w"]).epochs == 3
 
@@ -79,4 +79,4 @@ def test_bad_hooks_and_conflicts_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="no function"):
         load_config_hook(f"{tmp_path / 'h.py'}:f")
     with pytest.raises(ConfigError, match="lr_decay"):
-        make_strategy(_cfg(["--lr-decay", "0.9", "--lr-schedule", "step"]))
+        build_strategy(_cfg(["--lr-decay", "0.9", "--lr-schedule", "step"]))

@@ -9,7 +9,7 @@ import pytest
 from pollen.config import make_config, merge
 from pollen.server.coordinator import Coordinator
 from pollen.simulation import simulate
-from pollen.simulation.build import Federation, initial_state, make_strategy
+from pollen.compose import assemble, build_strategy, base_round_config
 from pollen.transport.rpc.party import Backoff, GrpcParty, PartyOptions
 from pollen.transport.rpc.service import start_server
 from pollen.transport.rpc.status import fetch_status
@@ -31,10 +31,9 @@ def test_grpc_rounds_equal_inline_simulation(coordinator, shards, run_cfg, tmp_p
     c = coordinator()
     threads = _parties(c, shards)
     assert c.hub.wait_for_parties(3, timeout=60)
-    fed = Federation(run_cfg, Federation.from_config(run_cfg).dataset, [])
-    state0 = initial_state(run_cfg, fed.dataset)
+    state0 = assemble(run_cfg).initial_state()
     records = []
-    coord = Coordinator(strategy=make_strategy(run_cfg), transport=c.hub, rounds=2, round_timeout=60)
+    coord = Coordinator(strategy=build_strategy(run_cfg), transport=c.hub, rounds=2, round_timeout=60)
     coord.events.subscribe(lambda e: records.append(e.record) if hasattr(e, "record") and "round" in e.record else None)
     final = coord.run(state0)
     c.hub.close()
@@ -71,7 +70,7 @@ def test_dead_party_is_dropped_within_two_heartbeats(coordinator, shards, run_cf
     ch, stub, session = c.join("1")  # joins, then goes silent (as if killed)
     joined = time.monotonic()
     assert c.hub.available() == ["0", "1"]
-    state = initial_state(run_cfg, Federation.from_config(run_cfg).dataset)
+    state = assemble(run_cfg).initial_state()
     c.hub.submit(Task("1", "fit", 1, state, RoundConfig(round=1)))
     reply = c.hub.poll(timeout=10)
     detected = time.monotonic() - joined
@@ -201,7 +200,7 @@ def test_party_survives_a_refused_reply(coordinator, shards, run_cfg):
     c = coordinator()
     party, thread = _parties(c, shards, ids=["0"])[0]
     assert c.hub.wait_for_parties(1, timeout=60)
-    state = initial_state(run_cfg, Federation.from_config(run_cfg).dataset)
+    state = assemble(run_cfg).initial_state()
     c.hub.submit(Task("0", "fit", 1, state, RoundConfig(round=1)))  # the first task builds party.party
     assert c.hub.poll(timeout=60).ok
     real = party.party.handle

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pollen.config import make_config
-from pollen.simulation.build import Federation, initial_state
+from pollen.compose import assemble, build_strategy, base_round_config
 from pollen.simulation.process_pool import ProcessPoolTransport
 from pollen.transport.inprocess import InProcessTransport
 from pollen.types import RoundConfig, Task
@@ -16,19 +16,19 @@ def cfg():
 
 
 def _inprocess(cfg):
-    fed = Federation.from_config(cfg)
-    return InProcessTransport(fed.make_parties(fed.make_trainer()))
+    fed = assemble(cfg)
+    return InProcessTransport(fed.parties(fed.trainer()))
 
 
 def _pool(cfg):
-    fed = Federation.from_config(cfg)
-    return ProcessPoolTransport(cfg.to_dict(), fed.party_ids, workers=2)
+    fed = assemble(cfg)
+    return ProcessPoolTransport(fed, workers=2)
 
 
 @pytest.mark.parametrize("make", [_inprocess, _pool], ids=["inprocess", "process_pool"])
 def test_transport_contract(cfg, make):
-    fed = Federation.from_config(cfg)
-    state = initial_state(cfg, fed.dataset)
+    fed = assemble(cfg)
+    state = fed.initial_state()
     with make(cfg) as t:
         assert sorted(t.available()) == ["0", "1", "2"]
         assert t.pending() == 0 and t.poll(0.01) is None

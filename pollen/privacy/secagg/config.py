@@ -25,13 +25,14 @@ def secagg_step(cfg: Any) -> SecAggPlus:
     if codec != "none":
         raise ConfigError(f"--secagg masks 32-bit field elements and cannot follow codec {codec!r} "
                           "(masked values do not compress); use --codec none")
-    f = cfg.federation
-    per_round = f.parties_per_round or max(1, round(f.fraction * cfg.data.parties))
+    from pollen.strategy.registry import sampler_from_config
+
+    per_round = sampler_from_config(cfg).sample_size(cfg.data.parties)
     if per_round < 2:
         raise ConfigError(f"--secagg needs at least 2 parties per round (got {per_round}): the sum of one "
                           "update is the update")
     weighted = getattr(p, "client_dp", "off") == "off"
     params = SecAggParams(threshold=p.secagg_threshold, neighbours=p.secagg_neighbours, bits=p.secagg_bits,
                           clip=p.secagg_clip, weighted=weighted, dropout=p.secagg_dropout,
-                          timeout=f.round_timeout, seed=cfg.run.seed)
+                          timeout=cfg.federation.round_timeout, seed=cfg.run.seed)
     return SecAggPlus(params)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pollen.client.party import TASK_HANDLERS, party_index
+from pollen.client.party import party_index
 from pollen.errors import PrivacyError
 from pollen.privacy.he import Layout
 from pollen.privacy.secagg import constants as C
@@ -163,11 +163,6 @@ def _maybe_drop(me: str, payload: Mapping[str, Any], stage: str) -> None:
         raise PrivacyError(f"party {me} dropped out at {stage} (simulated)")
 
 
-def register() -> None:
-    """Teach the party runtime the secure-aggregation task kinds."""
-    TASK_HANDLERS[C.STAGE_SHARE_KEYS] = share_keys
-    TASK_HANDLERS[C.STAGE_MASKED_INPUT] = masked_input
-    TASK_HANDLERS[C.STAGE_UNMASK] = unmask
-
-
-register()
+def task_handlers() -> dict[str, Any]:
+    """The secure-aggregation task kinds and their party-side handlers (for ``PartyTables``)."""
+    return {C.STAGE_SHARE_KEYS: share_keys, C.STAGE_MASKED_INPUT: masked_input, C.STAGE_UNMASK: unmask}

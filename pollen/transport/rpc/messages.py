@@ -61,8 +61,7 @@ def reply_message(reply: Reply) -> tuple[dict[str, Any], Encoded]:
         state = u.delta
         header.update(num_examples=u.num_examples, metrics=dict(u.metrics), codec=dict(u.codec))
     if reply.evaluation is not None:
-        e = reply.evaluation
-        header["evaluation"] = [e.loss, e.accuracy, e.num_examples]
+        header["evaluation"] = reply.evaluation.to_json()
     return header, state_payload(state)
 
 
@@ -95,17 +94,32 @@ def check_reply(header: Mapping[str, Any], payload: bytes | bytearray, task: Tas
         metrics = {str(k): _number(v, f"metric {k!r}") for k, v in metrics.items()}
         update = Update(delta, int(n), metrics, dict(header.get("codec") or {}))
     elif task.kind == "evaluate":
-        ev = header.get("evaluation")
-        if not isinstance(ev, list) or len(ev) != 3:
-            raise ProtocolError(f"evaluate reply needs evaluation [loss, accuracy, examples], got {ev!r}")
-        evaluation = EvalResult(_number(ev[0], "loss"), _number(ev[1], "accuracy", 0.0, 1.0),
-                                int(_number(ev[2], "examples", 0, MAX_EXAMPLES)))
+        evaluation = _evaluation(header.get("evaluation"))
     else:  # extra task kinds (secure aggregation stages, …): tensors checked for dtype and finiteness
         delta, _ = decode(payload)
         _check_finite(delta)
         n = header.get("num_examples")
         update = Update(delta, int(_number(n, "num_examples", 0, MAX_EXAMPLES)), {}, dict(header.get("codec") or {})) if n is not None else None
     return Reply(task.party_id, task.kind, task.round, update=update, evaluation=evaluation, seconds=seconds)
+
+
+MAX_METRICS = 64
+
+
+def _evaluation(ev: Any) -> EvalResult:
+    """An evaluate reply's ``{"loss", "num_examples", "metrics"}``: finite numbers (None for a metric
+    undefined on the party's data, such as a one-class AUC), at most ``MAX_METRICS`` short names."""
+    if not isinstance(ev, dict) or not isinstance(ev.get("metrics", {}), dict):
+        raise ProtocolError(f"evaluate reply needs evaluation {{loss, num_examples, metrics}}, got {str(ev)[:200]!r}")
+    metrics = ev.get("metrics") or {}
+    if len(metrics) > MAX_METRICS or any(not isinstance(k, str) or not 0 < len(k) <= 64 for k in metrics):
+        raise ProtocolError(f"evaluation metrics: at most {MAX_METRICS} names of 1-64 characters")
+    clean = {k: None if v is None else _number(v, f"metric {k!r}") for k, v in metrics.items()}
+    if "accuracy" in clean and clean["accuracy"] is not None:
+        _number(clean["accuracy"], "accuracy", 0.0, 1.0)
+    loss = ev.get("loss")
+    return EvalResult.from_json({"loss": None if loss is None else _number(loss, "loss"), "metrics": clean,
+                                 "num_examples": int(_number(ev.get("num_examples"), "examples", 0, MAX_EXAMPLES))})
 
 
 def _number(value: Any, name: str, low: float | None = None, high: float | None = None) -> float:

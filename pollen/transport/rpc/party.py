@@ -15,18 +15,19 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
-import numpy as np
 import torch
 
 from pollen.client.party import LocalParty
-from pollen.errors import DataError, TransportError
+from pollen.errors import ModelError, PollenError, TransportError
 from pollen.transport.rpc import pollen_pb2 as pb
 from pollen.transport.rpc import pollen_pb2_grpc as pb_grpc
 from pollen.transport.rpc.framing import PROTOCOL_VERSION, assemble, grpc_options, to_chunks
 from pollen.transport.rpc.messages import reply_message, task_from_message
 from pollen.transport.rpc.tls import party_name, read_file
+from pollen.types import Reply
 
 log = logging.getLogger("pollen.party")
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
@@ -41,7 +42,10 @@ class PartyOptions:
     Attributes:
         party_id: this party's id (must match its certificate).
         server: ``HOST:PORT`` of the coordinator.
-        data_path: the party's shard folder (``pollen partition --out data/`` → ``data/party<i>``).
+        data_path: the party's own data (``ctx.data_path`` of its app; for the built-in datasets a
+            shard folder written by ``pollen partition --out data/`` → ``data/party<i>``).
+        app: this party's app (a .py file or module); None: the one the coordinator names.
+        device: where this party trains (None: the run's ``--device``).
         certs_dir: folder with ``ca.pem`` and ``party-<id>.pem``/``.key``.
         insecure: connect without TLS.
         server_name: the name the server certificate must carry (default: the host in ``server``).
@@ -53,7 +57,7 @@ class PartyOptions:
 
     party_id: str
     server: str
-    data_path: str
+    data_path: str | None
     certs_dir: str = "certs"
     insecure: bool = False
     server_name: str | None = None
@@ -61,6 +65,8 @@ class PartyOptions:
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     threads: int | None = None
+    app: str | None = None
+    device: str | None = None
 
 
 class Backoff:
@@ -84,51 +90,85 @@ class Backoff:
         self.attempt = 0
 
 
-def load_party_data(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict]:
-    """A shard's ``(x, y, original indices or None, meta)``."""
-    from safetensors import safe_open
+def build_party(opts: PartyOptions, welcome: dict[str, Any]) -> LocalParty:
+    """This process's ``LocalParty``, assembled by ``pollen.compose`` from the coordinator's config and
+    this party's own app and data, exactly as simulation assembles it.
 
-    from pollen.data import read_shard
-
-    x, y, meta = read_shard(path)
-    folder = Path(path)
-    folder = folder.parent if folder.is_file() else folder
-    with safe_open(str(folder / "data.safetensors"), framework="numpy") as f:
-        index = f.get_tensor("index") if "index" in f.keys() else None
-    return x, y, index, meta
-
-
-def build_party(party_id: str, run_config: dict, x: np.ndarray, y: np.ndarray, index: np.ndarray | None,
-                meta: dict) -> LocalParty:
-    """The ``LocalParty`` of this process, built like simulation's (``Federation.make_parties``).
+    Args:
+        opts: the party's options (its app, data path, device).
+        welcome: what the coordinator sent on joining: ``{"config": …, "signature": [[name, shape, dtype], …]}``
+            (a bare config is accepted too: then no model check).
 
     Raises:
-        DataError: the shard does not belong to the dataset the coordinator trains on.
+        ConfigError, DataError, ModelError: the app cannot be loaded, the data cannot be read, or the
+            app builds a model that differs from the coordinator's (the differences named).
     """
-    from types import SimpleNamespace
-
-    from pollen.client.party import Shard
-    from pollen.client.trainer import Trainer
+    from pollen.client.trainer import state_to_numpy
+    from pollen.compose import assemble
     from pollen.config import make_config
-    from pollen.data import split_holdout
-    from pollen.models import get_augmentation
-    from pollen.simulation.build import make_model, make_pipeline
 
-    cfg = make_config(run_config)
-    if meta.get("dataset") != cfg.data.dataset:
-        raise DataError(f"this party's shard is from dataset {meta.get('dataset')!r}, but the coordinator trains "
-                        f"on {cfg.data.dataset!r}; partition the right dataset or start the server with --dataset")
-    shape = SimpleNamespace(input_shape=tuple(meta["input_shape"]), num_classes=int(meta["num_classes"]))
-    trainer = Trainer(make_model(cfg, shape), get_augmentation(cfg.model.augmentation))  # as simulation builds it
-    pos = np.arange(len(y))
-    train, val = split_holdout(pos, cfg.data.holdout, cfg.run.seed + int(party_id)) if cfg.data.holdout > 0 else (pos, pos[:0])
-    if index is not None:  # order examples by their training-set index, as simulation does
-        train, val = train[np.argsort(index[train], kind="stable")], val[np.argsort(index[val], kind="stable")]
-    else:
-        log.warning("shard has no 'index' tensor (written by an older pollen): example order differs from simulation")
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    return LocalParty(party_id, Shard(xt, yt, torch.from_numpy(train)), trainer, Shard(xt, yt, torch.from_numpy(val)),
-                      seed=cfg.run.seed, pipeline=make_pipeline(cfg))
+    cfg = make_config(welcome["config"] if "config" in welcome else welcome)
+    assembly = assemble(cfg, opts.app)  # None: the app the coordinator names (built-in datasets, or its path)
+    assembly.use_device(opts.device)
+    ctx = assembly.context(opts.party_id, "party", opts.data_path)
+    trainer = assembly.trainer(ctx=ctx)
+    expected = welcome.get("signature") if "config" in welcome else None
+    if expected is not None:
+        check_model(assembly.model_signature(state_to_numpy(trainer.model)), expected)
+    party = assembly.party(opts.party_id, trainer, opts.data_path, lazy=False)
+    return party
+
+
+def check_model(mine: list[list[Any]], theirs: list[list[Any]]) -> None:
+    """Refuse a party model whose tensors differ from the coordinator's, naming the differences.
+
+    Raises:
+        ModelError: names, shapes or dtypes differ.
+    """
+    a = {n: (tuple(s), d) for n, s, d in mine}
+    b = {n: (tuple(s), d) for n, s, d in theirs}
+    if a == b:
+        return
+    missing, extra = sorted(set(b) - set(a))[:4], sorted(set(a) - set(b))[:4]
+    shapes = [f"{n}: {list(a[n][0])} here, {list(b[n][0])} at the coordinator" for n in sorted(set(a) & set(b))
+              if a[n] != b[n]][:4]
+    parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else []) + shapes
+    raise ModelError("this party's app builds a different model than the coordinator's (" + "; ".join(parts) +
+                     "): run the same app on both sides, or check that this party's data has the same features")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``(host, port)`` of ``HOST:PORT`` (``[v6]:PORT`` too).
+
+    Raises:
+        ConfigError: no port, or not a number in 1-65535.
+    """
+    from pollen.errors import ConfigError
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or (":" in host and not host.startswith("[")):
+        raise ConfigError(f"--server {address!r}: give the coordinator as HOST:PORT, e.g. localhost:9394 or "
+                          "192.168.1.100:9394 (the port the server printed when it started)")
+    return host, int(port)
+
+
+def explain_unreachable(code: grpc.StatusCode, details: str, opts: PartyOptions) -> str:
+    """A user's reading of a failed call: which of the usual causes it is, and the fix."""
+    text = details.lower()
+    tls_words = ("ssl", "tls", "handshake", "certificate", "wrong_version_number", "alert")
+    if not opts.insecure and any(w in text for w in tls_words):
+        if "wrong_version_number" in text or "record" in text or "http/1" in text or "unexpected eof" in text:
+            return ("the TLS handshake failed: the coordinator seems to run without TLS (--insecure); start both "
+                    f"sides the same way ({code.name}: {details})")
+        return (f"the TLS handshake failed ({details}): check that --certs-dir holds the ca.pem and "
+                f"party-{opts.party_id}.pem/.key made with the coordinator's CA, and --server-name if the host differs")
+    if opts.insecure and ("socket closed" in text or "connection reset" in text or "eof" in text
+                          or "end of tcp stream" in text or "frame" in text):
+        return ("the coordinator closed the connection: it probably requires TLS, and this party runs with "
+                f"--insecure; drop --insecure and pass --certs-dir ({code.name}: {details})")
+    if "connection refused" in text or "failed to connect" in text:
+        return f"nothing listens there yet (is the coordinator started, and is the port right?) ({code.name})"
+    return f"{code.name}: {details}"
 
 
 def make_channel(opts: PartyOptions) -> grpc.Channel:
@@ -170,9 +210,10 @@ class GrpcParty:
     """
 
     def __init__(self, opts: PartyOptions) -> None:
+        split_address(opts.server)  # a host without a port is refused before anything starts
         self.opts = opts
-        self.x, self.y, self.index, self.meta = load_party_data(opts.data_path)
         self.party: LocalParty | None = None
+        self.broken: str | None = None  # why this party cannot train (told to the coordinator with each task)
         self.session = ""
         self.rounds_done = 0
         self._stopping = threading.Event()
@@ -180,7 +221,8 @@ class GrpcParty:
             torch.set_num_threads(opts.threads)
         # Import the training stack now, before joining: on a loaded machine these imports can
         # hold the interpreter long enough to miss heartbeats right after the party joined.
-        import pollen.simulation.build  # noqa: F401
+        import pollen.client.trainer  # noqa: F401
+        import pollen.compose  # noqa: F401
 
     def run(self) -> int:
         """Serve tasks until the coordinator says stop; returns the number of tasks answered.
@@ -205,27 +247,34 @@ class GrpcParty:
                         raise TransportError(f"coordinator refused party {self.opts.party_id}: {exc.details()}") from None
                     now = time.monotonic()
                     unreachable_since = unreachable_since or now
+                    why = explain_unreachable(code, exc.details() or "", self.opts)
                     if now - unreachable_since > self.opts.retry_seconds:
-                        raise TransportError(f"coordinator {self.opts.server} unreachable for {self.opts.retry_seconds:.0f} s "
-                                             f"({code.name}: {exc.details()})") from None
+                        raise TransportError(f"coordinator {self.opts.server} unreachable for "
+                                             f"{self.opts.retry_seconds:.0f} s: {why}") from None
                     wait = backoff.next()
-                    log.info("coordinator unreachable (%s); retrying in %.2f s", code.name, wait,
-                             extra={"event": "reconnect", "reason": code.name, "seconds": round(wait, 3)})
+                    left = self.opts.retry_seconds - (now - unreachable_since)
+                    log.warning("cannot reach the coordinator at %s: %s; retry %d in %.1f s (giving up in %.0f s)",
+                                self.opts.server, why, backoff.attempt, wait, left,
+                                extra={"event": "reconnect", "reason": code.name, "seconds": round(wait, 3)})
                     self._stopping.wait(wait)
             return self.rounds_done
 
     def _serve(self, stub: pb_grpc.FederationStub, backoff: Backoff) -> bool:
         """Join and answer tasks; True when the coordinator ended the run."""
         joined = stub.Join(pb.JoinRequest(protocol_version=PROTOCOL_VERSION, party_id=self.opts.party_id,
-                                          num_examples=len(self.y)), timeout=30)
+                                          num_examples=0), timeout=30)
         backoff.reset()
         self.session = joined.session
         beat = _Heartbeat(stub, joined.session, joined.heartbeat_interval)
         beat.start()  # before building the model: that may take longer than a heartbeat interval
         try:
-            if self.party is None:
-                self.party = build_party(self.opts.party_id, json.loads(joined.run_config_json), self.x, self.y,
-                                         self.index, self.meta)
+            if self.party is None and self.broken is None:
+                try:
+                    self.party = build_party(self.opts, json.loads(joined.run_config_json))
+                except PollenError as exc:  # told to the coordinator with every task, so its operator sees it
+                    self.broken = f"{type(exc).__name__}: {exc}"
+                    log.error("party %s cannot train: %s", self.opts.party_id, self.broken,
+                              extra={"event": "broken", "reason": self.broken})
             log.info("party %s joined", self.opts.party_id, extra={"event": "join", "party": self.opts.party_id})
             while not self._stopping.is_set():
                 msg = assemble(stub.GetTask(pb.TaskRequest(session=self.session, wait_seconds=POLL_SECONDS)), 2**62)
@@ -233,7 +282,11 @@ class GrpcParty:
                     continue
                 if msg.header.get("type") == "stop":
                     return True
-                reply = self.party.handle(task_from_message(msg.header, msg.payload))
+                task = task_from_message(msg.header, msg.payload)
+                if self.party is None:
+                    reply = Reply(task.party_id, task.kind, task.round, failure=f"party cannot train: {self.broken}")
+                else:
+                    reply = self.party.handle(task)
                 header, payload = reply_message(reply)
                 try:
                     ack = stub.SendReply(to_chunks(header, payload, session=self.session))
