@@ -304,15 +304,18 @@ class Assembly:
             data = PartyData(train, val)
         return data
 
-    def party(self, party_id: str, trainer: Any, data_path: str | Path | None = None, lazy: bool = True) -> Any:
-        """One ``LocalParty`` (its data loaded on first use when ``lazy``)."""
+    def party(self, party_id: str, trainer: Any, data_path: str | Path | None = None, lazy: bool = True,
+              strict: bool = False) -> Any:
+        """One ``LocalParty`` (its data loaded on first use when ``lazy``; ``strict``: an error in the
+        app's code stops the run instead of failing the party's round)."""
         from pollen.client.party import LocalParty
 
         load = lambda: self.party_data(party_id, data_path)  # noqa: E731
         return LocalParty(party_id, load if lazy else load(), trainer, seed=self.cfg.run.seed,
-                          pipeline=self.pipeline, tables=self.tables, context=self.context(party_id, ROLE_PARTY, data_path))
+                          pipeline=self.pipeline, tables=self.tables, context=self.context(party_id, ROLE_PARTY, data_path),
+                          strict=strict)
 
-    def parties(self, trainer: Any, ids: Iterable[str] | None = None) -> dict[str, Any]:
+    def parties(self, trainer: Any, ids: Iterable[str] | None = None, strict: bool = False) -> dict[str, Any]:
         """The simulated parties ``ids`` (all when None), each reading ``--data-dir`` with its id.
 
         With a simulated attack (``cfg.attack``) the malicious parties get a ``MaliciousTrainer``
@@ -320,7 +323,7 @@ class Assembly:
         process-pool backend simulates them too.
         """
         trainer_of = self._attack_trainers(trainer)
-        return {pid: self.party(pid, trainer_of(pid), self.simulation_path(pid))
+        return {pid: self.party(pid, trainer_of(pid), self.simulation_path(pid), strict=strict)
                 for pid in (ids if ids is not None else self.party_ids)}
 
     def _attack_trainers(self, trainer: Any) -> Callable[[str], Any]:
@@ -379,7 +382,8 @@ class Assembly:
 
         f = self.cfg.federation
         return Coordinator(strategy=self.strategy, transport=transport, rounds=f.rounds, pipeline=self.pipeline,
-                           evaluate=evaluate, eval_every=f.eval_every, fed_eval=self.cfg.data.holdout > 0,
+                           evaluate=evaluate, eval_every=f.eval_every,
+                           fed_eval=self.cfg.data.holdout > 0 or not self.app.builtin,  # an app may hold out its own
                            fed_eval_every=f.fed_eval_every, min_fit_parties=f.min_fit_parties,
                            round_timeout=f.round_timeout, events=events if events is not None else EventBus(),
                            checkpointer=checkpointer, primary_metric=self.app.primary_metric[0])

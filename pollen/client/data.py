@@ -140,9 +140,9 @@ class PartyData:
     train: Source
     val: Source | None = None
 
-    def eval_source(self) -> Source:
-        """What federated evaluation uses: the held-out data, or the training data when there is none."""
-        return self.val if self.val is not None and len(self.val) > 0 else self.train
+    def eval_source(self) -> Source | None:
+        """What federated evaluation uses: the held-out data (None when the party has none)."""
+        return self.val if self.val is not None and len(self.val) > 0 else None
 
 
 def split_batch(batch: Any) -> Batch:

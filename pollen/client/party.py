@@ -19,7 +19,7 @@ from pollen.client.data import PartyData, Shard
 from pollen.client.trainer import GradHook, Trainer
 from pollen.errors import ConfigError, PollenError
 from pollen.transforms.base import Pipeline, StepContext, empty_pipeline
-from pollen.types import ModelState, Reply, Task, Update
+from pollen.types import EvalResult, ModelState, Reply, Task, Update
 
 
 Handler = Callable[["LocalParty", Task], Reply]
@@ -94,6 +94,8 @@ class LocalParty:
         pipeline: client-side update steps (clip, noise, compress, mask).
         tables: task handlers, client hooks and durable state keys (``pollen.compose`` builds them).
         context: the party's app ``Context`` (given to the app's own train/evaluate).
+        strict: let an error in the app's own code (``AppError``) propagate instead of becoming a
+            failure reply (inline simulation: a bug in the user's code stops the run with its message).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class LocalParty:
         pipeline: Pipeline | None = None,
         tables: PartyTables | None = None,
         context: Any = None,
+        strict: bool = False,
     ) -> None:
         self.party_id = party_id
         if not isinstance(data, PartyData) and not callable(data):
@@ -118,6 +121,7 @@ class LocalParty:
         self.pipeline = pipeline or empty_pipeline()
         self.tables = tables or PartyTables()
         self.context = context
+        self.strict = strict
         self.state: dict[str, Any] = {}  # kept between rounds (control variates, residuals, …)
 
     @property
@@ -169,6 +173,8 @@ class LocalParty:
             reply = handler(self, task)
             return replace(reply, seconds=time.perf_counter() - start)
         except (PollenError, RuntimeError, ValueError, TypeError, KeyError, IndexError, OSError) as exc:
+            if self.strict and type(exc).__name__ == "AppError":
+                raise
             return Reply(self.party_id, task.kind, task.round, failure=f"{type(exc).__name__}: {exc}",
                          seconds=time.perf_counter() - start)
 
@@ -204,9 +210,12 @@ class LocalParty:
         return self.pipeline.encode(update, ctx)
 
     def evaluate(self, task: Task):
-        """Evaluate the given model on the held-out split (the training data when there is none)."""
+        """Evaluate the given model on the held-out split (no examples when the party holds none out)."""
         state = task.state
         private = self.state.get("private")
         if task.config.extra.get("personalized") and private:
             state = {**task.state, **private}  # FedPer/FedBN: evaluate the personalised model
-        return self.trainer.evaluate(state, self.data.eval_source(), self.context)
+        data = self.data.eval_source()
+        if data is None:  # nothing held out: this party adds no weight to federated evaluation
+            return EvalResult(float("nan"), None, 0)
+        return self.trainer.evaluate(state, data, self.context)

@@ -13,7 +13,6 @@ import torch
 import torch.nn as nn
 
 from pollen.errors import ModelError
-from pollen.models.registry import register
 
 
 def _image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -73,16 +72,13 @@ class SmallCNN(nn.Module):
         return self.head(torch.relu(self.fc1(x.flatten(1))))
 
 
-@register("fedavg_cnn")
-def _fedavg_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def fedavg_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return FedAvgCNN(*_image_shape("fedavg_cnn", input_shape), num_classes)
 
 
-@register("cifar_cnn")
-def _cifar_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def cifar_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return CifarCNN(*_image_shape("cifar_cnn", input_shape), num_classes)
 
 
-@register("small_cnn")
-def _small_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def small_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return SmallCNN(*_image_shape("small_cnn", input_shape), num_classes)

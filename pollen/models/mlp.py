@@ -7,7 +7,6 @@ import math
 import torch
 import torch.nn as nn
 
-from pollen.models.registry import register
 
 
 class MLP(nn.Module):
@@ -24,11 +23,9 @@ class MLP(nn.Module):
         return self.head(self.body(x))  # (B, classes)
 
 
-@register("mlp")
-def _mlp(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def mlp(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return MLP(math.prod(input_shape), num_classes)
 
 
-@register("logreg")
-def _logreg(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def logreg(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))

@@ -7,19 +7,14 @@ from collections.abc import Callable
 import torch.nn as nn
 
 from pollen.errors import ModelError
+from pollen.models import cnn, mlp
 
 Builder = Callable[[tuple[int, ...], int], nn.Module]
-_REGISTRY: dict[str, Builder] = {}
-
-
-def register(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: register ``builder(input_shape, num_classes) -> nn.Module`` under ``name``."""
-
-    def deco(builder: Builder) -> Builder:
-        _REGISTRY[name] = builder
-        return builder
-
-    return deco
+# name -> builder(input_shape, num_classes): one explicit table (a user's own model is an app's model())
+_REGISTRY: dict[str, Builder] = {
+    "fedavg_cnn": cnn.fedavg_cnn, "cifar_cnn": cnn.cifar_cnn, "small_cnn": cnn.small_cnn,
+    "mlp": mlp.mlp, "logreg": mlp.logreg,
+}
 
 
 def available_models() -> list[str]:

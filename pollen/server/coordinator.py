@@ -337,7 +337,7 @@ class Coordinator:
             cfg = self.strategy.configure(rnd, list(state)).with_(extra={"personalized": True})
             tasks = [Task(pid, "evaluate", rnd, state, cfg) for pid in self.transport.available()]
             replies, _ = collect(self.transport, tasks, self.round_timeout)
-            good = [r for r in replies if r.ok and r.evaluation is not None]
+            good = [r for r in replies if r.ok and r.evaluation is not None and r.evaluation.num_examples > 0]
             res = weighted_eval([r.evaluation for r in good])
             if res is not None:
                 out.update(fed_loss=res.loss, **{f"fed_{k}": v for k, v in res.metrics.items()})

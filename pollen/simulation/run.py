@@ -113,7 +113,7 @@ def _simulate(assembly: Assembly, resume: Path | None, overwrite: bool,
     cfg = assembly.cfg
     inline = cfg.simulation.backend != "process"
     trainer = assembly.trainer()
-    parties = assembly.parties(trainer) if inline else None
+    parties = assembly.parties(trainer, strict=True) if inline else None
     party_state = None if parties is None else (
         lambda: {"parties": {pid: st for pid, p in parties.items() if (st := p.durable_state())}})
     folder = open_run(assembly, run_dir=resume, resume=resume is not None, overwrite=overwrite,
