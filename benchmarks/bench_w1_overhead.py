@@ -98,7 +98,7 @@ def pollen_run(partition: str) -> dict:
         "model": {"model": "fedavg_cnn"},
         "train": {"lr": 0.05, "batch_size": 32, "epochs": 1},
         "federation": {"rounds": ROUNDS, "parties_per_round": PER_ROUND},
-        "run": {"name": "bench", "runs_dir": out, "seed": 0, "progress": False},
+        "run": {"name": "bench", "runs_dir": out, "seed": 0, "progress": False, "device": "cpu"},  # the plain loop's device
     })
     t0 = time.perf_counter()
     result = simulate(cfg)

@@ -49,10 +49,11 @@ def run_one(strategy: str, split: str, seed: int, rounds: int, runs_dir: str, th
         "federation": {"rounds": rounds, "parties_per_round": 10},
         "strategy": {"name": strategy},
         "simulation": {"threads": threads},
-        "run": {"name": f"{strategy}-{split}-s{seed}-r{rounds}", "runs_dir": runs_dir, "seed": seed, "progress": False},
+        "run": {"name": f"{strategy}-{split}-s{seed}-r{rounds}", "runs_dir": runs_dir, "seed": seed, "progress": False,
+                "device": "cpu"},
     })
     t0 = time.perf_counter()
-    hist = simulate(cfg).history
+    hist = simulate(cfg, overwrite=True).history  # a run cut off by an interrupted grid is run again from round 1
     wall = time.perf_counter() - t0
     acc = [r.get("accuracy") for r in hist]
     reached = next((r["round"] for r in hist if (r.get("accuracy") or 0) >= TARGET), None)

@@ -81,6 +81,9 @@ PARTITION_SECTIONS: dict[str, set[str] | None] = {
     "data": {"dataset", "data_dir", "parties", "partition", "alpha", "classes_per_party", "sizes"}, "run": {"seed"}}
 
 
+LONG_USAGE = {"simulate", "centralized", "server", "client", "partition"}  # too many flags for a usage line
+
+
 class _Formatter(argparse.HelpFormatter):
     """Help on one line per flag where the terminal allows (a section fits a screen)."""
 
@@ -118,12 +121,12 @@ def add_config_flags(p: argparse.ArgumentParser, sections: Mapping[str, set[str]
             if keys is not None and key not in keys:
                 continue
         field = SECTIONS[section].model_fields[key]
-        title = f"[{section}]" + (f" {SECTIONS[section].__doc__.splitlines()[0].rstrip('.')}"
-                                  if SECTIONS[section].__doc__ and section != "run" else "")
+        doc = ((SECTIONS[section].__doc__ or "").splitlines() or [""])[0].rstrip(".:") if section != "run" else ""
+        title = f"[{section}] {doc}".rstrip()
         g = groups.setdefault(section, p.add_argument_group(title))
         dest = f"cfg__{section}__{key}"
         default = field.default
-        helptext = f"{field.description} (default: {default})"
+        helptext = field.description if "default" in (field.description or "") else f"{field.description} (default: {default})"
         names = [f"--{flag}"] + (["--scheme"] if flag == "partition" else [])
         if field.annotation is bool:
             g.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=helptext)
@@ -343,7 +346,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help[0].upper() + cmd.help[1:] + ".",
-                           formatter_class=_Formatter)
+                           formatter_class=_Formatter,
+                           usage=f"pollen {name} [OPTIONS]" if name in LONG_USAGE else None)
         if command is None or name == command:
             cmd.load()[0](p)
     return parser
