@@ -32,8 +32,11 @@ from pathlib import Path
 
 PARTIES, SPLIT = 10, 100  # 10 parties take part; the training set is cut into W1's 100 shards of 600
 PY = [sys.executable, "-m", "pollen.cli"]
-W1 = ["--dataset", "fmnist", "--parties", str(SPLIT), "--partition", "iid", "--lr", "0.05", "--batch-size", "32",
-      "--epochs", "1", "--seed", "0", "--holdout", "0", "--model", "fedavg_cnn", "--no-progress"]
+SPLIT_FLAGS = ["--dataset", "fmnist", "--parties", str(SPLIT), "--partition", "iid", "--seed", "0"]  # pollen partition
+# pollen server (it reads no split: the parties bring their shards). Every connected party is sampled every round
+# (--fraction 1) and training stays on the CPU, as in the inline child.
+W1 = ["--dataset", "fmnist", "--parties", str(SPLIT), "--fraction", "1", "--lr", "0.05", "--batch-size", "32",
+      "--epochs", "1", "--seed", "0", "--holdout", "0", "--model", "fedavg_cnn", "--device", "cpu", "--no-progress"]
 
 
 def free_port() -> int:
@@ -62,27 +65,22 @@ def inline_child(run_dir: str, rounds: int) -> None:
     """The inline simulation of the same run: parties 0-9 of the 100-party split, one process."""
     import torch
 
+    from pollen.compose import assemble, cores, data_bytes, finish_run, open_run
     from pollen.config import make_config
-    from pollen.server.coordinator import Coordinator
-    from pollen.simulation.build import Federation, cores, initial_state, make_pipeline, make_strategy
-    from pollen.simulation.run import finish_run
-    from pollen.telemetry.events import EventBus
-    from pollen.telemetry.history import HistorySink
     from pollen.transport.inprocess import InProcessTransport
 
     torch.set_num_threads(cores())
     cfg = make_config({"data": {"dataset": "fmnist", "parties": SPLIT, "partition": "iid", "holdout": 0.0},
                        "model": {"model": "fedavg_cnn"}, "train": {"lr": 0.05, "batch_size": 32, "epochs": 1},
-                       "federation": {"rounds": rounds}, "run": {"seed": 0, "progress": False}})
-    fed = Federation.from_config(cfg)
-    trainer, pipeline = fed.make_trainer(), make_pipeline(cfg)
-    bus = EventBus()
-    bus.subscribe(HistorySink(Path(run_dir) / "history.jsonl"))
-    transport = InProcessTransport(fed.make_parties(trainer, [str(i) for i in range(PARTIES)], pipeline))
-    coordinator = Coordinator(strategy=make_strategy(cfg), transport=transport, rounds=rounds, pipeline=pipeline,
-                              evaluate=fed.make_evaluator(trainer), events=bus)
-    state = coordinator.run(initial_state(cfg, fed.dataset))
-    finish_run(Path(run_dir), state, fed, method="fedavg")
+                       "federation": {"rounds": rounds, "fraction": 1.0},  # all ten parties every round
+                       "run": {"seed": 0, "progress": False, "device": "cpu"}})
+    assembly = assemble(cfg)
+    trainer = assembly.trainer()
+    parties = assembly.parties(trainer, [str(i) for i in range(PARTIES)])  # a subset of the 100-party split
+    folder = open_run(assembly, run_dir=run_dir)  # history.jsonl (+ config.toml); no checkpoints, as before
+    coordinator = assembly.coordinator(InProcessTransport(parties), folder.events, None, assembly.evaluator(trainer))
+    state = coordinator.run(assembly.initial_state())
+    finish_run(folder, assembly, state, method="fedavg", data_size=data_bytes(assembly, parties), parties=parties)
 
 
 def run_grpc(root: Path, rounds: int, tag: str) -> tuple[list[dict], float]:
@@ -92,7 +90,7 @@ def run_grpc(root: Path, rounds: int, tag: str) -> tuple[list[dict], float]:
     server = subprocess.Popen([*PY, "server", *W1, "--rounds", str(rounds), "--min-parties", str(PARTIES), "--host", "127.0.0.1", "--heartbeat-interval", "10",
                                "--port", str(port), "--certs-dir", str(root / "certs"), "--runs-dir", str(root / "runs"),
                                "--name", tag], stdout=log, stderr=subprocess.STDOUT)
-    parties = [subprocess.Popen([*PY, "client", "--party-id", str(i), "--server", f"localhost:{port}", "--data-path",
+    parties = [subprocess.Popen([*PY, "client", "--party-id", str(i), "--server", f"localhost:{port}", "--data",
                                  str(root / "data" / f"party{i}"), "--certs-dir", str(root / "certs"), "--threads", "1"],
                                 stdout=log, stderr=subprocess.STDOUT) for i in range(PARTIES)]
     if server.wait() != 0:
@@ -196,7 +194,7 @@ def main() -> None:
     make_certs(root / "certs", [str(i) for i in range(PARTIES)])
     out: dict = {"machine": machine(), "load_before": os.getloadavg(), "reps": args.reps, "rounds": args.rounds}
     if not args.skip_rounds:
-        subprocess.run([*PY, "partition", "--out", str(root / "data"), *W1[:6], "--seed", "0"], check=True,
+        subprocess.run([*PY, "partition", "--out", str(root / "data"), *SPLIT_FLAGS], check=True,
                        stdout=subprocess.DEVNULL)
         inline, grpc_ = [], []
         for rep in range(args.reps):  # alternate the variants so that load drifts hit both

@@ -26,16 +26,18 @@ import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from pollen.config import make_config
+from pollen.client.data import Shard
+from pollen.compose import assemble, cores
+from pollen.config import RunConfig, make_config
+from pollen.models import builtin
 from pollen.privacy.secagg import field, masks, shamir
 from pollen.privacy.secagg import party as secagg_party
 from pollen.privacy.secagg import protocol as secagg_protocol
-from pollen.server.coordinator import Coordinator
-from pollen.simulation.build import Federation, cores, initial_state, make_pipeline, make_strategy
 from pollen.transport.inprocess import InProcessTransport
 
 MODES = ("plain", "secagg", "secagg_drop30")
@@ -50,7 +52,21 @@ def base_config(parties: int, mode: str, neighbours: int | None, threshold: floa
                    "secagg_dropout": 0.3 if mode == "secagg_drop30" else 0.0}
     return {"data": {"dataset": dataset, "parties": parties, "partition": "iid", "holdout": 0},
             "model": {"model": model}, "train": {"lr": 0.05, "batch_size": 32, "epochs": 1},
-            "federation": {"rounds": 1}, "privacy": privacy, "run": {"seed": 0, "progress": False}}
+            "federation": {"rounds": 1, "fraction": 1.0},  # all parties sampled
+            "privacy": privacy, "run": {"seed": 0, "progress": False, "device": "cpu"}}
+
+
+def cut_app(split: RunConfig, limit: int | None):
+    """The built-in app with party i holding the first ``limit`` indices of party i's part of ``split``'s
+    partition (a reduced round, and the warm-up's 4 small parties of the full split)."""
+
+    def load_data(ctx):
+        ds = builtin.dataset(split)
+        idx = builtin.parts(split)[ctx.party_index][:limit]
+        return Shard(torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train), torch.from_numpy(np.sort(idx)))
+
+    return SimpleNamespace(model=builtin.model, load_data=load_data, server_data=builtin.server_data,
+                           metrics=builtin.metrics, primary_metric=builtin.primary_metric)
 
 
 class Recorder(InProcessTransport):
@@ -95,16 +111,19 @@ def instrument() -> None:
     timed(field, "dequantize", "dequantise")
     for fn in ("share_keys", "masked_input", "unmask"):
         timed(secagg_party, fn, f"party stage {fn} (total)")
-    secagg_party.register()  # the task handlers now point at the timed stage functions
+    # the parties' task handlers are read from the module when a run is assembled (after this): the timed ones
     timed(secagg_protocol, "_remove_masks", "coordinator: remove masks (total)")
 
 
-def one_round(fed: Federation, trainer, parties: int, mode: str, state0, args) -> dict:
+def one_round(app, trainer, parties: int, mode: str, state0, args) -> dict:
     cfg = make_config(base_config(parties, mode, args.neighbours if parties > 10 else None, args.threshold,
                                   args.dataset, args.model))
-    pipeline = make_pipeline(cfg)
-    transport = Recorder(fed.make_parties(trainer, pipeline=pipeline), keep=mode == "plain")
-    coord = Coordinator(make_strategy(cfg), transport, rounds=1, pipeline=pipeline, evaluate=None)
+    assembly = assemble(cfg, app)
+    pipeline = assembly.pipeline
+    transport = Recorder(assembly.parties(trainer), keep=mode == "plain")
+    for party in transport.parties.values():
+        party.data  # load every party's data before the clock starts (parties load it lazily)
+    coord = assembly.coordinator(transport)  # 1 round, no evaluation
     before = dict(TIMERS)
     cpu0 = time.process_time()
     outcome, _ = coord.run_round(1, state0, {})
@@ -136,18 +155,19 @@ def max_error(plain: dict, secure: dict) -> float:
 
 def run(parties: int, args) -> list[dict]:
     cfg = make_config(base_config(parties, "plain", None, args.threshold, args.dataset, args.model))
-    fed = Federation.from_config(cfg)
+    app = None  # the built-in app: each party's whole IID shard
     if args.examples_per_party:  # a reduced round (stated in the results): the first examples of each IID shard
-        fed.parts = [part[: args.examples_per_party] for part in fed.parts]
-    trainer = fed.make_trainer()
-    state0 = initial_state(cfg, fed.dataset)
-    small = Federation(fed.cfg, fed.dataset, [part[:64] for part in fed.parts[:4]])
+        app = cut_app(cfg, args.examples_per_party)
+    base = assemble(cfg, app)
+    trainer = base.trainer()  # one model for every round and mode
+    state0 = base.initial_state()
+    small = cut_app(cfg, min(64, args.examples_per_party or 64))  # 4 parties of the split, their first 64 examples
     one_round(small, trainer, 4, "plain", state0, args)  # warm-up: first-call costs of torch and imports
     rows = []
     for rep in range(args.reps):
         plain = None
         for mode in MODES:
-            r = one_round(fed, trainer, parties, mode, state0, args)
+            r = one_round(app, trainer, parties, mode, state0, args)
             if mode == "plain":
                 plain = r
             else:

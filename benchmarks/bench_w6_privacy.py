@@ -37,7 +37,7 @@ def row_config(row: str, rounds: int, runs_dir: str, threads: int | None = None)
         "model": {"model": "fedavg_cnn"},
         "train": {"lr": 0.05, "batch_size": 32, "epochs": 1},
         "federation": {"rounds": rounds, "parties_per_round": 10, "eval_every": 10},
-        "run": {"name": row, "runs_dir": runs_dir, "progress": False, "seed": 0},
+        "run": {"name": row, "runs_dir": runs_dir, "progress": False, "seed": 0, "device": "cpu"},
         "simulation": {"threads": threads},
     }
     kind, _, eps = row.partition("-")  # e.g. dpsgd-8
@@ -61,19 +61,21 @@ def membership_auc(cfg, state, history, members: int, seed: int = 0) -> dict:
 
     from pollen.attacks.membership import evaluate_scores, loss_threshold_scores
     from pollen.client.trainer import load_numpy_state
-    from pollen.simulation.build import Federation, make_model
+    from pollen.compose import assemble
+    from pollen.models import builtin
 
-    fed = Federation.from_config(cfg)
+    assembly = assemble(cfg)
+    ds, parts = builtin.dataset(assembly.cfg), builtin.parts(assembly.cfg)
     trained = sorted({p for line in history for p in line.get("parties", []) if p != "pooled"}, key=int)
-    idx = np.concatenate([fed.parts[int(p)] for p in trained]) if trained else np.concatenate(fed.parts)
+    idx = np.concatenate([parts[int(p)] for p in trained]) if trained else np.concatenate(parts)
     rng = np.random.default_rng(seed)
     mem = torch.from_numpy(np.sort(rng.choice(idx, min(members, len(idx)), replace=False)))
-    non = torch.from_numpy(np.sort(rng.choice(len(fed.dataset.y_test), members, replace=False)))
-    model = make_model(cfg, fed.dataset)
+    non = torch.from_numpy(np.sort(rng.choice(len(ds.y_test), members, replace=False)))
+    model = assembly.new_model()  # the run's architecture (GroupNorm under DP-SGD)
     load_numpy_state(model, state, strict=False)
     model.eval()
-    s_in = loss_threshold_scores(model, fed.x_train[mem], fed.y_train[mem])
-    s_out = loss_threshold_scores(model, torch.from_numpy(fed.dataset.x_test)[non], torch.from_numpy(fed.dataset.y_test)[non])
+    s_in = loss_threshold_scores(model, torch.from_numpy(ds.x_train)[mem], torch.from_numpy(ds.y_train)[mem])
+    s_out = loss_threshold_scores(model, torch.from_numpy(ds.x_test)[non], torch.from_numpy(ds.y_test)[non])
     res = evaluate_scores("loss-threshold", s_in, s_out, rng)
     return {"mia_auc": res.auc.value, "mia_auc_ci": [res.auc.low, res.auc.high],
             "mia_tpr_at_0.1%fpr": res.tpr_low_fpr.value, "mia_members": res.members}

@@ -63,7 +63,7 @@ def run_variant(name: str, partition: str, rounds: int = ROUNDS, eval_every: int
         "federation": {"rounds": rounds, "parties_per_round": PER_ROUND, "eval_every": eval_every},
         "simulation": {"threads": threads},
         "compression": CODECS[name][1],
-        "run": {"name": "w8", "runs_dir": out, "seed": 0, "progress": False},
+        "run": {"name": "w8", "runs_dir": out, "seed": 0, "progress": False, "device": "cpu"},
     })
     t0 = time.perf_counter()
     result = simulate(cfg)
@@ -115,17 +115,18 @@ def message_sizes() -> str:
     """Bytes of one real W1 reply (party 0, round 1, from the initial model) under each codec."""
     import numpy as np
 
+    from pollen.compose import assemble
     from pollen.config import make_config
     from pollen.serialization import reply_to_bytes
-    from pollen.simulation.build import Federation, initial_state, make_pipeline, make_strategy
     from pollen.transforms.base import StepContext
     from pollen.types import Reply, state_nbytes
 
-    base = make_config({"data": {"dataset": "fmnist", "parties": PARTIES, "holdout": 0.0}, "model": {"model": "fedavg_cnn"}})
-    fed = Federation.from_config(base)
-    party = fed.make_parties(fed.make_trainer(), ["0"])["0"]
-    state = initial_state(base, fed.dataset)
-    update = party.trainer.fit(state, party.train, make_strategy(base).configure(1, list(state)),
+    base = make_config({"data": {"dataset": "fmnist", "parties": PARTIES, "holdout": 0.0}, "model": {"model": "fedavg_cnn"},
+                        "run": {"device": "cpu"}})
+    run = assemble(base)
+    party = run.parties(run.trainer(), ["0"])["0"]
+    state = run.initial_state()
+    update = party.trainer.fit(state, party.train, run.strategy.configure(1, list(state)),
                                __import__("torch").Generator().manual_seed(0))
     raw = state_nbytes(update.delta)
     lines = ["| codec | bytes of one reply | × fewer than the float32 tensors |", "| --- | ---: | ---: |"]
@@ -134,7 +135,7 @@ def message_sizes() -> str:
             continue  # a label for an older run; the codec now sends sparse levels when smaller
         cfg = make_config({**base.to_dict(), "compression": comp})
         ctx = StepContext("0", 1, np.random.default_rng(0), {}, state)
-        enc = make_pipeline(cfg).encode(update, ctx)
+        enc = assemble(cfg).pipeline.encode(update, ctx)
         n = len(reply_to_bytes(Reply("0", "fit", 1, update=enc)))
         lines.append(f"| {label} | {n:,} | {raw / n:.1f}× |")
     return f"float32 update tensors: {raw:,} bytes\n\n" + "\n".join(lines) + "\n"
