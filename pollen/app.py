@@ -173,7 +173,10 @@ class App:
             return "app"
         if self.reference == BUILTIN:
             return "builtin"
-        return Path(self.reference).stem if self.reference.endswith(".py") else self.reference.rsplit(".", 1)[-1]
+        if self.reference.endswith(".py"):
+            path = Path(self.reference)
+            return path.parent.name if path.stem == "app" and path.parent.name else path.stem  # examples/hospitals/app.py: hospitals
+        return self.reference.rsplit(".", 1)[-1]
 
     @property
     def builtin(self) -> bool:
@@ -317,14 +320,14 @@ def _from_object(obj: Any, reference: str | None) -> App:
     if primary is None:
         name = next(iter(metrics), "loss")
         primary = (name, metrics[name].higher_is_better if name in metrics else False)
-    elif isinstance(primary, str):
-        higher = metrics[primary].higher_is_better if primary in metrics else not lower_is_better_name(primary)
-        if primary not in metrics and primary != "loss":
-            raise AppError(f"app {where}: primary_metric {primary!r} is not one of its metrics "
-                           f"({', '.join(['loss', *metrics])})")
-        primary = (primary, higher)
     else:
-        primary = (str(primary[0]), bool(primary[1]))
+        name, higher = (primary, None) if isinstance(primary, str) else (str(primary[0]), bool(primary[1]))
+        if name not in metrics and name != "loss" and get("evaluate") is None:
+            raise AppError(f"app {where}: primary_metric {name!r} is not one of its metrics "
+                           f"({', '.join(['loss', *metrics])}); add it to metrics, or compute it in evaluate()")
+        if higher is None:
+            higher = metrics[name].higher_is_better if name in metrics else not lower_is_better_name(name)
+        primary = (name, higher)
     config = get("config") or {}
     if not isinstance(config, Mapping):
         raise AppError(f"app {where}: config must be a dict like a TOML file ({{'federation': {{'rounds': 20}}}})")

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from pollen.app import ROLE_PARTY, ROLE_SERVER, App, Context, call_user, load_app
-from pollen.config import RunConfig, make_config, merge, to_toml
+from pollen.config import RunConfig, absolute_paths, make_config, merge, to_toml
 from pollen.errors import ConfigError, RunError
 
 log = logging.getLogger("pollen")
@@ -389,13 +389,15 @@ class Assembly:
                            checkpointer=checkpointer, primary_metric=self.app.primary_metric[0])
 
 
-def assemble(cfg: RunConfig, app: Any = None) -> Assembly:
+def assemble(cfg: RunConfig, app: Any = None, app_defaults: bool = True) -> Assembly:
     """Build a run from (config, app): the one builder every mode calls.
 
     Args:
         cfg: the run configuration.
         app: an app (path, module name, module or object; see ``pollen.app.load_app``), or None for
             the app named by ``cfg.app.path`` (the built-in datasets when that is unset too).
+        app_defaults: settle the app's ``config`` defaults under ``cfg`` (False for a deployed
+            party: the coordinator's config, sent when it joins, is the run's, whole).
 
     Raises:
         ConfigError: settings that cannot work together (all privacy problems listed at once), an
@@ -404,7 +406,7 @@ def assemble(cfg: RunConfig, app: Any = None) -> Assembly:
     from pollen.privacy.checks import check_config
 
     loaded = load_app(app if app is not None else cfg.app.path)
-    cfg = with_app(settle(cfg, loaded), loaded)
+    cfg = with_app(settle(cfg, loaded) if app_defaults else cfg, loaded)
     check_config(cfg)  # refuse combinations that cannot work before anything is loaded
     strategy = build_strategy(cfg)
     pipeline = build_pipeline(cfg, strategy.aggregator)
@@ -417,8 +419,8 @@ def run_dir_for(cfg: RunConfig, app: App, kind: str = "") -> Path:
     """``<runs_dir>/<name>`` (a name from the app or dataset, split and time when none is set)."""
     from pollen.models.builtin import dataset_name
 
-    what = dataset_name(cfg) if app.builtin else app.name
-    name = cfg.run.name or f"{what}-{cfg.data.partition}{kind}-{datetime.now():%Y%m%d-%H%M%S}"
+    what = f"{dataset_name(cfg)}-{cfg.data.partition}" if app.builtin else app.name  # an app reads its own files
+    name = cfg.run.name or f"{what}{kind}-{datetime.now():%Y%m%d-%H%M%S}"
     return Path(cfg.run.runs_dir) / name
 
 
@@ -477,7 +479,7 @@ def open_run(assembly: Assembly, *, kind: str = "", run_dir: str | Path | None =
             target = path / f
             shutil.rmtree(target) if target.is_dir() else target.unlink()
         path.mkdir(parents=True, exist_ok=True)
-        (path / "config.toml").write_text(to_toml(assembly.cfg.to_dict()))
+        (path / "config.toml").write_text(to_toml(absolute_paths(assembly.cfg.to_dict())))
     bus = EventBus()
     bus.subscribe(HistorySink(path / "history.jsonl", point.start - 1 if point else None, point.record if point else None))
     if assembly.cfg.run.progress:
@@ -525,7 +527,8 @@ def finish_run(folder: RunFolder, assembly: Assembly, state: Mapping[str, np.nda
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     app = assembly.app
     primary, higher = app.primary_metric
-    summary.update(method=method, app=app.reference if not app.builtin else None, parties=assembly.cfg.data.parties,
+    summary.update(method=method, app=app.reference if not app.builtin else None,
+                   app_name=None if app.builtin else app.name, parties=assembly.cfg.data.parties,
                    primary_metric=primary, higher_is_better=higher, data_bytes=data_size,
                    metric_names=list(app.metrics),
                    metric_notes={k: m.combine_note for k, m in app.metrics.items() if m.combine_note},

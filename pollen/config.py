@@ -280,8 +280,14 @@ def make_config(data: dict[str, Any] | None = None) -> RunConfig:
         raise ConfigError(_format_error(exc)) from None
 
 
+# Paths in a TOML file that are read relative to the file's folder (not the current directory).
+FILE_RELATIVE = (("app", "path"), ("data", "data_dir"))
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config file into a nested dict.
+    """Read a TOML config file into a nested dict; the paths in ``FILE_RELATIVE`` (the app, the data
+    folder) that are relative are made relative to the file's folder, so a project's config.toml
+    works from any directory.
 
     Raises:
         ConfigError: missing file or TOML syntax error (with the line).
@@ -290,9 +296,31 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     try:
-        return tomllib.loads(p.read_text())
+        data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    for section, key in FILE_RELATIVE:
+        values = data.get(section)
+        value = values.get(key) if isinstance(values, dict) else None
+        if not isinstance(value, str) or Path(value).expanduser().is_absolute():
+            continue
+        if section == "app" and not (value.endswith(".py") or "/" in value):
+            continue  # a module name, not a path
+        values[key] = str(p.parent.resolve() / value)
+    return data
+
+
+def absolute_paths(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the ``FILE_RELATIVE`` paths made absolute from the current directory (what a
+    run folder's config.toml records, so that it reads the same from anywhere)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for section, key in FILE_RELATIVE:
+        value = out.get(section, {}).get(key)
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            if section == "app" and not (value.endswith(".py") or "/" in value):
+                continue
+            out[section][key] = str(Path(value).resolve())
+    return out
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

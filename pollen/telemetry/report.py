@@ -57,6 +57,10 @@ def summarize(cfg: dict[str, Any], history: list[dict[str, Any]], summary: dict[
     """The headline numbers of a run (its primary metric: final and best)."""
     key, higher = primary_of(summary)
     evals = [r for r in history if isinstance(r.get(key), (int, float))]
+    where = "coordinator"
+    if not evals:  # an app without server_data: the parties' held-out data is all there is
+        evals = [{**r, key: r[f"fed_{key}"]} for r in history if isinstance(r.get(f"fed_{key}"), (int, float))]
+        where = "parties"
     final = evals[-1] if evals else {}
     best = (max if higher else min)(evals, key=lambda r: r[key]) if evals else {}
     up = sum(r.get("bytes_up", 0) for r in history)
@@ -66,8 +70,8 @@ def summarize(cfg: dict[str, Any], history: list[dict[str, Any]], summary: dict[
     app = summary.get("app")
     return {
         "method": summary.get("method") or cfg.get("strategy", {}).get("name", "?"),
-        "dataset": Path(app).stem if app else cfg.get("data", {}).get("dataset", "fmnist"),
-        "metric": key,
+        "dataset": summary.get("app_name") or (Path(app).stem if app else cfg.get("data", {}).get("dataset", "fmnist")),
+        "metric": key if where == "coordinator" else f"{key} (parties)",
         "rounds": len(history),
         "final": final.get(key),
         "final_loss": final.get("loss"),
@@ -94,7 +98,7 @@ def summary_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
         comm = f"{_mb(s['bytes_up'])} + {_mb(s['bytes_down'])}"
         ratio = "—" if s["comm_ratio"] is None else f"{100 * s['comm_ratio']:.1f} %"
         eps = "—" if s["epsilon"] is None else f"{s['epsilon']:.2f}"
-        m = s["metric"]
+        m = s["metric"].split(" ")[0]
         best = f"{_fmt_metric(m, s['best'])} ({s['best_round']})" if s["best"] is not None else "—"
         lines.append(f"| {name} | {s['method']} | {s['dataset']} | {m} | {_fmt_metric(m, s['final'])} | {best} | "
                      f"{s['rounds']} | {comm} | {ratio} | {eps} | {s['seconds']:.1f} |")
@@ -106,7 +110,7 @@ def write_report(run_dir: str | Path, baseline: dict[str, Any] | None = None) ->
     d = Path(run_dir)
     cfg, history, summary = load_run(d)
     s = summarize(cfg, history, summary)
-    key = s["metric"]
+    key = s["metric"].split(" ")[0]
     lines = [f"# Run `{d.name}`", "", summary_table([(d.name, s)])]
     notes = summary.get("metric_notes") or {}
     if notes:
