@@ -36,9 +36,8 @@ def run(strategy: str, seed: int, args: argparse.Namespace) -> dict:
     """One run until the target accuracy or ``max_rounds`` server steps; its time to target."""
     import torch
 
+    from pollen.compose import assemble
     from pollen.config import make_config
-    from pollen.server import Coordinator
-    from pollen.simulation.build import Federation, initial_state, make_strategy
     from pollen.simulation.clock import with_simulated_clock
     from pollen.transport.inprocess import InProcessTransport
 
@@ -51,14 +50,15 @@ def run(strategy: str, seed: int, args: argparse.Namespace) -> dict:
         "federation": {"rounds": max_rounds, "parties_per_round": 10},
         "strategy": {"name": strategy, "async_buffer": args.buffer, "async_concurrency": 10,
                      "party_speed": args.party_speed, "dropout": args.dropout, "step_seconds": args.step_seconds},
-        "run": {"seed": seed, "progress": False},
+        "run": {"seed": seed, "progress": False, "device": "cpu"},
     })
-    fed = Federation.from_config(cfg)
-    trainer = fed.make_trainer()
-    transport = with_simulated_clock(InProcessTransport(fed.make_parties(trainer)), cfg)
-    evaluate = fed.make_evaluator(trainer)
-    coord = Coordinator(make_strategy(cfg), transport, max_rounds)
-    state = initial_state(cfg, fed.dataset)
+    # the rounds are driven here (not by pollen.simulate) to stop at the target and read the virtual clock
+    assembly = assemble(cfg)
+    trainer = assembly.trainer()
+    transport = with_simulated_clock(InProcessTransport(assembly.parties(trainer)), assembly.cfg)
+    evaluate = assembly.evaluator(trainer)
+    coord = assembly.coordinator(transport)  # no evaluation of its own, no checkpoints
+    state = assembly.initial_state()
     opt_state = coord.strategy.server_optimizer.init(state)
     t0, trained, curve, reached = time.perf_counter(), 0, [], None
     for rnd in range(1, max_rounds + 1):

@@ -86,7 +86,7 @@ def he_micro(keys: Path, reps: int) -> dict:
 
 def part_he(keys: Path, reps: int, rounds: int) -> dict:
     w1 = ["--dataset", "fmnist", "--parties", "100", "--parties-per-round", "10", "--rounds", str(rounds),
-          "--model", "fedavg_cnn", "--lr", "0.05", "--batch-size", "32", "--holdout", "0", "--seed", "0"]
+          "--model", "fedavg_cnn", "--lr", "0.05", "--batch-size", "32", "--holdout", "0", "--seed", "0", "--device", "cpu"]
     reps_out = []
     for r in range(reps):
         plain = simulate(w1)
@@ -121,25 +121,27 @@ def part_cpu(keys: Path, reps: int, out_path: Path) -> dict:
     """
     import torch
 
-    from pollen.client.trainer import Trainer
+    from pollen.compose import assemble
     from pollen.config import make_config
-    from pollen.privacy.he_step import CKKSEncrypt, handle_decrypt
-    from pollen.simulation.build import Federation, initial_state
+    from pollen.privacy.he_step import CKKSEncrypt
     from pollen.strategy.base import WeightedMean
-    from pollen.transforms.base import Pipeline, StepContext
+    from pollen.transforms.base import StepContext
     from pollen.transport.inprocess import InProcessTransport
     from pollen.types import RoundConfig
 
     torch.set_num_threads(1)
-    cfg = make_config({"data": {"dataset": "fmnist", "parties": 100, "holdout": 0}, "model": {"model": "fedavg_cnn"}})
-    fed = Federation.from_config(cfg)
-    trainer = fed.make_trainer()
-    state = initial_state(cfg, fed.dataset)
-    step = CKKSEncrypt(keys)
+    cfg = make_config({"data": {"dataset": "fmnist", "parties": 100, "holdout": 0}, "model": {"model": "fedavg_cnn"},
+                       "privacy": {"he": True, "he_keys": str(keys)}, "run": {"device": "cpu"}})
+    run = assemble(cfg)  # its pipeline is the CKKS step; its parties answer the decryption task
+    trainer = run.trainer()
+    state = run.initial_state()
+    step = next(s for s in run.pipeline.steps if isinstance(s, CKKSEncrypt))
     ids = [str(i) for i in np.random.default_rng([0, 1]).choice(100, 10, replace=False)]
-    parties = fed.make_parties(trainer, ids, Pipeline((step,)))
+    parties = run.parties(trainer, ids)
+    for p in ids:
+        parties[p].data  # load the parties' data before the clock starts (parties load it lazily)
     transport = InProcessTransport(parties)
-    evaluate = fed.make_evaluator(trainer)
+    evaluate = run.evaluator(trainer)
     config = RoundConfig(lr=0.05, batch_size=32)
     rows = []
     for r in range(reps):
@@ -169,8 +171,8 @@ def part_cpu(keys: Path, reps: int, out_path: Path) -> dict:
 def part_mia(keys: Path, work: Path, shadows: int, out_path: Path) -> dict:
     from pollen.attacks.privacy_audit import LoadedRun, attack_membership
 
-    base = ["--dataset", "digits", "--parties", "5", "--rounds", "10", "--epochs", "10", "--model", "mlp",
-            "--holdout", "0", "--lr", "0.05", "--seed", "0"]
+    base = ["--dataset", "digits", "--parties", "5", "--fraction", "1", "--rounds", "10", "--epochs", "10",
+            "--model", "mlp", "--holdout", "0", "--lr", "0.05", "--seed", "0", "--device", "cpu"]
     variants = {
         "plain": [],
         "client-dp central ε=8": ["--client-dp", "central", "--target-epsilon", "8", "--delta", "1e-5"],
@@ -201,7 +203,7 @@ def part_inversion(work: Path, steps: int, out_path: Path) -> dict:
     out = {}
     for model in ("mlp", "fedavg_cnn"):
         run = run_keep(["--dataset", "fmnist", "--parties", "100", "--parties-per-round", "10", "--rounds", "1",
-                        "--model", model, "--holdout", "0", "--eval-every", "1"], work, f"inv-{model}")
+                        "--model", model, "--holdout", "0", "--eval-every", "1", "--device", "cpu"], work, f"inv-{model}")
         loaded = LoadedRun.load(run)
         for prot, kw in (("none", {}), ("dp σ=0.01", {"protection": "dp", "noise_multiplier": 0.01}),
                          ("dp σ=1", {"protection": "dp", "noise_multiplier": 1.0}),

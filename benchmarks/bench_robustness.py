@@ -44,13 +44,14 @@ def cell_config(args: argparse.Namespace, attack: str, aggregator: str, runs_dir
                  "holdout": 0.0},
         "model": {"model": args.model},
         "train": {"lr": 0.05, "batch_size": 32, "epochs": 1},
+        # without --parties-per-round every party trains every round (fraction 1; Pollen's default is 10)
         "federation": {"rounds": args.rounds, "parties_per_round": args.parties_per_round,
-                       "eval_every": args.eval_every},
+                       **({"fraction": 1.0} if args.parties_per_round is None else {}), "eval_every": args.eval_every},
         "strategy": {"name": aggregator, **({"byzantine_f": args.byzantine_f} if args.byzantine_f is not None else {})},
         "attack": ({"malicious_fraction": args.malicious_fraction, "attack": attack} if attack != "none" else {}),
         "simulation": {"threads": args.threads},
         "run": {"name": f"{attack}-{aggregator}-s{args.seed}", "runs_dir": runs_dir, "seed": args.seed,
-                "progress": False},
+                "progress": False, "device": "cpu"},
     }
 
 
