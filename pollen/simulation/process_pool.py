@@ -58,8 +58,7 @@ class ProcessPoolTransport(Transport):
     def __init__(self, assembly: Any, workers: int, threads: int = 1) -> None:
         app_ref = assembly.app.reference
         if app_ref is None:
-            raise ConfigError("the process backend starts fresh Python processes, which import your app by name: give "
-                              "the app as a .py file or a module name (or use --backend inline)")
+            raise ConfigError("worker processes import the app by name: give it as a .py file or a module name")
         cfg_dict = assembly.cfg.to_dict()
         self.ids = list(assembly.party_ids)
         workers = max(1, min(workers, len(self.ids)))

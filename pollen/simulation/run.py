@@ -15,7 +15,7 @@ import numpy as np
 
 from pollen.compose import (Assembly, RunFolder, assemble, cores, data_bytes, finish_run, open_run, torch_threads)
 from pollen.config import RunConfig
-from pollen.errors import RunError
+from pollen.errors import ConfigError, RunError
 from pollen.types import ModelState
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,9 @@ def _simulate(assembly: Assembly, resume: Path | None, overwrite: bool,
 
     cfg = assembly.cfg
     inline = cfg.simulation.backend != "process"
+    if not inline and assembly.app.reference is None:
+        raise ConfigError("the process backend starts fresh Python processes, which import your app by name: give "
+                          "the app as a .py file or a module name (or use --backend inline)")
     trainer = assembly.trainer()
     parties = assembly.parties(trainer, strict=True) if inline else None
     party_state = None if parties is None else (

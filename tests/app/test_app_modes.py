@@ -206,3 +206,39 @@ def test_own_train_cannot_run_with_a_proximal_term(tmp_path):
     app = {"model": lambda: None, "load_data": lambda ctx: None, "train": lambda m, d, c, ctx: {}}
     with pytest.raises(ConfigError, match="own local loop"):
         simulate(app=app, strategy="fedprox", parties=2, rounds=1, runs_dir=str(tmp_path), progress=False)
+
+
+def test_device_names_are_checked_with_a_clear_message():
+    import torch
+
+    from pollen.client.trainer import resolve_device
+    from pollen.errors import ConfigError
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="sees no CUDA device; use --device cpu"):
+            resolve_device("cuda:0")
+
+
+def test_an_app_object_cannot_go_to_worker_processes(tmp_path):
+    from pollen.errors import ConfigError
+
+    app = {"model": lambda: None, "load_data": lambda ctx: None}
+    with pytest.raises(ConfigError, match="import your app by name"):
+        simulate(app=app, parties=2, rounds=1, backend="process", runs_dir=str(tmp_path), progress=False)
+
+
+def test_exact_party_sizes_for_the_hospitals(tmp_path):
+    """--scheme sizes: the seed's 500 : 300 : 200 over every record of breast cancer's training split."""
+    from pollen.compose import assemble
+    from pollen.config import make_config
+
+    cfg = make_config({"data": {"dataset": "breast_cancer", "parties": 3, "partition": "sizes", "sizes": "500:300:200",
+                                "holdout": 0.0}})
+    asm = assemble(cfg)
+    sizes = [len(asm.party_data(p).train) for p in asm.party_ids]
+    assert sum(sizes) == 455 and sizes == [228, 136, 91]  # 455 × (0.5, 0.3, 0.2), largest remainders
+    exact = assemble(make_config({"data": {"dataset": "breast_cancer", "parties": 3, "partition": "sizes",
+                                           "sizes": "200,120,80", "holdout": 0.0}}))
+    assert [len(exact.party_data(p).train) for p in exact.party_ids] == [200, 120, 80]
