@@ -4,13 +4,15 @@ federation over gRPC (docs/deployment.md)."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
 
 from pollen.cli import SERVER_SECTIONS, add_config_flags, config_from_args, explicit_flags
-from pollen.errors import ConfigError
+from pollen.errors import ConfigError, PartyFailure
 
 
 # ------------------------------------------------------------ server
@@ -25,10 +27,7 @@ def server_args(p: argparse.ArgumentParser) -> None:
 
 
 def server_cmd(args: argparse.Namespace) -> int:
-    from pollen.compose import resume_config
-    from pollen.telemetry.report import compare
-    from pollen.transport.rpc.serve import run_server
-
+    check_host(args.cfg__network__host)  # before anything is imported or printed
     if args.log_json:
         from pollen.transport.rpc.logs import use_json_logs
 
@@ -38,17 +37,53 @@ def server_cmd(args: argparse.Namespace) -> int:
             args.cfg__network__min_parties = args.num_parties
         if args.cfg__data__parties is None:
             args.cfg__data__parties = args.num_parties
-    host = args.cfg__network__host
-    if host and ":" in host.strip("[]") and not host.startswith("["):
-        raise ConfigError(f"--host {host!r}: give the address alone and the port with --port (e.g. --host 0.0.0.0 "
-                          "--port 9394)")
-    if args.resume:
-        result = run_server(resume_config(Path(args.resume), explicit_flags(args)), resume=Path(args.resume))
-    else:
-        result = run_server(config_from_args(args), overwrite=args.overwrite)
+    from pollen.compose import resume_config
+
+    resume = Path(args.resume) if args.resume else None
+    cfg = resume_config(resume, explicit_flags(args)) if resume else config_from_args(args)
+    from pollen.transport.rpc import grpclog
+
+    # Before grpc is imported: an insecure coordinator learns of TLS clients only from gRPC's http tracer.
+    traced = cfg.network.insecure and grpclog.enable_http_trace()
+    reporter = grpclog.HandshakeReporter(logging.getLogger("pollen.server"))
+    capture = grpclog.StderrCapture(grpclog.server_handler(reporter, drop_info=traced))
+    capture.start()
+    try:
+        from pollen.transport.rpc.serve import run_server
+
+        result = run_server(cfg, resume=resume, overwrite=args.overwrite)
+    finally:
+        capture.stop()
+        reporter.flush()
+    from pollen.telemetry.report import compare
+
     print(compare([result.run_dir]))
     print(f"run written to {result.run_dir}/")
     return 0
+
+
+def check_host(host: str | None) -> None:
+    """Refuse a ``--host`` that carries a port (or a scheme), naming the flags to use instead.
+
+    Raises:
+        ConfigError: ``HOST:PORT``, ``[v6]:PORT`` or a URL.
+    """
+    if not host:
+        return
+    h = host.strip()
+    if h.startswith("[") and h.endswith("]"):
+        return  # [v6]
+    try:
+        ipaddress.ip_address(h)
+        return  # 0.0.0.0, ::, 192.168.1.10, fe80::1
+    except ValueError:
+        pass
+    if "://" in h or "/" in h:
+        raise ConfigError(f"--host {host!r}: give an address to listen on, not a URL (e.g. --host 0.0.0.0 --port 9394)")
+    addr, sep, port = h.rpartition(":")
+    if sep:
+        example = f"--host {addr.strip('[]') or '0.0.0.0'} --port {port if port.isdigit() else 9394}"
+        raise ConfigError(f"--host {host!r}: give the address alone and the port with --port (e.g. {example})")
 
 
 # ------------------------------------------------------------ client
@@ -71,12 +106,15 @@ def client_args(p: argparse.ArgumentParser) -> None:
 
 
 def client_cmd(args: argparse.Namespace) -> int:
-    from pollen.transport.rpc.party import GrpcParty, PartyOptions
+    from pollen.transport.rpc.party import GrpcParty, PartyOptions, split_address
 
+    split_address(args.server)  # a host without a port is refused before anything prints
     if args.log_json:
         from pollen.transport.rpc.logs import use_json_logs
 
         use_json_logs()
+    else:
+        plain_logs("pollen.party", verbose=getattr(args, "verbose", False))
     opts = PartyOptions(party_id=args.party_id, server=args.server, data_path=args.data_path, certs_dir=args.certs_dir,
                         insecure=args.insecure, server_name=args.server_name, retry_seconds=args.retry_seconds,
                         backoff_cap=args.backoff_cap, threads=args.threads, app=args.app, device=args.device)
@@ -84,14 +122,30 @@ def client_cmd(args: argparse.Namespace) -> int:
         print("WARNING: --insecure: this party sends its updates without TLS; local experiments only", file=sys.stderr)
     party = GrpcParty(opts)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        done = party.run()
-    except KeyboardInterrupt:
-        party.leave()
-        print(f"party {args.party_id} left the federation", file=sys.stderr)
-        return 0
+    from pollen.transport.rpc.grpclog import StderrCapture, party_handler
+
+    with StderrCapture(party_handler):  # gRPC's raw handshake lines: the retry message explains them
+        try:
+            done = party.run()
+        except KeyboardInterrupt:
+            party.leave()
+            print(f"party {args.party_id} left the federation", file=sys.stderr)
+            return 0
+    if party.broken:
+        raise PartyFailure(args.party_id, "setup", f"{party.broken} (the coordinator was told with each of its "
+                                                   f"{done} tasks)")
     print(f"party {args.party_id}: run finished after {done} tasks", file=sys.stderr)
     return 0
+
+
+def plain_logs(name: str, verbose: bool = False) -> None:
+    """Show logger ``name``'s INFO lines and up on stderr as bare messages (what a user reads)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(name)
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
 
 
 # ------------------------------------------------------------ certs

@@ -11,23 +11,25 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-import torch
 
-from pollen.client.party import LocalParty
-from pollen.errors import ModelError, PollenError, TransportError
+from pollen.errors import ConfigError, ModelError, PollenError, TransportError
 from pollen.transport.rpc import pollen_pb2 as pb
 from pollen.transport.rpc import pollen_pb2_grpc as pb_grpc
 from pollen.transport.rpc.framing import PROTOCOL_VERSION, assemble, grpc_options, to_chunks
 from pollen.transport.rpc.messages import reply_message, task_from_message
 from pollen.transport.rpc.tls import party_name, read_file
 from pollen.types import Reply
+
+if TYPE_CHECKING:
+    from pollen.client.party import LocalParty
 
 log = logging.getLogger("pollen.party")
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
@@ -101,22 +103,55 @@ def build_party(opts: PartyOptions, welcome: dict[str, Any]) -> LocalParty:
 
     Raises:
         ConfigError, DataError, ModelError: the app cannot be loaded, the data cannot be read, or the
-            app builds a model that differs from the coordinator's (the differences named).
+            app builds a model that differs from the coordinator's (the differences named). The data
+            is read before the models are compared: a shard of another dataset is named as such.
     """
     from pollen.client.trainer import state_to_numpy
     from pollen.compose import assemble
     from pollen.config import make_config
 
-    cfg = make_config(welcome["config"] if "config" in welcome else welcome)
-    assembly = assemble(cfg, opts.app)  # None: the app the coordinator names (built-in datasets, or its path)
+    given = welcome["config"] if "config" in welcome else welcome
+    if opts.app and not (given.get("app") or {}).get("path"):
+        raise ConfigError(f"this party runs --app {opts.app}, but the coordinator trains {describe_app(None, given)}: "
+                          f"run the same app on both sides (drop --app here, or start the coordinator with --app)")
+    cfg = make_config(given)
+    # None: the app the coordinator names (built-in datasets, or its path); the coordinator's config is the run's
+    assembly = assemble(cfg, opts.app, app_defaults=False)
     assembly.use_device(opts.device)
     ctx = assembly.context(opts.party_id, "party", opts.data_path)
     trainer = assembly.trainer(ctx=ctx)
+    party = assembly.party(opts.party_id, trainer, opts.data_path, lazy=False)
     expected = welcome.get("signature") if "config" in welcome else None
     if expected is not None:
         check_model(assembly.model_signature(state_to_numpy(trainer.model)), expected)
-    party = assembly.party(opts.party_id, trainer, opts.data_path, lazy=False)
     return party
+
+
+def describe_app(opts: PartyOptions | None, welcome: dict[str, Any]) -> str:
+    """The app this party trains with, in words (its own ``--app``, or the one the coordinator names)."""
+    if opts is not None and opts.app:
+        return f"app {opts.app}"
+    cfg = welcome.get("config", welcome)
+    path = (cfg.get("app") or {}).get("path")
+    if path:
+        return f"the coordinator's app {path}"
+    from pollen.models.builtin import DEFAULT_DATASET
+
+    return f"the built-in app on dataset {(cfg.get('data') or {}).get('dataset') or DEFAULT_DATASET}"
+
+
+def one_line(text: str, limit: int = 600) -> str:
+    """``text`` on one line, at most ``limit`` characters: a failure as the coordinator's log shows it."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
+
+
+def describe_data(opts: PartyOptions) -> str:
+    """This party's data, in words."""
+    if opts.data_path is None:
+        return "no --data (the app's load_data decides what this party reads)"
+    found = "" if Path(opts.data_path).expanduser().exists() else " (no such file or folder on this machine)"
+    return f"{opts.data_path}{found}"
 
 
 def check_model(mine: list[list[Any]], theirs: list[list[Any]]) -> None:
@@ -130,21 +165,23 @@ def check_model(mine: list[list[Any]], theirs: list[list[Any]]) -> None:
     if a == b:
         return
     missing, extra = sorted(set(b) - set(a))[:4], sorted(set(a) - set(b))[:4]
-    shapes = [f"{n}: {list(a[n][0])} here, {list(b[n][0])} at the coordinator" for n in sorted(set(a) & set(b))
+    shapes = [f"{n} {list(a[n][0])} here, {list(b[n][0])} there" for n in sorted(set(a) & set(b))
               if a[n] != b[n]][:4]
-    parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else []) + shapes
-    raise ModelError("this party's app builds a different model than the coordinator's (" + "; ".join(parts) +
-                     "): run the same app on both sides, or check that this party's data has the same features")
+    parts = shapes + ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else [])
+    # The fix first: the coordinator's history keeps only the first few hundred characters.
+    raise ModelError("this party's app builds a different model than the coordinator's: run the same app on both "
+                     "sides and check that this party's data has the coordinator's features (" + "; ".join(parts) + ")")
 
 
 def split_address(address: str) -> tuple[str, int]:
     """``(host, port)`` of ``HOST:PORT`` (``[v6]:PORT`` too).
 
     Raises:
-        ConfigError: no port, or not a number in 1-65535.
+        ConfigError: a URL, no port, or not a number in 1-65535.
     """
-    from pollen.errors import ConfigError
-
+    if "://" in address:
+        raise ConfigError(f"--server {address!r}: give the coordinator as HOST:PORT without a scheme, e.g. "
+                          f"{address.split('://', 1)[1].rstrip('/') or 'localhost:9394'}")
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or (":" in host and not host.startswith("[")):
         raise ConfigError(f"--server {address!r}: give the coordinator as HOST:PORT, e.g. localhost:9394 or "
@@ -152,23 +189,74 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def explain_unreachable(code: grpc.StatusCode, details: str, opts: PartyOptions) -> str:
-    """A user's reading of a failed call: which of the usual causes it is, and the fix."""
+def explain_unreachable(code: grpc.StatusCode, details: str, opts: PartyOptions, joined: bool = False) -> str:
+    """A user's reading of a failed call: which of the usual causes it is, and the fix.
+
+    What gRPC 1.85.1 reports (``exc.details()``; the code is UNAVAILABLE in each case):
+
+    - nothing listens: ``… last error: UNKNOWN: ipv4:127.0.0.1:PORT: Failed to connect to remote
+      host: Connection refused``; an unknown host: ``errors resolving HOST:PORT: …``;
+    - this party with TLS, the coordinator ``--insecure``: ``… Tls handshake failed
+      (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:100000f7:SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER: …``;
+    - this party ``--insecure``, the coordinator with TLS: ``… ipv4:127.0.0.1:PORT: Socket closed``
+      — and the same when the coordinator refuses this party's certificate (another CA made it);
+    - the coordinator's certificate from another CA: ``… OPENSSL_internal:BAD_SIGNATURE: certificate
+      signature failure``; made for another name: ``… Hostname Verification Check failed.``
+
+    Args:
+        code, details: the failed call's status.
+        opts: this party's options (TLS or not).
+        joined: this party had joined before: a closed connection is then the coordinator going away.
+    """
     text = details.lower()
-    tls_words = ("ssl", "tls", "handshake", "certificate", "wrong_version_number", "alert")
-    if not opts.insecure and any(w in text for w in tls_words):
-        if "wrong_version_number" in text or "record" in text or "http/1" in text or "unexpected eof" in text:
-            return ("the TLS handshake failed: the coordinator seems to run without TLS (--insecure); start both "
-                    f"sides the same way ({code.name}: {details})")
-        return (f"the TLS handshake failed ({details}): check that --certs-dir holds the ca.pem and "
-                f"party-{opts.party_id}.pem/.key made with the coordinator's CA, and --server-name if the host differs")
-    if opts.insecure and ("socket closed" in text or "connection reset" in text or "eof" in text
-                          or "end of tcp stream" in text or "frame" in text):
-        return ("the coordinator closed the connection: it probably requires TLS, and this party runs with "
-                f"--insecure; drop --insecure and pass --certs-dir ({code.name}: {details})")
-    if "connection refused" in text or "failed to connect" in text:
-        return f"nothing listens there yet (is the coordinator started, and is the port right?) ({code.name})"
+    cause = _last_error(details)
+    if "connection refused" in text:
+        return "connection refused: nothing listens there (is the coordinator started, and is this the port it printed?)"
+    if "errors resolving" in text or "dns" in text or "name resolution" in text:
+        return f"cannot resolve the host name ({cause}): check the spelling, or give an IP address"
+    if not opts.insecure:
+        if "wrong_version_number" in text or "http/1" in text:
+            return ("the coordinator runs without TLS (--insecure) and this party with TLS: start both the same way "
+                    "(the coordinator without --insecure and with --certs-dir, or this party with --insecure too for a "
+                    f"local experiment) [{cause}]")
+        if "hostname verification" in text or "peer name" in text:
+            host = split_address(opts.server)[0]
+            return (f"the coordinator's certificate is not made for the name {host!r}: connect by a name it lists "
+                    f"(pollen certs --hosts), or pass --server-name NAME [{cause}]")
+        if "handshake" in text or "ssl" in text or "certificate" in text:
+            return (f"this party does not trust the coordinator's certificate [{cause}]: --certs-dir must hold the "
+                    "ca.pem of the CA that made the coordinator's certificate")
+    if "socket closed" in text or "connection reset" in text or "end of tcp stream" in text or "eof" in text:
+        if joined:
+            return f"the connection to the coordinator was lost (it stopped or restarted?) [{cause}]"
+        if opts.insecure:
+            return ("the coordinator closed the connection at once: it requires TLS and this party runs with "
+                    f"--insecure; drop --insecure and pass --certs-dir with ca.pem and party-{opts.party_id}.pem/.key "
+                    f"[{cause}]")
+        return ("the coordinator closed the connection during the TLS handshake: it does not accept this party's "
+                f"certificate (party-{opts.party_id}.pem from another CA than the coordinator's?) [{cause}]")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer in time (a firewall dropping packets, or the wrong address?) [{cause}]"
     return f"{code.name}: {details}"
+
+
+def failed_address(details: str) -> str:
+    """The address gRPC's details name (``ipv4:127.0.0.1:9394``), or ``""``."""
+    m = re.search(r"last error: \w+: (ipv[46]:\S+?:\d+):", details)
+    return m.group(1) if m else ""
+
+
+def _last_error(details: str) -> str:
+    """The cause at the end of gRPC's details, short (``… last error: UNAVAILABLE: ipv4:…:PORT: Socket
+    closed`` → ``Socket closed``; a TLS failure → ``TLS handshake failed: BAD_SIGNATURE (certificate signature failure)``)."""
+    m = re.search(r"last error: \w+: (?:ipv[46]:\S+?:\d+: )?(.*)$", details)
+    tail = (m.group(1) if m else details).strip()
+    tls = re.search(r"OPENSSL_internal:([A-Z0-9_]+)(?::\s*([^:]+))?", tail)
+    if tls:
+        code, text = tls.group(1), (tls.group(2) or "").strip()
+        # WRONG_VERSION_NUMBER comes with "Invalid certificate verification context", which misleads
+        return f"TLS handshake failed: {code}" + (f" ({text})" if text and code != "WRONG_VERSION_NUMBER" else "")
+    return tail
 
 
 def make_channel(opts: PartyOptions) -> grpc.Channel:
@@ -202,8 +290,31 @@ class _Heartbeat(threading.Thread):
                 log.debug("heartbeat failed: %s", exc.code())
 
 
+class _Outage:
+    """A stretch of failed calls: when it began, after how many joins, and its most telling cause."""
+
+    def __init__(self, since: float, joins: int) -> None:
+        self.since, self.joins = since, joins
+        self.telling: tuple[str, str] | None = None  # (address, why) of its last failure that was not a refusal
+
+    def explain(self, code: grpc.StatusCode, details: str, opts: PartyOptions) -> str:
+        """``explain_unreachable``, except that a refusal at another address does not hide a telling cause:
+        "localhost" is [::1] and 127.0.0.1, and gRPC's details name only the address it tried last."""
+        why = explain_unreachable(code, details, opts, joined=self.joins > 0)
+        address = failed_address(details)
+        if "connection refused" not in details.lower():
+            self.telling = (address, why)
+        elif self.telling is not None and self.telling[0] != address:
+            return self.telling[1]
+        return why
+
+
 class GrpcParty:
     """Runs one party against a coordinator until the run ends.
+
+    What a user needs to know is logged to ``pollen.party``: the app and data at start, joining,
+    each failed attempt to reach the coordinator with its cause and the next retry (WARNING), and
+    why this party cannot train.
 
     Args:
         opts: connection options.
@@ -216,8 +327,11 @@ class GrpcParty:
         self.broken: str | None = None  # why this party cannot train (told to the coordinator with each task)
         self.session = ""
         self.rounds_done = 0
+        self.joins = 0
         self._stopping = threading.Event()
         if opts.threads:
+            import torch
+
             torch.set_num_threads(opts.threads)
         # Import the training stack now, before joining: on a loaded machine these imports can
         # hold the interpreter long enough to miss heartbeats right after the party joined.
@@ -228,54 +342,57 @@ class GrpcParty:
         """Serve tasks until the coordinator says stop; returns the number of tasks answered.
 
         Raises:
-            TransportError: refused by the coordinator, or unreachable for ``retry_seconds``.
+            TransportError: refused by the coordinator, or unreachable for ``retry_seconds`` on end.
         """
-        backoff = Backoff(self.opts.backoff_base, self.opts.backoff_cap)
-        unreachable_since: float | None = None
-        with make_channel(self.opts) as channel:
+        opts = self.opts
+        log.info("party %s: %s, data %s; connecting to the coordinator at %s", opts.party_id,
+                 f"app {opts.app}" if opts.app else "the coordinator's app", describe_data(opts), opts.server,
+                 extra={"event": "start", "party": opts.party_id})
+        backoff = Backoff(opts.backoff_base, opts.backoff_cap)
+        outage: _Outage | None = None
+        with make_channel(opts) as channel:
             stub = pb_grpc.FederationStub(channel)
             while not self._stopping.is_set():
                 try:
                     if self._serve(stub, backoff):
                         return self.rounds_done
-                    unreachable_since = None
                 except grpc.RpcError as exc:
                     code = exc.code()
                     if code == grpc.StatusCode.UNAUTHENTICATED:
                         continue  # session expired (coordinator restarted, or we were dropped): join again
                     if code not in RETRYABLE:
-                        raise TransportError(f"coordinator refused party {self.opts.party_id}: {exc.details()}") from None
+                        raise TransportError(f"coordinator refused party {opts.party_id}: {exc.details()}") from None
                     now = time.monotonic()
-                    unreachable_since = unreachable_since or now
-                    why = explain_unreachable(code, exc.details() or "", self.opts)
-                    if now - unreachable_since > self.opts.retry_seconds:
-                        raise TransportError(f"coordinator {self.opts.server} unreachable for "
-                                             f"{self.opts.retry_seconds:.0f} s: {why}") from None
-                    wait = backoff.next()
-                    left = self.opts.retry_seconds - (now - unreachable_since)
+                    if outage is None or outage.joins != self.joins:  # a new outage: the clock starts again
+                        outage = _Outage(now, self.joins)
+                    why = outage.explain(code, exc.details() or "", opts)
+                    left = opts.retry_seconds - (now - outage.since)
+                    if left <= 0:
+                        raise TransportError(f"gave up after {opts.retry_seconds:g} s without reaching the coordinator "
+                                             f"at {opts.server} (--retry-seconds): {why}") from None
+                    wait = min(backoff.next(), left)  # the last retry lands when the time is up, not after
                     log.warning("cannot reach the coordinator at %s: %s; retry %d in %.1f s (giving up in %.0f s)",
-                                self.opts.server, why, backoff.attempt, wait, left,
+                                opts.server, why, backoff.attempt, wait, left,
                                 extra={"event": "reconnect", "reason": code.name, "seconds": round(wait, 3)})
                     self._stopping.wait(wait)
             return self.rounds_done
 
     def _serve(self, stub: pb_grpc.FederationStub, backoff: Backoff) -> bool:
         """Join and answer tasks; True when the coordinator ended the run."""
-        joined = stub.Join(pb.JoinRequest(protocol_version=PROTOCOL_VERSION, party_id=self.opts.party_id,
+        opts = self.opts
+        joined = stub.Join(pb.JoinRequest(protocol_version=PROTOCOL_VERSION, party_id=opts.party_id,
                                           num_examples=0), timeout=30)
         backoff.reset()
+        self.joins += 1
         self.session = joined.session
         beat = _Heartbeat(stub, joined.session, joined.heartbeat_interval)
         beat.start()  # before building the model: that may take longer than a heartbeat interval
         try:
             if self.party is None and self.broken is None:
-                try:
-                    self.party = build_party(self.opts, json.loads(joined.run_config_json))
-                except PollenError as exc:  # told to the coordinator with every task, so its operator sees it
-                    self.broken = f"{type(exc).__name__}: {exc}"
-                    log.error("party %s cannot train: %s", self.opts.party_id, self.broken,
-                              extra={"event": "broken", "reason": self.broken})
-            log.info("party %s joined", self.opts.party_id, extra={"event": "join", "party": self.opts.party_id})
+                self._setup(json.loads(joined.run_config_json))
+            else:
+                log.info("party %s joined the federation at %s again", opts.party_id, opts.server,
+                         extra={"event": "join", "party": opts.party_id})
             while not self._stopping.is_set():
                 msg = assemble(stub.GetTask(pb.TaskRequest(session=self.session, wait_seconds=POLL_SECONDS)), 2**62)
                 if msg is None:
@@ -287,6 +404,10 @@ class GrpcParty:
                     reply = Reply(task.party_id, task.kind, task.round, failure=f"party cannot train: {self.broken}")
                 else:
                     reply = self.party.handle(task)
+                    if reply.failure:
+                        reply = replace(reply, failure=one_line(reply.failure))
+                        log.warning("round %s (%s) failed here (the coordinator is told): %s", task.round, task.kind,
+                                    reply.failure, extra={"event": "failed", "round": task.round, "reason": reply.failure})
                 header, payload = reply_message(reply)
                 try:
                     ack = stub.SendReply(to_chunks(header, payload, session=self.session))
@@ -304,6 +425,19 @@ class GrpcParty:
             return True  # stopped by stop()
         finally:
             beat.stopped.set()
+
+    def _setup(self, welcome: dict[str, Any]) -> None:
+        """Build this party from what the coordinator sent on joining, and say how it went."""
+        opts = self.opts
+        where = f"party {opts.party_id} joined the federation at {opts.server}"
+        try:
+            self.party = build_party(opts, welcome)
+        except PollenError as exc:  # told to the coordinator with every task, so its operator sees it
+            self.broken = one_line(f"{type(exc).__name__}: {exc}")
+            log.error("%s but cannot train: %s", where, self.broken, extra={"event": "broken", "reason": self.broken})
+            return
+        log.info("%s; training with %s on %s (%d examples)", where, describe_app(opts, welcome), describe_data(opts),
+                 self.party.num_examples, extra={"event": "join", "party": opts.party_id})
 
     def stop(self) -> None:
         """Make ``run`` return (after the task in hand, within one task poll): for embedding a party

@@ -18,10 +18,10 @@ from pollen.compose import Assembly, assemble, data_bytes, finish_run, open_run,
 from pollen.config import RunConfig
 from pollen.errors import RunError
 from pollen.simulation.run import RunInterrupted, RunResult
-from pollen.telemetry.events import Event, RoundCompleted, RoundStarted, RunCompleted, RunStarted
+from pollen.telemetry.events import Event, PartyReplied, RoundCompleted, RoundStarted, RunCompleted, RunStarted
 from pollen.telemetry.history import read_history
 from pollen.transport.rpc.hub import GrpcTransport, NetStats
-from pollen.transport.rpc.service import FederationService, start_server
+from pollen.transport.rpc.service import FederationService, listen_address, start_server
 from pollen.transport.rpc.tls import RevocationList
 
 log = logging.getLogger("pollen.server")
@@ -48,6 +48,38 @@ class _Progress:
             self.p["accuracy"] = event.record["accuracy"]
         elif isinstance(event, RunCompleted):
             self.p["phase"] = "finished"
+
+
+class _PartyFailures:
+    """Logs each party's failure with its reason, so an operator sees why a party did not train.
+
+    The progress display prints them too; while it is on they are logged at INFO (``--log-json``,
+    ``-v``), so a terminal does not show each one twice.
+    """
+
+    def __init__(self, display: bool) -> None:
+        self.level = logging.INFO if display else logging.WARNING
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, PartyReplied) and event.failure:
+            log.log(self.level, "party %s failed in round %s: %s", event.party_id, event.round, event.failure,
+                    extra={"event": "party_failed", "party": event.party_id, "round": event.round,
+                           "reason": event.failure})
+
+
+def last_failures(run_dir: Path, limit: int = 2) -> str:
+    """The last round's party failures in a few words (``round 3: party 0: …``), or ``""``."""
+    try:
+        records = read_history(run_dir)
+    except RunError:
+        return ""
+    last = next((r for r in reversed(records) if r.get("failures")), None)
+    if last is None:
+        return ""
+    items = list(last["failures"].items())
+    text = "; ".join(f"party {pid}: {reason[:200]}" for pid, reason in items[:limit])
+    more = f" (and {len(items) - limit} more)" if len(items) > limit else ""
+    return f"round {last.get('round')}: {text}{more}"
 
 
 def transport_stats(hub: GrpcTransport) -> dict:
@@ -90,6 +122,7 @@ def _serve(assembly: Assembly, resume: Path | None, overwrite: bool) -> RunResul
         state, start, opt_state = folder.resume.state, folder.resume.start, folder.resume.optimizer_state
     hub = GrpcTransport(net.heartbeat_interval, min_parties=net.min_parties, quorum_timeout=net.join_timeout)
     folder.events.subscribe(_Progress(hub.stats))
+    folder.events.subscribe(_PartyFailures(display=cfg.run.progress))
     if net.metrics_port:
         from pollen.telemetry.prometheus import PrometheusSink
 
@@ -101,7 +134,7 @@ def _serve(assembly: Assembly, resume: Path | None, overwrite: bool) -> RunResul
     service = FederationService(hub, welcome, int(net.max_message_mb * 1e6), net.insecure, RevocationList(revoked))
     server, port = start_server(service, net.host, net.port, None if net.insecure else net.certs_dir,
                                 workers=max(32, 4 * cfg.data.parties + 8))
-    print(f"coordinator listening on {net.host}:{port}; waiting for {net.min_parties} parties "
+    print(f"coordinator listening on {listen_address(net.host, port)}; waiting for {net.min_parties} parties "
           f"(run directory {folder.path})", file=sys.stderr, flush=True)
     completed = False
     try:
@@ -119,6 +152,10 @@ def _serve(assembly: Assembly, resume: Path | None, overwrite: bool) -> RunResul
             hub.wait_stopped(timeout=5.0)
         server.stop(grace=1.0).wait()
         hub.close()
-    finish_run(folder, assembly, state, method=assembly.strategy.name, data_size=data_bytes(assembly),
-               extra={"transport": "grpc", "tls": not net.insecure, "rejected_messages": dict(hub.stats.rejected)})
+    try:
+        finish_run(folder, assembly, state, method=assembly.strategy.name, data_size=data_bytes(assembly),
+                   extra={"transport": "grpc", "tls": not net.insecure, "rejected_messages": dict(hub.stats.rejected)})
+    except RunError as exc:  # no round aggregated: name what the parties said, on the same line
+        why = last_failures(folder.path)
+        raise RunError(f"{exc}; {why}" if why else str(exc)) from None
     return RunResult(folder.path, state, read_history(folder.path))

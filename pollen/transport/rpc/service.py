@@ -156,6 +156,11 @@ class FederationService(pb_grpc.FederationServicer):
                               bytes_out=st.bytes_out, protocol_version=PROTOCOL_VERSION)
 
 
+def listen_address(host: str, port: int) -> str:
+    """``HOST:PORT`` for gRPC, with an IPv6 address in brackets (``::`` → ``[::]:9394``)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 def start_server(service: FederationService, host: str, port: int, certs_dir: str | Path | None,
                  workers: int = 64) -> tuple[grpc.Server, int]:
     """Start the gRPC server (mutual TLS unless ``certs_dir`` is None).
@@ -168,7 +173,7 @@ def start_server(service: FederationService, host: str, port: int, certs_dir: st
     """
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=grpc_options())
     pb_grpc.add_FederationServicer_to_server(service, server)
-    address = f"{host}:{port}"
+    address = listen_address(host, port)
     try:
         if certs_dir is None:
             bound = server.add_insecure_port(address)
