@@ -1,0 +1,243 @@
+"""Hetero (vertical) logistic regression with Paillier encryption, FATE-style.
+
+Hardy et al., "Private federated learning on vertically partitioned data via entity resolution
+and additively homomorphic encryption", arXiv:1711.10677, 2017 (the Taylor-approximated loss and
+the coordinator holding the key); Yang et al., "Federated Machine Learning: Concept and
+Applications", ACM TIST 2019 (the guest/host/arbiter protocol FATE implements).
+
+Parties: the guest G holds labels y ∈ {0, 1} (s = 2y − 1) and columns X_G (plus the intercept);
+each host H_j holds columns X_j; the arbiter A holds the Paillier key. With u = Σ_p X_p w_p, the
+logistic loss log(1 + e^(−s·u)) is replaced by its second-order Taylor expansion at 0,
+log 2 − s·u/2 + u²/8, whose gradient in u is d = (u − 2s)/4. One mini-batch B::
+
+    H_j → G : [[u_j]] = Enc(X_j[B] w_j)                  fresh encryptions (A's public key)
+    G   → all: [[e]] = Π_j [[u_j]] · Enc(X_G[B] w_G − 2 s_B)   re-randomised by G's own fresh Enc
+    p   → A : [[X_p[B]ᵀ e + r_p]]                          r_p uniform in Z_n, kept by p
+    A   → p : X_p[B]ᵀ e + r_p  (decrypted)                  uniform in Z_n to A and to the relay
+    p       : g_p = (that − r_p)/(4|B|) + λ w_p;  w_p ← w_p − η g_p
+
+What each party sees: hosts and G see only ciphertexts of each other's values; A sees only
+uniformly masked sums; no party sees another's features, weights, gradients or (except G) the
+labels. The relay (the coordinator, which should run at the guest or a neutral site, never at
+the arbiter's) sees ciphertexts and masked values. Evaluation on the held-out rows is FATE's
+prediction: each host sends its partial scores X_j w_j of those rows to the guest in the clear.
+Semi-honest parties, and the arbiter must not collude with anyone (docs/vertical.md).
+
+Fixed point: u and e at 2^-24, features at 2^-16, so Xᵀe carries 2^-40; with a 2048-bit modulus
+no value comes near n/2.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pollen.errors import ProtocolError
+from pollen.types import Task
+from pollen.vertical.paillier import PrivateKey, PublicKey, fixed_point
+
+if TYPE_CHECKING:
+    from pollen.vertical.driver import Exchange
+    from pollen.vertical.party import VerticalParty
+
+U_BITS = 24  # fixed-point bits of u and of the residual e
+X_BITS = 16  # fixed-point bits of the features
+
+
+# ------------------------------------------------------------ party side
+@dataclass
+class LrState:
+    """A feature holder's weights and this batch's mask (or the arbiter's key)."""
+
+    public: PublicKey | None = None
+    key: PrivateKey | None = None
+    w: np.ndarray | None = None  # guest: its columns' weights then the intercept
+    x_train_int: np.ndarray | None = None  # fixed-point features (object ints)
+    masks: list[int] = field(default_factory=list)
+    lr: float = 0.1
+    l2: float = 0.0
+    guest: bool = False
+
+    def design(self, x: np.ndarray) -> np.ndarray:
+        """The party's columns (and the intercept's column of ones at the guest)."""
+        return np.hstack([x, np.ones((len(x), 1), np.float32)]) if self.guest else x
+
+    def model_state(self) -> dict[str, np.ndarray]:
+        if self.w is None:
+            return {}
+        if self.guest:
+            return {"weight": self.w[:-1].astype(np.float32), "bias": self.w[-1:].astype(np.float32)}
+        return {"weight": self.w.astype(np.float32)}
+
+
+def handlers(party: VerticalParty) -> dict[str, Callable[[Task], dict[str, np.ndarray]]]:
+    """The party's hetero-LR steps."""
+
+    def state() -> LrState:
+        if party.lr is None:
+            raise ProtocolError("hetero LR step before v.lr.init")
+        return party.lr
+
+    def keygen(task: Task) -> dict[str, np.ndarray]:  # arbiter
+        if party.role != "arbiter":
+            raise ProtocolError("only the arbiter holds the Paillier key")
+        key = PrivateKey(int(task.config.extra["key_bits"]))
+        party.lr = LrState(public=key.public, key=key)
+        return {"public_key": key.public.to_array()}
+
+    def init(task: Task) -> dict[str, np.ndarray]:  # guest and hosts
+        if party.x_train is None:
+            raise ProtocolError("v.lr.init before v.setup")
+        extra = task.config.extra
+        st = LrState(public=PublicKey.from_array(task.state["public_key"], min_bits=int(extra["min_key_bits"])),
+                     lr=float(extra["lr"]), l2=float(extra["l2"]), guest=party.role == "guest")
+        x = st.design(party.x_train)
+        st.w = np.zeros(x.shape[1], np.float64)
+        st.x_train_int = fixed_point(x, X_BITS)
+        party.lr = st
+        return {"features": np.array([x.shape[1]], np.int64)}
+
+    def forward(task: Task) -> dict[str, np.ndarray]:  # host: [[u_j]] of the batch, fresh encryptions
+        st = state()
+        b = _batch(task, len(party.x_train))
+        u = st.design(party.x_train[b]).astype(np.float64) @ st.w
+        return {"enc_u": st.public.ciphers_to_array(st.public.encrypt(st.public.encode(u, U_BITS)))}
+
+    def residual(task: Task) -> dict[str, np.ndarray]:  # guest: [[e]] = Σ_j [[u_j]] + Enc(u_G − 2s)
+        st = state()
+        b = _batch(task, len(party.x_train))
+        s = 2.0 * party.y_train[b].astype(np.float64) - 1.0
+        own = st.design(party.x_train[b]).astype(np.float64) @ st.w - 2.0 * s
+        total = st.public.encrypt(st.public.encode(own, U_BITS))  # the fresh randomness hides the hosts' [[u_j]]
+        for name in sorted(k for k in task.state if k.startswith("enc_u.")):
+            total = st.public.add(total, st.public.ciphers_from_array(task.state[name], len(b), f"host {name[6:]}'s [[u]]"))
+        return {"enc_e": st.public.ciphers_to_array(total)}
+
+    def gradient(task: Task) -> dict[str, np.ndarray]:  # guest and hosts: [[X_pᵀ e + r_p]]
+        st = state()
+        b = _batch(task, len(party.x_train))
+        enc_e = st.public.ciphers_from_array(task.state["enc_e"], len(b), "[[e]]")
+        g = st.public.dot(st.x_train_int[b], enc_e)
+        st.masks = st.public.random_masks(len(g))
+        masked = st.public.add(g, st.public.encrypt(st.masks))  # a fresh Enc(r): also re-randomises
+        return {"enc_g": st.public.ciphers_to_array(masked)}
+
+    def decrypt(task: Task) -> dict[str, np.ndarray]:  # arbiter: masked sums only
+        st = state()
+        if st.key is None:
+            raise ProtocolError("only the arbiter decrypts")
+        out = {}
+        for name, arr in task.state.items():
+            cipher = st.public.ciphers_from_array(arr, what=f"{name}")
+            out[name] = st.public.plains_to_array(st.key.decrypt(cipher))
+        return out
+
+    def update(task: Task) -> dict[str, np.ndarray]:  # guest and hosts: unmask, step
+        st = state()
+        n = st.public.n
+        masked = st.public.plains_from_array(task.state["masked_g"], len(st.masks), "masked gradient")
+        size = int(task.config.extra["batch"])
+        g = st.public.decode([(v - r) % n for v, r in zip(masked, st.masks)], U_BITS + X_BITS) / (4.0 * size)
+        st.masks = []
+        reg = st.l2 * st.w
+        if st.guest:
+            reg[-1] = 0.0  # the intercept is not penalised
+        st.w = st.w - float(task.config.extra["lr"]) * (g + reg)
+        return {}
+
+    def score(task: Task) -> dict[str, np.ndarray]:  # host: partial scores of the held-out rows, in the clear
+        st = state()
+        return {"u": (st.design(party.x_test).astype(np.float64) @ st.w).astype(np.float64)}
+
+    def evaluate(task: Task) -> dict[str, np.ndarray]:  # guest: metrics of the held-out rows
+        st = state()
+        u = st.design(party.x_test).astype(np.float64) @ st.w
+        for name in (k for k in task.state if k.startswith("u.")):
+            part = task.state[name]
+            if part.shape != u.shape:
+                raise ProtocolError(f"{name}: {part.shape[0]} scores for {u.shape[0]} held-out rows")
+            u = u + part
+        return binary_metrics(u, party.y_test)
+
+    return {"v.lr.keygen": keygen, "v.lr.init": init, "v.lr.forward": forward, "v.lr.residual": residual,
+            "v.lr.gradient": gradient, "v.lr.decrypt": decrypt, "v.lr.update": update, "v.lr.score": score,
+            "v.lr.evaluate": evaluate}
+
+
+def _batch(task: Task, n: int) -> np.ndarray:
+    b = np.asarray(task.state["batch"], dtype=np.int64)
+    if b.ndim != 1 or not b.size or b.min() < 0 or b.max() >= n:
+        raise ProtocolError(f"batch: expected positions in [0, {n}), got {b.size} values")
+    return b
+
+
+def binary_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, log loss (of the exact sigmoid) and AUC of logits against 0/1 labels."""
+    if len(y) == 0:
+        return {}
+    y = y.astype(np.float64)
+    p = 1.0 / (1.0 + np.exp(-np.clip(logits, -500, 500)))
+    loss = float(np.mean(np.logaddexp(0.0, logits) - y * logits))
+    out = {"accuracy": np.array([np.mean((logits > 0) == (y > 0.5))]), "loss": np.array([loss])}
+    pos, neg = int(y.sum()), int(len(y) - y.sum())
+    if pos and neg:
+        ranks = _ranks(p)
+        out["auc"] = np.array([(ranks[y > 0.5].sum() - pos * (pos + 1) / 2) / (pos * neg)])
+    return out
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties averaged."""
+    order = np.argsort(v, kind="mergesort")
+    ranks = np.empty(len(v), np.float64)
+    sv = v[order]
+    i = 0
+    while i < len(v):
+        j = i
+        while j + 1 < len(v) and sv[j + 1] == sv[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+# ------------------------------------------------------------ driver side
+def train(ex: Exchange, cfg: Any, n_train: int, emit: Callable[[int, dict[str, Any]], None]) -> None:
+    """The epochs of hetero LR: keys, then per mini-batch forward → residual → gradient → decrypt → update."""
+    v = cfg.vertical
+    guest, hosts, arbiter = cfg.guest, cfg.hosts, cfg.arbiter
+    holders = [guest, *hosts]
+    key = ex.call({arbiter: ("v.lr.keygen", {}, {"key_bits": v.key_bits})})[arbiter]["public_key"]
+    ex.call({p: ("v.lr.init", {"public_key": key}, {"lr": v.lr, "l2": v.l2, "min_key_bits": min(512, v.key_bits)})
+             for p in holders})
+    lr = v.lr
+    for epoch in range(1, v.epochs + 1):
+        t0, up0, down0 = time.perf_counter(), ex.bytes_up, ex.bytes_down
+        order = np.random.default_rng([cfg.run.seed, epoch]).permutation(n_train)
+        for start in range(0, n_train, v.batch_size):
+            batch = order[start : start + v.batch_size].astype(np.int64)
+            enc_u = ex.call({h: ("v.lr.forward", {"batch": batch}, {}) for h in hosts}) if hosts else {}
+            enc_e = ex.call({guest: ("v.lr.residual", {"batch": batch, **{f"enc_u.{h}": r["enc_u"] for h, r in enc_u.items()}},
+                                     {})})[guest]["enc_e"]
+            grads = ex.call({p: ("v.lr.gradient", {"batch": batch, "enc_e": enc_e}, {}) for p in holders})
+            plain = ex.call({arbiter: ("v.lr.decrypt", {p: r["enc_g"] for p, r in grads.items()}, {})})[arbiter]
+            ex.call({p: ("v.lr.update", {"masked_g": plain[p]}, {"lr": lr, "batch": len(batch)}) for p in holders})
+        lr *= v.lr_decay
+        record = evaluate(ex, cfg)
+        record.update(seconds=time.perf_counter() - t0, bytes_up=ex.bytes_up - up0, bytes_down=ex.bytes_down - down0,
+                      lr=lr / v.lr_decay)
+        emit(epoch, record)
+
+
+def evaluate(ex: Exchange, cfg: Any) -> dict[str, Any]:
+    """Metrics on the held-out rows (hosts' partial scores go to the guest in the clear, as in FATE)."""
+    if cfg.vertical.test_fraction == 0:
+        return {}
+    scores = ex.call({h: ("v.lr.score", {}, {}) for h in cfg.hosts}) if cfg.hosts else {}
+    got = ex.call({cfg.guest: ("v.lr.evaluate", {f"u.{h}": r["u"] for h, r in scores.items()}, {})})[cfg.guest]
+    return {k: float(a[0]) for k, a in got.items() if a.size and math.isfinite(float(a[0]))}
