@@ -321,8 +321,8 @@ def _run_trial(optuna: Any, study: Any, trial: Any, params: Sequence[Param], bas
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return _result(study, trial.number)
     except KeyboardInterrupt:
+        trial.set_user_attr("interrupted", True)  # a resumed study runs these parameters again
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        trial_interrupted(study, trial.number)
         raise
     except (ConfigError, RunError) as exc:  # settings that cannot work: a failed trial, the study goes on
         log.warning("trial %d failed: %s", trial.number, exc)
@@ -339,27 +339,23 @@ def _run_trial(optuna: Any, study: Any, trial: Any, params: Sequence[Param], bas
     return _result(study, trial.number)
 
 
-def trial_interrupted(study: Any, number: int) -> None:
-    """Mark trial ``number`` as cut off, so that a resumed study runs its parameters again."""
-    t = study.get_trials(deepcopy=False)[number]
-    study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)  # noqa: SLF001 - Optuna has no public setter after tell
-
-
 def _requeue_interrupted(study: Any) -> None:
-    """A trial left RUNNING (the process was killed) or marked interrupted is failed and its
-    parameters queued again: a resumed study repeats the cut-off trial instead of losing it."""
+    """A trial left RUNNING (the process was killed) or failed by an interruption is failed and
+    its parameters queued again: a resumed study repeats the cut-off trial instead of losing it."""
     optuna = _optuna()
+    done = set(study.user_attrs.get("requeued", []))
     for t in study.get_trials(deepcopy=False):
-        cut = t.state == optuna.trial.TrialState.RUNNING or (
-            t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("interrupted") and not t.user_attrs.get("requeued"))
-        if not cut:
+        if t.number in done:
             continue
         if t.state == optuna.trial.TrialState.RUNNING:
+            study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)  # noqa: SLF001 - no public API for this
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)  # noqa: SLF001
-            study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)  # noqa: SLF001
-        study._storage.set_trial_user_attr(t._trial_id, "requeued", True)  # noqa: SLF001
+        elif not (t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("interrupted")):
+            continue
         study.enqueue_trial(t.params, user_attrs={"repeats": t.number})
+        done.add(t.number)
         log.info("trial %d was cut off: its parameters run again", t.number)
+    study.set_user_attr("requeued", sorted(done))
 
 
 def _check_same_study(study: Any, out: Path, what: dict[str, Any]) -> None:

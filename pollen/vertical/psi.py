@@ -22,8 +22,9 @@ R learns of S's set only its size and the positions, in S's secret shuffle, of t
 S sees only X, values H(s‖x)^k_R under R's key, and learns |X|. A dictionary attack (hashing
 every candidate id) fails on both sides without the other's key. The salt makes the tags of one
 session unlinkable to another's. After the last host, R tells each host the positions of the
-final intersection in that host's shuffled list, in the aligned order (shuffled by R with the
-OS's CSPRNG): a host learns which of its own rows are common, their order and the size, nothing
+final intersection in that host's shuffled list, in the aligned order: the common ids sorted
+by their bytes, an order every party could compute from its own rows, so it reveals nothing and
+makes runs reproducible. A host learns which of its own rows are common and the size, nothing
 else. With more than one host R runs one exchange per host, so R also learns its overlap with
 each host separately (docs/vertical.md says so). Neither side is protected against a party that
 deviates (e.g. sends tags of ids it does not hold): this is the semi-honest model, as in FATE.
@@ -209,11 +210,10 @@ class PsiReceiver:
         return len(self.matches[host])
 
     def align(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The final intersection over every host: the guest's rows in the aligned order (a secret
-        random order) and, per host, the positions in its Y of the same ids in the same order."""
-        common = sorted(set.intersection(*(set(m) for m in self.matches.values()))) if self.matches else []
-        perm = _secure_permutation(len(common))
-        rows = np.asarray(common, dtype=np.int64)[perm] if common else np.zeros(0, np.int64)
+        """The final intersection over every host: the guest's rows in the aligned order (the
+        common ids sorted by their bytes) and, per host, the positions in its Y of the same ids."""
+        common = set.intersection(*(set(m) for m in self.matches.values())) if self.matches else set()
+        rows = np.asarray(sorted(common, key=lambda i: self.ids[i]), dtype=np.int64)
         return rows, {h: np.asarray([m[int(r)] for r in rows], dtype=np.int64) for h, m in self.matches.items()}
 
 
