@@ -23,7 +23,7 @@ the arbiter's) sees ciphertexts and masked values. Evaluation on the held-out ro
 prediction: each host sends its partial scores X_j w_j of those rows to the guest in the clear.
 Semi-honest parties, and the arbiter must not collude with anyone (docs/vertical.md).
 
-Fixed point: u and e at 2^-24, features at 2^-16, so Xᵀe carries 2^-40; with a 2048-bit modulus
+Fixed point: u and e at 2^-32, features at 2^-20, so Xᵀe carries 2^-52; with a 2048-bit modulus
 no value comes near n/2.
 """
 
@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     from pollen.vertical.driver import Exchange
     from pollen.vertical.party import VerticalParty
 
-U_BITS = 24  # fixed-point bits of u and of the residual e
-X_BITS = 16  # fixed-point bits of the features
+U_BITS = 32  # fixed-point bits of u and of the residual e
+X_BITS = 20  # fixed-point bits of the features
 
 
 # ------------------------------------------------------------ party side

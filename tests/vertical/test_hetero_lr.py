@@ -72,7 +72,7 @@ def test_encrypted_protocol_equals_plaintext_algorithm(tmp_path):
     want = _reference(xtr, ytr, 0, 3, 0.1, 32, 0.01)
     guest, host = r.parties["0"].lr.w, r.parties["1"].lr.w
     got = np.concatenate([guest[:-1], host, guest[-1:]])  # joined columns, then the intercept
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(got, want, atol=5e-5)  # fixed point: features at 2^-20
     assert np.abs(want).max() > 0.05  # it trained
 
 

@@ -4,6 +4,7 @@ with mutual TLS (coordinator and every party talking through real gRPC on 127.0.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 
 import numpy as np
@@ -97,23 +98,11 @@ def test_deployment_over_grpc_with_mutual_tls(tmp_path):
     from pollen.vertical.run import party_builder, serve_vertical
 
     certs = make_certs(tmp_path / "certs", ["0", "1", "2"])
+    with socket.socket() as sock:  # a free port on loopback
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     cfg = vertical_config(model="lr", parties=2, epochs=2, key_bits=512, name="grpc", runs_dir=str(tmp_path),
-                          progress=False, port=0, host="127.0.0.1", certs_dir=str(certs))
-    # port 0: the server picks a free port; the parties learn it from the server thread
-    port_box: dict[str, int] = {}
-    started = threading.Event()
-
-    import pollen.transport.rpc.service as service
-
-    real_start = service.start_server
-
-    def start_and_tell(*args, **kwargs):
-        server, port = real_start(*args, **kwargs)
-        port_box["port"] = port
-        started.set()
-        return server, port
-
-    service.start_server = start_and_tell
+                          progress=False, port=port, host="127.0.0.1", certs_dir=str(certs))
     result: dict[str, object] = {}
 
     def serve():
@@ -121,24 +110,18 @@ def test_deployment_over_grpc_with_mutual_tls(tmp_path):
             result["run"] = serve_vertical(cfg)
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             result["error"] = exc
-            started.set()
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
-    try:
-        assert started.wait(60)
-        assert "error" not in result, result.get("error")
-        parties = [GrpcParty(PartyOptions(party_id=pid, server=f"localhost:{port_box['port']}", data_path=None,
-                                          certs_dir=str(certs), retry_seconds=60), build=party_builder())
-                   for pid in ("0", "1", "2")]
-        threads = [threading.Thread(target=p.run, daemon=True) for p in parties]
-        for t in threads:
-            t.start()
-        server.join(timeout=300)
-        for t in threads:
-            t.join(timeout=30)
-    finally:
-        service.start_server = real_start
+    parties = [GrpcParty(PartyOptions(party_id=pid, server=f"127.0.0.1:{port}", data_path=None, certs_dir=str(certs),
+                                      retry_seconds=60, backoff_base=0.2), build=party_builder())
+               for pid in ("0", "1", "2")]  # they retry until the coordinator listens
+    threads = [threading.Thread(target=p.run, daemon=True) for p in parties]
+    for t in threads:
+        t.start()
+    server.join(timeout=600)
+    for t in threads:
+        t.join(timeout=60)
     assert "error" not in result, result.get("error")
     run = result["run"]
     assert run.summary["transport"] == "grpc" and run.summary["tls"] is True and run.summary["aligned"] == 569
