@@ -436,8 +436,7 @@ def write_results(study: Any, out: Path, base: RunConfig, metric: str) -> TuneRe
                                              "" if t.value is None else t.value, t.state, t.rounds,
                                              "" if t.epsilon is None else t.epsilon]) + "\n")
     if best is not None:
-        cfg = resolve_config_with(base, best.params)
-        data = cfg.to_dict()
+        data = best_settings(base, best.params)
         data.setdefault("run", {})["name"] = f"{out.name}-best"
         data["run"].pop("progress", None)
         (out / "best.toml").write_text(f"# best of {len(trials)} trials ({metric} = {_fmt(best.value)}): pollen simulate "
@@ -453,13 +452,16 @@ def write_results(study: Any, out: Path, base: RunConfig, metric: str) -> TuneRe
     return TuneResult(out, best.params, best.value, trials, eps, delta)
 
 
-def resolve_config_with(base: RunConfig, params: Mapping[str, Any]) -> RunConfig:
-    """``base`` with the trial's settings applied (what ``best.toml`` holds)."""
+def best_settings(base: RunConfig, params: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``best.toml`` holds: the settings the base configuration set, with the trial's on top
+    (checked to make a valid ``RunConfig``; defaults are left out)."""
     from pollen.config import make_config
 
-    explicit = {name: section.model_dump(include=section.model_fields_set) for name, section in base
+    explicit = {name: section.model_dump(include=section.model_fields_set, exclude_none=True) for name, section in base
                 if section.model_fields_set}
-    return make_config(merge(explicit, flags_to_sections(dict(params))))
+    data = merge(explicit, flags_to_sections(dict(params)))
+    make_config(data)
+    return {k: v for k, v in data.items() if v}
 
 
 def _fmt(v: Any) -> str:

@@ -65,7 +65,7 @@ def test_gradients_equal_the_centralised_models(tmp_path):
 
 
 def test_split_learning_learns_and_noise_reaches_the_activations(tmp_path):
-    r = simulate_vertical(model="split", parties=2, epochs=8, batch_size=32, lr=0.05, name="learn",
+    r = simulate_vertical(model="split", parties=2, epochs=8, batch_size=32, lr=0.3, name="learn",
                           runs_dir=str(tmp_path), progress=False)
     assert r.history[-1]["accuracy"] > 0.93
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
