@@ -41,6 +41,8 @@ class VerticalSection(_Section):
     lr_decay: float = Field(0.9, gt=0, le=1, description="multiply the learning rate by this after every epoch")
     l2: float = Field(0.0, ge=0, description="L2 penalty on the weights (lr; the intercept is not penalised)")
     test_fraction: float = Field(0.25, ge=0, lt=1, description="aligned rows held out for evaluation (a seeded random split)")
+    approx: Literal["taylor", "poly3", "poly5"] = Field("taylor", description="lr: the sigmoid's stand-in under Paillier: taylor (FATE's expansion at 0: one encryption per row and party), poly3/poly5 (an odd polynomial fitted on [-approx_range, approx_range]: 3 or 5 encryptions per row and party, closer to logistic regression)")
+    approx_range: float = Field(8.0, gt=0, le=64, description="lr with poly3/poly5: the interval of scores the polynomial is fitted on")
     key_bits: int = Field(2048, ge=512, le=8192, description="Paillier modulus bits (lr); below 2048 is for tests only")
     optimizer: Literal["sgd", "adam"] = Field("sgd", description="split: the optimizer of every bottom and the top model")
     noise: float = Field(0.0, ge=0, description="split: std of Gaussian noise each feature holder adds to its activations before they leave it")

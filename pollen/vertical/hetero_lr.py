@@ -25,6 +25,23 @@ Semi-honest parties, and the arbiter must not collude with anyone (docs/vertical
 
 Fixed point: u and e at 2^-32, features at 2^-20, so Xᵀe carries 2^-52; with a 2048-bit modulus
 no value comes near n/2.
+
+``approx = "poly3"`` / ``"poly5"`` replaces the Taylor line by an odd polynomial fitted by least
+squares to the sigmoid on [−R, R] (Kim et al., "Logistic regression model training based on the
+approximate homomorphic encryption", BMC Med. Genomics 2018; Aono et al., "Privacy-preserving
+logistic regression with distributed data sources via homomorphic encryption", IEICE 2016, for
+the Paillier-friendly expansion): d = σ̃(u) − y with σ̃(u) = ½ + Σ_k c_k u^k. Paillier multiplies a
+ciphertext only by a plaintext, so the powers of u = u_G + Σ_j u_j are built along a chain: host
+1 encrypts its own powers; each next party p, holding [[a^i]] for the running sum a, adds its
+own score b with the binomial expansion [[(a + b)^k]] = Σ_i C(k, i) b^(k−i)·[[a^i]] (+ Enc(b^k)),
+scalar × ciphertext only; the guest is last and forms [[d]] = Σ_k c_k·[[u^k]] + Enc(½ − y)::
+
+    H_1 → H_2 → … → G : [[a^k]], k = 1 … D                 every step adds fresh encryptions
+    G   → all: [[d]] = Σ_k c_k [[u^k]] + Enc(½ − y)
+
+What each party sees is unchanged (ciphertexts under the arbiter's key, masked sums at the
+arbiter); the cost is D encryptions per row and party instead of one. Power k travels at
+2^-(k·32), d at 2^-(D·32 + 32).
 """
 
 from __future__ import annotations
@@ -47,6 +64,17 @@ if TYPE_CHECKING:
 
 U_BITS = 32  # fixed-point bits of u and of the residual e
 X_BITS = 20  # fixed-point bits of the features
+C_BITS = 32  # fixed-point bits of the polynomial's coefficients
+APPROX_DEGREE = {"taylor": 1, "poly3": 3, "poly5": 5}
+
+
+def sigmoid_poly(degree: int, bound: float) -> dict[int, float]:
+    """Odd coefficients c_k (k = 1, 3, …, degree) of σ(z) − ½ ≈ Σ c_k z^k, least squares on a
+    uniform grid of [−bound, bound] (``approx = "taylor"`` is the expansion at 0 instead: c_1 = ¼)."""
+    z = np.linspace(-bound, bound, 4001)
+    ks = list(range(1, degree + 1, 2))
+    coef = np.linalg.lstsq(np.stack([z**k for k in ks], 1), 1.0 / (1.0 + np.exp(-z)) - 0.5, rcond=None)[0]
+    return {k: float(c) for k, c in zip(ks, coef)}
 
 
 # ------------------------------------------------------------ party side
@@ -62,6 +90,18 @@ class LrState:
     lr: float = 0.1
     l2: float = 0.0
     guest: bool = False
+    degree: int = 1  # 1: Taylor's residual (u − 2s)/4; 3, 5: the chained powers of a fitted polynomial
+    coef: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def grad_bits(self) -> int:
+        """Fixed-point bits of the decrypted Xᵀd."""
+        return (U_BITS + X_BITS) if self.degree == 1 else (self.degree * U_BITS + C_BITS + X_BITS)
+
+    @property
+    def grad_divisor(self) -> float:
+        """What turns the decoded Xᵀ(residual) into the mean gradient's numerator (Taylor's e is 4d)."""
+        return 4.0 if self.degree == 1 else 1.0
 
     def design(self, x: np.ndarray) -> np.ndarray:
         """The party's columns (and the intercept's column of ones at the guest)."""
@@ -95,7 +135,10 @@ def handlers(party: VerticalParty) -> dict[str, Callable[[Task], dict[str, np.nd
             raise ProtocolError("v.lr.init before v.setup")
         extra = task.config.extra
         st = LrState(public=PublicKey.from_array(task.state["public_key"], min_bits=int(extra["min_key_bits"])),
-                     lr=float(extra["lr"]), l2=float(extra["l2"]), guest=party.role == "guest")
+                     lr=float(extra["lr"]), l2=float(extra["l2"]), guest=party.role == "guest",
+                     degree=APPROX_DEGREE[str(extra.get("approx", "taylor"))])
+        if st.degree > 1 and st.guest:
+            st.coef = sigmoid_poly(st.degree, float(extra["approx_range"]))
         x = st.design(party.x_train)
         st.w = np.zeros(x.shape[1], np.float64)
         st.x_train_int = fixed_point(x, X_BITS)
@@ -111,12 +154,21 @@ def handlers(party: VerticalParty) -> dict[str, Callable[[Task], dict[str, np.nd
     def residual(task: Task) -> dict[str, np.ndarray]:  # guest: [[e]] = Σ_j [[u_j]] + Enc(u_G − 2s)
         st = state()
         b = _batch(task, len(party.x_train))
+        if st.degree > 1:
+            return {"enc_e": st.public.ciphers_to_array(_poly_residual(st, party, b, task.state))}
         s = 2.0 * party.y_train[b].astype(np.float64) - 1.0
         own = st.design(party.x_train[b]).astype(np.float64) @ st.w - 2.0 * s
         total = st.public.encrypt(st.public.encode(own, U_BITS))  # the fresh randomness hides the hosts' [[u_j]]
         for name in sorted(k for k in task.state if k.startswith("enc_u.")):
             total = st.public.add(total, st.public.ciphers_from_array(task.state[name], len(b), f"host {name[6:]}'s [[u]]"))
         return {"enc_e": st.public.ciphers_to_array(total)}
+
+    def powers(task: Task) -> dict[str, np.ndarray]:  # host in the chain: [[(a + u_j)^k]], k = 1 … D
+        st = state()
+        b = _batch(task, len(party.x_train))
+        u = st.design(party.x_train[b]).astype(np.float64) @ st.w
+        out = _chain_powers(st, u, task.state, len(b))
+        return {f"pow.{k}": st.public.ciphers_to_array(c) for k, c in out.items()}
 
     def gradient(task: Task) -> dict[str, np.ndarray]:  # guest and hosts: [[X_pᵀ e + r_p]]
         st = state()
@@ -142,7 +194,7 @@ def handlers(party: VerticalParty) -> dict[str, Callable[[Task], dict[str, np.nd
         n = st.public.n
         masked = st.public.plains_from_array(task.state["masked_g"], len(st.masks), "masked gradient")
         size = int(task.config.extra["batch"])
-        g = st.public.decode([(v - r) % n for v, r in zip(masked, st.masks)], U_BITS + X_BITS) / (4.0 * size)
+        g = st.public.decode([(v - r) % n for v, r in zip(masked, st.masks)], st.grad_bits) / (st.grad_divisor * size)
         st.masks = []
         reg = st.l2 * st.w
         if st.guest:
@@ -164,9 +216,66 @@ def handlers(party: VerticalParty) -> dict[str, Callable[[Task], dict[str, np.nd
             u = u + part
         return binary_metrics(u, party.y_test)
 
-    return {"v.lr.keygen": keygen, "v.lr.init": init, "v.lr.forward": forward, "v.lr.residual": residual,
+    return {"v.lr.keygen": keygen, "v.lr.init": init, "v.lr.forward": forward, "v.lr.powers": powers, "v.lr.residual": residual,
             "v.lr.gradient": gradient, "v.lr.decrypt": decrypt, "v.lr.update": update, "v.lr.score": score,
             "v.lr.evaluate": evaluate}
+
+
+def _chain_powers(st: LrState, u: np.ndarray, got: Any, rows: int) -> dict[int, list[Any]]:
+    """[[(a + u)^k]] for k = 1 … D from the previous party's [[a^k]] (none: a = 0) and this party's u.
+
+    (a + u)^k = Σ_i C(k, i) u^(k−i) a^i: the i = 0 term is a fresh encryption of u^k (which also
+    re-randomises the sum), the others are plaintext × ciphertext products at 2^-(k·U_BITS).
+    """
+    pub = st.public
+    prev = {k: pub.ciphers_from_array(got[f"pow.{k}"], rows, f"[[a^{k}]]") for k in range(1, st.degree + 1)
+            if f"pow.{k}" in got}
+    if prev and len(prev) != st.degree:
+        raise ProtocolError(f"powers chain: expected [[a^k]] for k = 1 … {st.degree}, got {sorted(prev)}")
+    out = {}
+    for k in range(1, st.degree + 1):
+        acc = pub.encrypt(pub.encode(u**k, k * U_BITS))
+        for i in range(1, k) if prev else ():
+            scal = fixed_point(math.comb(k, i) * u ** (k - i), (k - i) * U_BITS)
+            acc = pub.add(acc, pub.scale(scal, prev[i]))
+        if prev:
+            acc = pub.add(acc, prev[k])
+        out[k] = acc
+    return out
+
+
+def _poly_residual(st: LrState, party: VerticalParty, b: np.ndarray, got: Any) -> list[Any]:
+    """The guest's [[d]] = Σ_k c_k [[u^k]] + Enc(½ − y), at 2^-(D·U_BITS + C_BITS)."""
+    u = st.design(party.x_train[b]).astype(np.float64) @ st.w
+    powers = _chain_powers(st, u, got, len(b))
+    pub, top = st.public, st.degree * U_BITS + C_BITS
+    total = pub.encrypt(pub.encode(0.5 - party.y_train[b].astype(np.float64), top))
+    for k, c in st.coef.items():
+        lift = fixed_point(np.full(len(b), c), top - k * U_BITS)
+        total = pub.add(total, pub.scale(lift, powers[k]))
+    return total
+
+
+def reference_fit(x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float, batch_size: int, lr_decay: float = 1.0,
+                  l2: float = 0.0, approx: str = "taylor", approx_range: float = 8.0, seed: int = 0) -> np.ndarray:
+    """The algorithm the protocol computes, in plaintext float64 on the joined columns (guest's,
+    then the hosts', in party order): weights with the intercept last. ``approx="exact"`` uses the
+    sigmoid itself (what the approximations stand in for); the mini-batches are the driver's."""
+    xx = np.hstack([np.asarray(x, np.float64), np.ones((len(x), 1))])
+    y = np.asarray(y, np.float64)
+    w = np.zeros(xx.shape[1])
+    coef = {1: 0.25} if approx == "taylor" else ({} if approx == "exact" else sigmoid_poly(APPROX_DEGREE[approx], approx_range))
+    for epoch in range(1, epochs + 1):
+        order = np.random.default_rng([seed, epoch]).permutation(len(xx))
+        for start in range(0, len(xx), batch_size):
+            b = order[start : start + batch_size]
+            u = xx[b] @ w
+            p = 1.0 / (1.0 + np.exp(-np.clip(u, -500, 500))) if approx == "exact" else 0.5 + sum(c * u**k for k, c in coef.items())
+            reg = l2 * w
+            reg[-1] = 0.0
+            w = w - lr * (xx[b].T @ (p - y[b]) / len(b) + reg)
+        lr *= lr_decay
+    return w
 
 
 def _batch(task: Task, n: int) -> np.ndarray:
@@ -213,7 +322,8 @@ def train(ex: Exchange, cfg: Any, n_train: int, emit: Callable[[int, dict[str, A
     guest, hosts, arbiter = cfg.guest, cfg.hosts, cfg.arbiter
     holders = [guest, *hosts]
     key = ex.call({arbiter: ("v.lr.keygen", {}, {"key_bits": v.key_bits})})[arbiter]["public_key"]
-    ex.call({p: ("v.lr.init", {"public_key": key}, {"lr": v.lr, "l2": v.l2, "min_key_bits": min(512, v.key_bits)})
+    ex.call({p: ("v.lr.init", {"public_key": key}, {"lr": v.lr, "l2": v.l2, "min_key_bits": min(512, v.key_bits),
+                                                    "approx": v.approx, "approx_range": v.approx_range})
              for p in holders})
     lr = v.lr
     for epoch in range(1, v.epochs + 1):
@@ -221,9 +331,14 @@ def train(ex: Exchange, cfg: Any, n_train: int, emit: Callable[[int, dict[str, A
         order = np.random.default_rng([cfg.run.seed, epoch]).permutation(n_train)
         for start in range(0, n_train, v.batch_size):
             batch = order[start : start + v.batch_size].astype(np.int64)
-            enc_u = ex.call({h: ("v.lr.forward", {"batch": batch}, {}) for h in hosts}) if hosts else {}
-            enc_e = ex.call({guest: ("v.lr.residual", {"batch": batch, **{f"enc_u.{h}": r["enc_u"] for h, r in enc_u.items()}},
-                                     {})})[guest]["enc_e"]
+            if v.approx == "taylor":
+                enc_u = ex.call({h: ("v.lr.forward", {"batch": batch}, {}) for h in hosts}) if hosts else {}
+                sent = {f"enc_u.{h}": r["enc_u"] for h, r in enc_u.items()}
+            else:  # the powers' chain: host 1 → host 2 → … → guest
+                sent = {}
+                for h in hosts:
+                    sent = ex.call({h: ("v.lr.powers", {"batch": batch, **sent}, {})})[h]
+            enc_e = ex.call({guest: ("v.lr.residual", {"batch": batch, **sent}, {})})[guest]["enc_e"]
             grads = ex.call({p: ("v.lr.gradient", {"batch": batch, "enc_e": enc_e}, {}) for p in holders})
             plain = ex.call({arbiter: ("v.lr.decrypt", {p: r["enc_g"] for p, r in grads.items()}, {})})[arbiter]
             ex.call({p: ("v.lr.update", {"masked_g": plain[p]}, {"lr": lr, "batch": len(batch)}) for p in holders})

@@ -98,6 +98,15 @@ class PublicKey:
         nsq = _mpz(self.nsquare)
         return [x * y % nsq for x, y in zip(a, b, strict=True)]
 
+    def scale(self, k: Sequence[int], cipher: Sequence[Any]) -> list[Any]:
+        """Enc(k_i·m_i), element by element, for integers k (negative ones raise the inverse)."""
+        nsq = _mpz(self.nsquare)
+        out = []
+        for ki, c in zip(list(k), cipher, strict=True):
+            ki = int(ki)
+            out.append(_powmod(_mpz(c), ki, nsq) if ki >= 0 else _powmod(_powmod(_mpz(c), -1, nsq), -ki, nsq))
+        return out
+
     def dot(self, x: np.ndarray, cipher: Sequence[Any]) -> list[Any]:
         """Enc(xᵀ·m) for an integer matrix ``x`` (B, d) and ciphertexts of m (B,): d ciphertexts.
 

@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("phe", reason="the vertical extra (phe) is not installed")
 pytest.importorskip("rbcl", reason="the vertical extra (rbcl) is not installed")
 
+from pollen.vertical.hetero_lr import reference_fit, sigmoid_poly  # noqa: E402
 from pollen.vertical.paillier import PrivateKey, fixed_point  # noqa: E402
 from pollen.vertical.run import simulate_vertical  # noqa: E402
 
@@ -49,29 +50,42 @@ def _joined(result):
     return xtr, guest.y_train, xte, guest.y_test
 
 
-def _reference(xtr, ytr, cfg_seed, epochs, lr, batch, l2, lr_decay=1.0):
-    """The same mini-batch Taylor-loss SGD in float64 on the joined data (guest's intercept last)."""
-    x = np.hstack([xtr, np.ones((len(xtr), 1))])
-    w = np.zeros(x.shape[1])
-    s = 2.0 * ytr - 1.0
-    for epoch in range(1, epochs + 1):
-        if epoch > 1:
-            lr *= lr_decay
-        order = np.random.default_rng([cfg_seed, epoch]).permutation(len(x))
-        for start in range(0, len(x), batch):
-            b = order[start : start + batch]
-            e = x[b] @ w - 2 * s[b]
-            reg = l2 * w
-            reg[-1] = 0
-            w = w - lr * (x[b].T @ e / (4 * len(b)) + reg)
-    return w
+@pytest.mark.parametrize("parties", [2, 3])
+def test_polynomial_sigmoid_protocol_equals_plaintext_algorithm(tmp_path, parties):
+    """The powers' chain (host 1 → host 2 → guest) computes the plaintext poly3 algorithm."""
+    r = simulate_vertical(model="lr", parties=parties, key_bits=KEY_BITS, epochs=2, lr=0.2, batch_size=64, l2=0.01,
+                          approx="poly3", approx_range=8.0, name=f"poly{parties}", runs_dir=str(tmp_path), progress=False)
+    xtr, ytr, _, _ = _joined(r)
+    want = reference_fit(xtr, ytr, epochs=2, lr=0.2, batch_size=64, l2=0.01, approx="poly3", approx_range=8.0)
+    w = [r.parties[str(i)].lr.w for i in range(parties)]
+    got = np.concatenate([w[0][:-1], *w[1:], w[0][-1:]])
+    np.testing.assert_allclose(got, want, atol=5e-5)
+    taylor = reference_fit(xtr, ytr, epochs=2, lr=0.2, batch_size=64, l2=0.01)
+    assert np.abs(got - taylor).max() > 1e-2  # a different algorithm from Taylor's, not the same one relabelled
+
+
+def test_sigmoid_poly_fits_the_sigmoid():
+    z = np.linspace(-8, 8, 101)
+    sig = 1 / (1 + np.exp(-z))
+    for degree, tol in ((3, 0.06), (5, 0.03)):
+        c = sigmoid_poly(degree, 8.0)
+        assert sorted(c) == list(range(1, degree + 1, 2))
+        assert np.abs(0.5 + sum(ck * z**k for k, ck in c.items()) - sig).max() < tol
+
+
+def test_paillier_scale_by_signed_integers():
+    key = PrivateKey(KEY_BITS)
+    pub = key.public
+    m = [5, 7, 11]
+    got = key.decrypt(pub.scale([3, -2, 0], pub.encrypt(m)))
+    assert pub.decode(got, 0).tolist() == [15.0, -14.0, 0.0]
 
 
 def test_encrypted_protocol_equals_plaintext_algorithm(tmp_path):
     r = simulate_vertical(model="lr", parties=2, key_bits=KEY_BITS, epochs=3, lr=0.1, batch_size=32, l2=0.01,
                           lr_decay=0.8, name="eq", runs_dir=str(tmp_path), progress=False)
     xtr, ytr, _, _ = _joined(r)
-    want = _reference(xtr, ytr, 0, 3, 0.1, 32, 0.01, 0.8)
+    want = reference_fit(xtr, ytr, epochs=3, lr=0.1, batch_size=32, l2=0.01, lr_decay=0.8)
     guest, host = r.parties["0"].lr.w, r.parties["1"].lr.w
     got = np.concatenate([guest[:-1], host, guest[-1:]])  # joined columns, then the intercept
     np.testing.assert_allclose(got, want, atol=5e-5)  # fixed point: features at 2^-20
@@ -90,7 +104,7 @@ def test_accuracy_against_sklearn_on_the_joined_data(tmp_path, parties):
                           progress=False, **SETTINGS)
     assert r.summary["aligned"] == 569 and r.summary["psi"]  # every row found by PSI, across shuffled row orders
     xtr, ytr, xte, yte = _joined(r)
-    w = _reference(xtr, ytr, 0, SETTINGS["epochs"], SETTINGS["lr"], SETTINGS["batch_size"], 0.0, SETTINGS["lr_decay"])
+    w = reference_fit(xtr, ytr, **SETTINGS)
     plain_acc = float((((np.hstack([xte, np.ones((len(xte), 1))]) @ w) > 0) == yte).mean())
     vertical_acc = r.history[-1]["accuracy"]
     assert vertical_acc == pytest.approx(plain_acc, abs=1e-12)
