@@ -58,6 +58,10 @@ COMMANDS: dict[str, Command] = {
     "attack": Command("pollen.privacy.cli", "attack_args", "attack_cmd",
                       "run a privacy attack on a finished run: membership inference or gradient inversion"),
     "completion": Command("pollen.cli", "completion_args", "completion_cmd", "print a shell completion script (bash, zsh)"),
+    "tune": Command("pollen.tuning.cli", "tune_args", "tune_cmd",
+                    "tune hyper-parameters with many short federated runs (Optuna TPE + Hyperband; resumable)"),
+    "vertical": Command("pollen.vertical.cli", "vertical_args", "vertical_cmd",
+                        "vertical federated learning: PSI, hetero logistic regression, split learning"),
 }
 
 # The config sections (and, where not all, keys) each command offers as flags.
@@ -81,7 +85,7 @@ PARTITION_SECTIONS: dict[str, set[str] | None] = {
     "data": {"dataset", "data_dir", "parties", "partition", "alpha", "classes_per_party", "sizes"}, "run": {"seed"}}
 
 
-LONG_USAGE = {"simulate", "centralized", "server", "client", "partition"}  # too many flags for a usage line
+LONG_USAGE = {"simulate", "centralized", "server", "client", "partition", "tune"}  # too many flags for a usage line
 
 
 class _Formatter(argparse.HelpFormatter):
