@@ -4,9 +4,10 @@ Every ``/api`` call needs a token (``Authorization: Bearer …``): a read-only t
 GET; state changes are POSTs and need the control token. A missing or wrong token gets 401 and
 nothing else, checked before the request's body is read. New settings are validated with the
 run's own config model (the same ranges and messages as the command line).
-"""
 
-from __future__ import annotations
+(No ``from __future__ import annotations`` here: FastAPI reads the route functions' annotations,
+which name classes imported inside :func:`create_app`.)
+"""
 
 import json
 import time
