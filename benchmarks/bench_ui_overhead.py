@@ -123,6 +123,21 @@ def cpu_model() -> str:
         return platform.processor()
 
 
+def thread_scaling() -> str:
+    """The same matmuls with 1 and with every thread (BENCHMARKS.md: a fresh machine can be slow on 2)."""
+    import torch
+
+    a = torch.randn(1024, 1024)
+    out = []
+    for n in (1, os.cpu_count() or 1):
+        torch.set_num_threads(n)
+        t = time.perf_counter()
+        for _ in range(20):
+            a @ a
+        out.append(f"{n} thread(s) {time.perf_counter() - t:.2f}s")
+    return ", ".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=3)
@@ -133,7 +148,7 @@ def main() -> None:
     rounds = ["--rounds", str(args.rounds)]
     tmp = Path(tempfile.mkdtemp(prefix="pollen-ui-bench-"))
     print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, {cpu_model()}, "
-          f"load {os.getloadavg()[0]:.2f}", flush=True)
+          f"load {os.getloadavg()[0]:.2f}; {thread_scaling()}", flush=True)
 
     pairs = []
     for rep in range(args.reps):

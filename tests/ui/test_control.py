@@ -19,7 +19,7 @@ from pollen.telemetry.events import RoundCompleted, RoundStarted  # noqa: E402
 from pollen.ui.api import create_app  # noqa: E402
 from pollen.ui.runs import RunsIndex  # noqa: E402
 
-from .conftest import CONTROL, READ, LiveSim  # noqa: E402
+from ui_helpers import CONTROL, READ, LiveSim  # noqa: E402
 
 
 class OnRound:
@@ -148,3 +148,29 @@ def test_epochs_cannot_change_under_dp_sgd(digits_cfg):
     with pytest.raises(ConfigError, match="dp-sgd"):
         control.validate_settings({"epochs": 3})
     assert control.validate_settings({"lr": 0.1}) == {"lr": 0.1}
+
+
+def test_start_a_run_from_a_config(tmp_path, tokens):
+    from pollen.ui.launcher import Launcher
+
+    index = RunsIndex(tmp_path / "runs")
+    launcher = Launcher(index)
+    client = TestClient(create_app(index, tokens, launcher))
+    toml = '[data]\ndataset = "digits"\nparties = 3\n[federation]\nrounds = 2\n[run]\nname = "started"\n'
+    assert client.post("/api/runs", json={"toml": toml}, headers=READ).status_code == 403
+    bad = client.post("/api/runs", json={"toml": toml.replace("parties = 3", "parties = 0")}, headers=CONTROL)
+    assert bad.status_code == 422 and "data.parties" in bad.json()["detail"]
+    assert client.post("/api/runs", json={"toml": "[data"}, headers=CONTROL).status_code == 422
+    r = client.post("/api/runs", json={"toml": toml}, headers=CONTROL)
+    assert r.status_code == 202, r.text
+    assert r.json()["run"] == "started"
+    launcher.wait(300)
+    assert launcher.errors == {}
+    folder = tmp_path / "runs" / "started"
+    assert (folder / "summary.json").exists()
+    first = json.loads((folder / "control.jsonl").read_text().splitlines()[0])
+    assert first["command"] == "start" and first["by"].startswith("alice@")
+    assert client.get("/api/runs/started", headers=READ).json()["status"] == "finished"
+    again = client.post("/api/runs", json={"config": {"data": {"dataset": "digits", "parties": 3},
+                                                      "run": {"name": "started"}}}, headers=CONTROL)
+    assert again.status_code == 422 and "exists already" in again.json()["detail"]
