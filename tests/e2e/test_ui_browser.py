@@ -119,6 +119,7 @@ def test_watch_pause_resume_complete(procs, prepared, browser, tmp_path):
     records = history(procs.root / "runs" / "web")
     assert [r["round"] for r in records] == list(range(1, ROUNDS + 1))
     assert [c["command"] for c in records[done]["control"]] == ["pause", "resume"]
+    wait_until(lambda: "the dashboard stays" in procs.log("server"), 60, "the run folder to be written")
     server.send_signal(signal.SIGINT)  # --ui-keep: the dashboard stays until Ctrl-C
     assert server.wait(timeout=60) == 0, procs.log("server")
     if os.environ.get("POLLEN_SCREENSHOTS") is None:
