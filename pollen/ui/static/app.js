@@ -59,18 +59,19 @@ const ago = (t) => (t ? fmtSeconds(Math.max(0, Date.now() / 1000 - t)) + " ago" 
 
 // ------------------------------------------------------------ charts
 const COLORS = ["#c27c0e", "#2563eb", "#16a34a", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d"];
-function chart(el, title, seriesNames) {
+function chart(el, title, seriesNames, empty) {
+  const note = h("p", { class: "muted note hidden" }, empty || "no values yet");
   const box = h("div", { class: "chart", id: "chart-" + title.toLowerCase().replace(/[^a-z0-9]+/g, "-"), "data-points": "0" },
-    h("h3", {}, title));
+    h("h3", {}, title), note);
   el.append(box);
-  const width = Math.max(360, box.clientWidth - 16);
+  const width = Math.max(300, box.clientWidth - 16);
   const opts = {
-    width, height: 220, scales: { x: { time: false } }, legend: { show: seriesNames.length > 1 },
-    axes: [{ label: "round" }, {}],
+    width, height: 170, scales: { x: { time: false } }, legend: { show: seriesNames.length > 1 },
+    axes: [{}, { size: 60, values: (u, vals) => vals.map((v) => +v.toPrecision(4)) }],
     series: [{ label: "round" }, ...seriesNames.map((n, i) => ({ label: n, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true, points: { size: 5 } }))],
   };
   const plot = new uPlot(opts, [[], ...seriesNames.map(() => [])], box);
-  const c = { box, plot, names: seriesNames };
+  const c = { box, plot, note, names: seriesNames };
   state.charts.push(c);
   return c;
 }
@@ -78,6 +79,7 @@ function setChart(c, xs, ys) {
   c.plot.setData([xs, ...ys]);
   const points = ys.reduce((n, s) => Math.max(n, s.filter((v) => v !== null && v !== undefined).length), 0);
   c.box.setAttribute("data-points", String(points));
+  c.note.classList.toggle("hidden", points > 0 || !xs.length);  // e.g. no ε: the run has no differential privacy
 }
 function clearCharts() { state.charts.forEach((c) => c.plot.destroy()); state.charts = []; }
 
@@ -204,7 +206,7 @@ async function runPage(main, name, tab) {
   const metric = run.metric || "accuracy";
   const cMetric = chart(charts, metric, [metric + " (global model)", "held-out (parties)"]);
   const cLoss = chart(charts, "loss", ["loss", "train loss"]);
-  const cEps = chart(charts, "epsilon", ["ε spent"]);
+  const cEps = chart(charts, "epsilon", ["ε spent"], "no ε: this run has no differential privacy");
   const cBytes = chart(charts, "bytes", ["up (MB)", "down (MB)"]);
   const cTime = chart(charts, "round time", ["seconds"]);
   const rounds = [];
