@@ -106,7 +106,6 @@ def _tokens(args: argparse.Namespace) -> Any:
     from pollen.ui.auth import tokens_for
 
     tokens, line = tokens_for(getattr(args, "ui_token_file", None))
-    args._ui_read_token = next(iter(tokens.read))  # the URL printed below opens the page with it
     print(line, file=sys.stderr, flush=True)
     return tokens
 
