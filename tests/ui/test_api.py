@@ -8,16 +8,16 @@ import json
 
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
+from ui_helpers import CONTROL, READ, need  # noqa: E402
+
+need("fastapi", "ui")
+need("httpx", "dev")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
 from pollen.ui.api import create_app  # noqa: E402
 from pollen.ui.auth import load_tokens, tokens_for, write_tokens  # noqa: E402
 from pollen.ui.runs import RunsIndex  # noqa: E402
-
-from ui_helpers import CONTROL, READ  # noqa: E402
 
 GETS = ["/api/whoami", "/api/runs", "/api/runs/a", "/api/runs/a/rounds", "/api/runs/a/config", "/api/runs/a/parties",
         "/api/runs/a/models", "/api/runs/a/models/final", "/api/compare?runs=a,b", "/api/openapi.json"]

@@ -18,6 +18,8 @@ import pytest
 
 from pollen.cli import main
 
+from ui_helpers import need
+
 
 def test_unknown_tracker_is_refused_before_training(capsys, tmp_path):
     code = main(["simulate", "--dataset", "digits", "--parties", "2", "--rounds", "1", "--no-progress",
@@ -35,7 +37,7 @@ def test_ui_refuses_a_file_as_runs_folder(capsys, tmp_path):
 
 
 def test_pollen_ui_serves_a_runs_folder_until_ctrl_c(tmp_path):
-    pytest.importorskip("uvicorn")
+    need("uvicorn", "ui")
     from pollen.simulation import simulate
 
     simulate(dataset="digits", parties=2, rounds=1, name="one", runs_dir=str(tmp_path / "runs"), progress=False)

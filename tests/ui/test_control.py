@@ -9,8 +9,10 @@ import json
 
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
+from ui_helpers import CONTROL, READ, LiveSim, need  # noqa: E402
+
+need("fastapi", "ui")
+need("httpx", "dev")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
@@ -18,8 +20,6 @@ from pollen.errors import ConfigError  # noqa: E402
 from pollen.telemetry.events import RoundCompleted, RoundStarted  # noqa: E402
 from pollen.ui.api import create_app  # noqa: E402
 from pollen.ui.runs import RunsIndex  # noqa: E402
-
-from ui_helpers import CONTROL, READ, LiveSim  # noqa: E402
 
 
 class OnRound:

@@ -9,6 +9,8 @@ import pytest
 from pollen.errors import ConfigError
 from pollen.telemetry.tracking import tracking_sinks
 
+from ui_helpers import need
+
 
 def _run(tmp_path, track, **extra):
     from pollen.simulation import simulate
@@ -24,7 +26,7 @@ def _run(tmp_path, track, **extra):
 
 
 def test_mlflow_local_store(tmp_path, monkeypatch):
-    pytest.importorskip("mlflow")
+    need("mlflow", "mlflow")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     from mlflow.tracking import MlflowClient
 
@@ -52,7 +54,7 @@ def test_mlflow_local_store(tmp_path, monkeypatch):
 
 
 def test_tensorboard_event_files(tmp_path):
-    pytest.importorskip("tensorboard")
+    need("tensorboard", "tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     result = _run(tmp_path, ["tensorboard"])

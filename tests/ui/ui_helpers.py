@@ -2,8 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import threading
 from pathlib import Path
+
+import pytest
+
+
+def in_ci() -> bool:
+    """CI (``.ci/run`` sets ``POLLEN_CI=1``) installs every extra these tests use: there a missing
+    one is a failure, never a silent skip."""
+    return bool(os.environ.get("POLLEN_CI") or os.environ.get("CI"))
+
+
+def need(module: str, extra: str):
+    """Import an optional dependency: skip the test without it, but fail in CI."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        message = f"needs {module} (pip install 'pollen-fl[{extra}]')"
+        if in_ci():
+            pytest.fail(message + "; CI installs pollen-fl[dev]", pytrace=False)
+        pytest.skip(message, allow_module_level=True)
 
 
 def lr_app():
