@@ -83,7 +83,11 @@ def required() -> bool:
 
 def can_install() -> bool:
     """Debian's chromium and chromium-driver can be installed here (root on a Debian system)."""
-    return os.geteuid() == 0 and os.path.exists("/etc/debian_version") and shutil.which("apt-get") is not None
+    try:
+        debian = "ID=debian" in Path("/etc/os-release").read_text().replace('"', "").splitlines()
+    except OSError:
+        debian = False
+    return os.geteuid() == 0 and debian and shutil.which("apt-get") is not None
 
 
 def _browser_or_skip() -> None:

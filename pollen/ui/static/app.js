@@ -67,13 +67,19 @@ function chart(el, title, seriesNames, empty) {
   const width = Math.max(300, box.clientWidth - 16);
   const opts = {
     width, height: 170, scales: { x: { time: false } }, legend: { show: seriesNames.length > 1 },
-    axes: [{}, { size: 60, values: (u, vals) => vals.map((v) => +v.toPrecision(4)) }],
+    axes: [{}, { size: 60, values: (u, vals, ax, space, incr) => vals.map((v) => tick(v, incr)) }],
     series: [{ label: "round" }, ...seriesNames.map((n, i) => ({ label: n, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true, points: { size: 5 } }))],
   };
   const plot = new uPlot(opts, [[], ...seriesNames.map(() => [])], box);
   const c = { box, plot, note, names: seriesNames };
   state.charts.push(c);
   return c;
+}
+// A tick label with as many decimals as the step between ticks needs (0.2118, 0.2119, … not 0.212 ×4).
+function tick(v, incr) {
+  if (v === null || v === undefined) return "";
+  const decimals = incr > 0 ? Math.min(12, Math.max(0, -Math.floor(Math.log10(incr) + 1e-9))) : 4;
+  return Math.abs(v) >= 1e6 || (v !== 0 && Math.abs(v) < 1e-4 && decimals > 8) ? v.toExponential(2) : v.toFixed(decimals);
 }
 function setChart(c, xs, ys) {
   c.plot.setData([xs, ...ys]);
