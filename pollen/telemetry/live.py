@@ -33,7 +33,7 @@ def party_state(failure: str) -> str:
         return "out of budget"
     if "refused" in text or "invalid" in text or "decode" in text:
         return "refused"
-    if "lost" in text or "not connected" in text or "left" in text or "reconnected" in text:
+    if any(w in text for w in ("lost", "not connected", "left", "reconnected", "dropped")):
         return "dropped"
     if text == LATE or "deadline" in text:
         return "late"
