@@ -144,6 +144,7 @@ def shown_state(driver) -> str | None:
 
 
 def test_watch_pause_resume_complete(procs, prepared, browser, tmp_path):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
     shots = Path(os.environ.get("POLLEN_SCREENSHOTS") or tmp_path / "screenshots")
@@ -166,7 +167,9 @@ def test_watch_pause_resume_complete(procs, prepared, browser, tmp_path):
 
     # The browser is on the page before any party joins: no round can have run yet.
     browser.get(f"http://127.0.0.1:{ui}/#/run/web?token={control}")
-    wait = WebDriverWait(browser, 180, poll_frequency=0.1)
+    # The page redraws parts of itself: an element found a moment ago may be gone; look again.
+    wait = WebDriverWait(browser, 180, poll_frequency=0.1,
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
     wait.until(shown_state)
     assert points(browser, "accuracy") == 0
     browser.execute_script("window.pollenNotReloaded = true")  # gone if the page were reloaded
