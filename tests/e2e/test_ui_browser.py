@@ -209,8 +209,10 @@ def test_watch_pause_resume_complete(procs, prepared, browser, tmp_path):
     # While paused, a new learning rate for the next rounds, typed into the page's form.
     browser.find_element("id", "set-lr").send_keys(str(NEW_LR))
     browser.find_element("id", "btn-apply").click()
-    wait_until(lambda: api(ui, "/api/runs/web", control)["control"]["pending"] == ["reconfigure"], 120,
-               "the new settings to be queued")
+    # The paused loop applies commands as they come (a pause holds rounds, not commands).
+    wait_until(lambda: [c["command"] for c in api(ui, "/api/runs/web", control)["commands"]] == ["pause", "reconfigure"],
+               120, "the new settings to be applied")
+    assert api(ui, "/api/runs/web", control)["control"]["state"] == "paused"
     browser.find_element("id", "btn-resume").click()
     wait.until(lambda d: shown_state(d) == "finished")
     wait.until(lambda d: points(d, "accuracy") == ROUNDS)
