@@ -12,12 +12,12 @@ from pollen.telemetry.tracking import tracking_sinks
 from ui_helpers import need
 
 
-def _run(tmp_path, track, **extra):
+def _run(tmp_path, track, rounds=3, **extra):
     from pollen.simulation import simulate
 
     sinks = tracking_sinks(track)
     try:
-        result = simulate(dataset="digits", parties=3, rounds=3, name="tracked", runs_dir=str(tmp_path / "runs"),
+        result = simulate(dataset="digits", parties=3, rounds=rounds, name="tracked", runs_dir=str(tmp_path / "runs"),
                           progress=False, callbacks=sinks, **extra)
     finally:
         for s in sinks:
@@ -67,7 +67,7 @@ def test_tensorboard_event_files(tmp_path):
     assert [p.value for p in points] == pytest.approx([r["accuracy"] for r in result.history], rel=1e-6)
     assert "config" in " ".join(acc.Tags()["tensors"])  # the config as text
 
-    other = _run(tmp_path / "x", ["tensorboard:" + str(tmp_path / "tb")])
+    other = _run(tmp_path / "x", ["tensorboard:" + str(tmp_path / "tb")], rounds=1)
     assert list((tmp_path / "tb" / other.run_dir.name).glob("events.out.tfevents.*"))
 
 
