@@ -375,18 +375,22 @@ class Assembly:
         return evaluate
 
     def coordinator(self, transport: Any, events: Any = None, checkpointer: Any = None,
-                    evaluate: Callable[[Any], Any] | None = None) -> Any:
-        """The coordinator that drives ``transport`` through the configured rounds."""
+                    evaluate: Callable[[Any], Any] | None = None, control: Any = None) -> Any:
+        """The coordinator that drives ``transport`` through the configured rounds (``control``: a
+        ``pollen.server.control.Control`` whose commands it applies between rounds)."""
         from pollen.server.coordinator import Coordinator
         from pollen.telemetry.events import EventBus
 
         f = self.cfg.federation
+        events = events if events is not None else EventBus()
+        if control is not None:
+            transport = control.bind(self.cfg, transport, events)
         return Coordinator(strategy=self.strategy, transport=transport, rounds=f.rounds, pipeline=self.pipeline,
                            evaluate=evaluate, eval_every=f.eval_every,
                            fed_eval=self.cfg.data.holdout > 0 or not self.app.builtin,  # an app may hold out its own
                            fed_eval_every=f.fed_eval_every, min_fit_parties=f.min_fit_parties,
-                           round_timeout=f.round_timeout, events=events if events is not None else EventBus(),
-                           checkpointer=checkpointer, primary_metric=self.app.primary_metric[0])
+                           round_timeout=f.round_timeout, events=events, checkpointer=checkpointer,
+                           primary_metric=self.app.primary_metric[0], control=control)
 
 
 def assemble(cfg: RunConfig, app: Any = None, app_defaults: bool = True) -> Assembly:
@@ -461,7 +465,7 @@ def open_run(assembly: Assembly, *, kind: str = "", run_dir: str | Path | None =
             there is nothing to resume.
     """
     from pollen.server.checkpoint import Checkpointer
-    from pollen.telemetry.events import EventBus
+    from pollen.telemetry.events import EventBus, RunOpened
     from pollen.telemetry.history import HistorySink
     from pollen.telemetry.progress import ProgressSink
 
@@ -486,6 +490,7 @@ def open_run(assembly: Assembly, *, kind: str = "", run_dir: str | Path | None =
         bus.subscribe(ProgressSink(title=title or path.name, metric=assembly.app.primary_metric[0]))
     for cb in callbacks:
         bus.subscribe(cb)
+    bus.emit(RunOpened(str(path), assembly.cfg.to_dict(), path.name))  # sinks learn where the run writes
     return RunFolder(path, bus, checkpointer, point)
 
 
@@ -518,6 +523,7 @@ def finish_run(folder: RunFolder, assembly: Assembly, state: Mapping[str, np.nda
     """
     from safetensors.numpy import save_file
 
+    from pollen.telemetry.events import RunFinished
     from pollen.telemetry.history import read_history
     from pollen.telemetry.report import write_report
 
@@ -535,6 +541,7 @@ def finish_run(folder: RunFolder, assembly: Assembly, state: Mapping[str, np.nda
                    model=_model_spec(assembly, state, parties), **(extra or {}))
     summary_path.write_text(json.dumps(summary, indent=2))
     write_report(path)
+    folder.events.emit(RunFinished(str(path), summary))  # the model and report exist now (tracking artifacts)
     history = read_history(path)
     if history and not any(r.get("aggregated", True) for r in history):
         reasons = sorted({str(r.get("reason", "?")) for r in history})

@@ -148,6 +148,8 @@ class Coordinator:
         events: where the loop's events go.
         checkpointer: saves the state after every round (None disables).
         primary_metric: the app's headline metric (federated evaluation records it per party).
+        control: pause / resume / stop / reconfigure / remove-party commands, applied between
+            rounds (``pollen.server.control``).
     """
 
     strategy: Strategy
@@ -163,6 +165,7 @@ class Coordinator:
     events: EventBus = field(default_factory=EventBus)
     checkpointer: Checkpointer | None = None
     primary_metric: str = "accuracy"
+    control: Any = None  # pollen.server.control.Control: commands applied between rounds (None: none)
     _in_flight: dict[str, int] = field(default_factory=dict, init=False, repr=False)  # async: party -> version
     _dispatched: int = field(default=0, init=False, repr=False)
 
@@ -176,6 +179,8 @@ class Coordinator:
         started = time.perf_counter()
         last: dict[str, Any] = {}
         for rnd in range(start_round, self.rounds + 1):
+            if self.control is not None and not self.control.between_rounds(self, rnd):
+                break  # stopped by a control command, after the last round's checkpoint
             outcome, opt_state = self.run_round(rnd, state, opt_state)
             state = outcome.state
             last = outcome.record
@@ -217,13 +222,15 @@ class Coordinator:
         failed: list[str] = list(late)
         reasons: dict[str, str] = {pid: "no reply before the round's deadline" for pid in late}
         for i, reply in enumerate(replies):
-            update, failure = None, reply.failure
+            update, failure, sent = None, reply.failure, 0
             if reply.ok and reply.update is not None:
-                up += reply.bytes_up or len(reply_to_bytes(reply))  # transports that measure set bytes_up
+                sent = reply.bytes_up or len(reply_to_bytes(reply))  # transports that measure set bytes_up
+                up += sent
                 update, failure = self._decode(reply.update, state)
             if update is not None and staleness is not None:  # the async aggregator weights by it
                 update = update.with_(metrics={**update.metrics, STALENESS_KEY: float(staleness[i])})
-            self.events.emit(PartyReplied(rnd, reply.party_id, "fit", reply.seconds, failure))
+            reported = dict(reply.update.metrics) if reply.update is not None else {}
+            self.events.emit(PartyReplied(rnd, reply.party_id, "fit", reply.seconds, failure, reported, sent))
             if update is not None:
                 ok.append(reply)
                 updates.append(update)

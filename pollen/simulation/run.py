@@ -72,7 +72,7 @@ def resolve_config(config: Any = None, overrides: Mapping[str, Any] | None = Non
 
 
 def simulate(config: Any = None, *, app: Any = None, resume: str | Path | None = None, overwrite: bool = False,
-             callbacks: Sequence[Callable[[Any], None]] = (), **overrides: Any) -> RunResult:
+             callbacks: Sequence[Callable[[Any], None]] = (), control: Any = None, **overrides: Any) -> RunResult:
     """Run a federated simulation and write its run folder.
 
     ::
@@ -88,6 +88,8 @@ def simulate(config: Any = None, *, app: Any = None, resume: str | Path | None =
             ``config`` is None; ``rounds=`` may extend a finished run).
         overwrite: replace a run already in the folder ``--name`` points to.
         callbacks: functions called with every event of the run (``pollen.RoundCompleted``, …).
+        control: a ``pollen.server.control.Control`` to pause, stop or reconfigure the run between
+            rounds (the dashboard's control API).
         **overrides: flag-style settings (``rounds=10``, ``parties_per_round=5``, ``lr=0.1``).
 
     Raises:
@@ -101,11 +103,11 @@ def simulate(config: Any = None, *, app: Any = None, resume: str | Path | None =
         cfg = resolve_config(config, overrides)
     assembly = assemble(cfg, app)
     with torch_threads(assembly.cfg.simulation.threads):
-        return _simulate(assembly, None if resume is None else Path(resume), overwrite, callbacks)
+        return _simulate(assembly, None if resume is None else Path(resume), overwrite, callbacks, control)
 
 
 def _simulate(assembly: Assembly, resume: Path | None, overwrite: bool,
-              callbacks: Sequence[Callable[[Any], None]]) -> RunResult:
+              callbacks: Sequence[Callable[[Any], None]], control: Any = None) -> RunResult:
     from pollen.simulation.clock import with_simulated_clock
     from pollen.transport.base import Transport
     from pollen.transport.inprocess import InProcessTransport
@@ -130,7 +132,8 @@ def _simulate(assembly: Assembly, resume: Path | None, overwrite: bool,
     else:
         transport = InProcessTransport(parties)
     transport = with_simulated_clock(transport, cfg)  # --party-speed / --dropout: virtual time
-    coordinator = assembly.coordinator(transport, folder.events, folder.checkpointer, assembly.evaluator(trainer))
+    coordinator = assembly.coordinator(transport, folder.events, folder.checkpointer, assembly.evaluator(trainer),
+                                       control=control)
     try:
         with transport:
             state = coordinator.run(state, start_round=start, optimizer_state=opt_state)
