@@ -442,6 +442,12 @@ def assemble(cfg: RunConfig, app: Any = None, app_defaults: bool = True) -> Asse
     strategy = build_strategy(cfg)
     pipeline = build_pipeline(cfg, strategy.aggregator)
     _check_app(cfg, loaded, strategy)
+    if cfg.federation.stream_aggregate == "on":
+        from pollen.server.streaming import can_stream
+
+        why_not = can_stream(strategy.aggregator, pipeline, strategy.asynchronous)
+        if why_not is not None:
+            raise ConfigError(f"--stream-aggregate on cannot work here: {why_not}; use --stream-aggregate auto or off")
     return Assembly(cfg, loaded, strategy, pipeline, party_tables(cfg))
 
 

@@ -210,8 +210,16 @@ class Coordinator:
             chosen = self.strategy.sampler.select(rnd, self.transport.available())
             self.events.emit(RoundStarted(rnd, tuple(chosen)))
             tasks = [Task(pid, "fit", rnd, sent, config) for pid in chosen]
-            replies, late = collect(self.transport, tasks, self.round_timeout,
-                                    None if stream is None else lambda r: fold(stream, r, self._decode, state))
+            chunked = stream is not None and not any(s.stage == "compress" for s in self.pipeline.steps)
+            chunked = chunked and self.transport.fold_into(stream, rnd)  # e.g. gRPC folds chunk by chunk
+            try:
+                replies, late = collect(self.transport, tasks, self.round_timeout,
+                                        None if stream is None else lambda r: fold(stream, r, self._decode, state))
+            finally:
+                if chunked:
+                    self.transport.fold_into(None, rnd)
+                if stream is not None:
+                    stream.close()  # an upload still being folded now spoils the sum (it says whose)
             # Aggregate in party order, not arrival order: float sums then do not depend on timing.
             replies.sort(key=lambda r: _id_key(r.party_id))
         else:  # FedBuff / FedAsync: K arrivals from the tasks in flight
@@ -250,14 +258,21 @@ class Coordinator:
         raw_up = stream.raw_bytes if stream is not None else sum(state_nbytes(u.delta) for u in updates)
         record.update(compression_up=raw_up / up if up else None,
                       compression_down=state_nbytes(state) * len(tasks) / down if down else None)
-        if len(ok) >= max(self.min_fit_parties, 1):
+        if stream is not None and stream.spoiled:
+            record.update(aggregated=False, reason=f"streamed aggregate spoiled: {stream.spoiled}")
+        elif len(ok) >= max(self.min_fit_parties, 1):
             if stream is not None:
                 delta = stream.finish()
             else:
                 updates = self.pipeline.combine(updates, [r.party_id for r in ok], rnd, self.transport)
                 delta = self.strategy.aggregator.aggregate(updates)
             delta = self.pipeline.after_aggregate(delta, rnd, len(updates))
-            state, opt_state = self.strategy.server_optimizer.step(state, delta, opt_state)
+            if stream is not None:  # the new model written into the running sum's buffers
+                from pollen.server.streaming import step as stream_step
+
+                state, opt_state = stream_step(self.strategy.server_optimizer, state, delta, opt_state)
+            else:
+                state, opt_state = self.strategy.server_optimizer.step(state, delta, opt_state)
             record.update(aggregated=True, num_examples=sum(u.num_examples for u in updates), **mean_metrics(updates))
             report = self.pipeline.report(rnd)
             up += int(report.pop("bytes_up", 0))  # messages a step exchanged in combine (secure aggregation)
@@ -393,6 +408,8 @@ def fold(stream: Any, reply: Reply, decode: Callable[[Update, ModelState], tuple
     reply is kept without its delta (a failed decode keeps the reply as a failure)."""
     if not reply.ok or reply.update is None:
         return reply
+    if reply.update.codec.get("folded"):  # the transport folded it chunk by chunk as it arrived
+        return replace(reply, update=reply.update.with_(codec={}))
     up = reply.bytes_up or len(reply_to_bytes(reply))
     update, failure = decode(reply.update, reference)
     if update is None:

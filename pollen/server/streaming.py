@@ -19,6 +19,7 @@ in-memory path under ``--stream-aggregate auto``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,7 @@ from pollen.errors import ConfigError, StrategyError
 from pollen.types import ModelState, Update, is_float, state_nbytes
 
 AUTO_BYTES = 256 * 1024 * 1024  # --stream-aggregate auto streams models larger than this
+FOLDED = "folded"  # Update.codec key of an update a transport already folded chunk by chunk
 
 
 def can_stream(aggregator: Any, pipeline: Any, asynchronous: Any = None) -> str | None:
@@ -81,6 +83,14 @@ class StreamingMean:
         self.weight = 0.0
         self.count = 0
         self.raw_bytes = 0
+        self.lock = threading.Lock()  # a transport may fold several uploads at once
+        self.spoiled: str | None = None  # why part of an update is in the sum without the rest
+        self.closed = False
+        self._open: set[str] = set()  # uploads folded in part, not yet committed
+
+    def spoil(self, reason: str) -> None:
+        """Record that a stream broke after part of it was folded: the round cannot be aggregated."""
+        self.spoiled = self.spoiled or reason
 
     def weight_of(self, num_examples: int) -> float:
         """The weight an update with ``num_examples`` gets."""
@@ -107,18 +117,38 @@ class StreamingMean:
         self.commit(w, state_nbytes(update.delta))
         return update.with_(delta={})
 
-    def add_piece(self, name: str, start: int, values: np.ndarray, weight: float, shape: tuple[int, ...]) -> None:
+    def add_piece(self, name: str, start: int, values: np.ndarray, weight: float, shape: tuple[int, ...],
+                  who: str = "") -> None:
         """Fold ``values`` into the flat elements ``[start, start + len)`` of tensor ``name``
-        (an update arriving chunk by chunk); ``commit`` once the whole update is in."""
-        acc = self._acc(name, shape, values.dtype).reshape(-1)
-        part = acc[start : start + values.size]
-        part += values * weight if values.dtype == part.dtype else values.astype(part.dtype) * weight
+        (an update arriving chunk by chunk, from ``who``); ``commit`` once the whole update is in.
 
-    def commit(self, weight: float, nbytes: int) -> None:
+        Raises:
+            StrategyError: the round no longer takes updates (its deadline passed).
+        """
+        with self.lock:
+            if self.closed:
+                raise StrategyError("the round's running sum is closed (its deadline passed)")
+            self._open.add(who)
+            acc = self._acc(name, shape, values.dtype).reshape(-1)
+            part = acc[start : start + values.size]
+            part += values * weight if values.dtype == part.dtype else values.astype(part.dtype) * weight
+
+    def commit(self, weight: float, nbytes: int, who: str = "") -> None:
         """Count one whole update of ``weight`` (after ``add_piece`` of all its pieces)."""
-        self.weight += weight
-        self.count += 1
-        self.raw_bytes += nbytes
+        with self.lock:
+            if self.closed and who:
+                raise StrategyError("the round's running sum is closed (its deadline passed)")
+            self._open.discard(who)
+            self.weight += weight
+            self.count += 1
+            self.raw_bytes += nbytes
+
+    def close(self) -> None:
+        """Take no more pieces; an upload folded in part by then spoils the sum."""
+        with self.lock:
+            self.closed = True
+            if self._open:
+                self.spoil(f"the uploads of {sorted(self._open)[:5]} were cut after part of them was folded")
 
     def finish(self) -> ModelState:
         """The mean, in place of the sums (integer entries rounded back to their dtype).
@@ -126,6 +156,7 @@ class StreamingMean:
         Raises:
             StrategyError: nothing was folded.
         """
+        self.close()
         if self.count == 0 or self.weight <= 0:
             raise StrategyError("cannot average zero updates")
         out: ModelState = {}
@@ -135,3 +166,26 @@ class StreamingMean:
             out[name] = acc if np.issubdtype(target, np.floating) else np.rint(acc).astype(target)
         self.sum = {}
         return out
+
+
+def step(optimizer: Any, state: ModelState, mean: ModelState, opt_state: Mapping[str, np.ndarray]) -> tuple[ModelState, dict[str, np.ndarray]]:
+    """The server step on a streamed mean. The plain step ``x + lr·Δ`` is written into the mean's own
+    buffers (the running sum, which nothing else holds), so a big model costs no third copy; other
+    optimizers step as usual."""
+    from pollen.strategy.base import ServerOptimizer
+
+    if type(optimizer) is not ServerOptimizer:
+        return optimizer.step(state, mean, opt_state)
+    new = dict(state)
+    for k, d in mean.items():
+        x = state[k]
+        if is_float(x) and d.dtype == x.dtype and d.shape == x.shape and d.flags.writeable:
+            if optimizer.lr != 1.0:
+                d *= optimizer.lr
+            d += x
+            new[k] = d
+        else:
+            from pollen.strategy.base import apply_delta
+
+            new[k] = apply_delta(x, d, optimizer.lr)
+    return new, dict(opt_state)

@@ -11,7 +11,7 @@ loop drive it through the :class:`~pollen.transport.base.Transport` interface:
   numpy buffer: every actor on a node reads the same shared memory, nothing is pickled), and each
   task carries a reference to it plus a small JSON header;
 - **replies are streamed back** as they finish (``ray.wait``), each actor taking the next queued
-  task as soon as it is free;
+  task as soon as it is free; a task whose actor died runs once more on the actor that replaces it;
 - **party state** lives in the run's party-state store on disk (``<run>/party_state``, an LRU in
   each actor): a party served by another actor, or by an actor that replaced one that died, finds
   its state again. On a multi-machine cluster that folder must be on a filesystem every node sees;
@@ -165,6 +165,7 @@ class RayTransport(Transport):
         self._model: tuple[Any, Any] | None = None  # (the state, its ObjectRef)
         self._model_bytes = 0
         self.served: dict[str, int] = {}  # node id -> tasks run there (tests, benchmarks)
+        self._retried: set[tuple[str, str, int]] = set()
         self.replaced = 0
 
     # ------------------------------------------------------------ Transport interface
@@ -192,11 +193,18 @@ class RayTransport(Transport):
             reply = reply_from_bytes(data)
             reply = Reply(reply.party_id, reply.kind, reply.round, reply.update, reply.evaluation, reply.failure,
                           reply.seconds, bytes_down=self._model_bytes, bytes_up=len(data))
-            self.served[self.nodes[self.actors.index(actor)]] = self.served.get(self.nodes[self.actors.index(actor)], 0) + 1
+            node = self.nodes[self.actors.index(actor)]
+            self.served[node] = self.served.get(node, 0) + 1
             self._idle.append(actor)
         except self.ray.exceptions.RayActorError as exc:
-            reply = Reply(task.party_id, task.kind, task.round, failure=f"Ray actor died: {str(exc).splitlines()[0][:200]}")
             self._replace(actor)
+            key = (task.party_id, task.kind, task.round)
+            if key not in self._retried:  # its state is on disk: a fresh actor runs the task again, once
+                self._retried.add(key)
+                self._queue.appendleft(task)
+                self._dispatch()
+                return self.poll(timeout)
+            reply = Reply(task.party_id, task.kind, task.round, failure=f"Ray actor died: {str(exc).splitlines()[0][:200]}")
         except self.ray.exceptions.RayError as exc:
             reply = Reply(task.party_id, task.kind, task.round, failure=f"Ray: {str(exc).splitlines()[-1][:300]}")
             self._idle.append(actor)

@@ -1,0 +1,126 @@
+"""The Ray backend: a Pollen-started local Ray and a two-node Ray cluster on 127.0.0.1 (head and
+worker started with ``ray start``) train the same model as inline simulation; parties run on both
+nodes; a party's state (SCAFFOLD's control variate) survives the death of the actors that held it.
+
+Ray starts several processes: run these under ``cpuslot --all``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="the 'ray' extra (in 'dev') is needed for these tests")
+
+from pollen.simulation.ray_backend import RAY_ENV  # noqa: E402
+
+
+def _same(a: dict, b: dict) -> None:
+    assert list(a) == list(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head and a worker node, one CPU each, both on 127.0.0.1 (RAY_ENV keeps them on loopback)."""
+    temp = Path(tempfile.mkdtemp(prefix="pr", dir="/tmp"))  # Ray's socket paths must stay short
+    env = {**os.environ, **RAY_ENV, "PYTHONPATH": os.pathsep.join(sys.path)}
+    port = _free_port()
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats", f"--temp-dir={temp}"]
+    try:
+        subprocess.run([*ray_cli, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
+                       env=env, check=True, capture_output=True, timeout=300)
+        subprocess.run([*ray_cli, "start", f"--address=127.0.0.1:{port}", *common],
+                       env=env, check=True, capture_output=True, timeout=300)
+        yield f"127.0.0.1:{port}"
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        subprocess.run([*ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=300)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _inline(digits_cfg, **sections):
+    from pollen.simulation import simulate
+
+    return simulate(digits_cfg(run={"name": "inline"}, simulation={"threads": 1}, **sections)).state
+
+
+def test_local_ray_started_by_pollen_gives_the_inline_model(digits_cfg, tmp_path):
+    from pollen.simulation import simulate
+
+    # a short run folder: a Pollen-started Ray keeps its sockets in <run>/ray
+    short = Path(tempfile.mkdtemp(prefix="pr", dir="/tmp"))
+    try:
+        cfg = digits_cfg(simulation={"backend": "ray", "workers": 2, "threads": 1}, run={"name": "r", "runs_dir": str(short)})
+        result = simulate(cfg)
+        assert (result.run_dir / "ray").is_dir()  # Ray's temporary files inside the run folder
+        assert not ray.is_initialized()  # Pollen stopped the Ray it started
+        _same(result.state, _inline(digits_cfg))
+        assert [r["parties"] for r in result.history] == [["0", "1", "2", "3"]] * 3
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def _run_on(address: str, cfg, run_dir: Path, kill_after_round: int | None = None):
+    from pollen.compose import assemble
+    from pollen.simulation.ray_backend import RayTransport
+    from pollen.telemetry.events import EventBus, RoundCompleted
+
+    cfg = cfg.model_copy(update={"simulation": cfg.simulation.model_copy(update={"ray_address": address, "threads": 1})})
+    fed = assemble(cfg)
+    transport = RayTransport(fed, run_dir, state_dir=run_dir / "party_state", actors=2)
+    bus = EventBus()
+
+    def kill(event):  # between rounds: every actor, and with it every party state held in memory
+        if isinstance(event, RoundCompleted) and event.round == kill_after_round:
+            for actor in transport.actors:
+                ray.kill(actor, no_restart=True)
+
+    bus.subscribe(kill)
+    try:
+        state = fed.coordinator(transport, bus).run(fed.initial_state())
+        return state, dict(transport.served), transport.replaced
+    finally:
+        transport.close()
+        ray.shutdown()
+
+
+def test_two_node_cluster_gives_the_inline_model_with_parties_on_both_nodes(cluster, digits_cfg, tmp_path):
+    state, served, _ = _run_on(cluster, digits_cfg(), tmp_path / "run")
+    assert len(served) == 2 and all(n > 0 for n in served.values())  # tasks ran on the head and on the worker
+    _same(state, _inline(digits_cfg))
+
+
+def test_party_state_survives_the_death_of_its_actor(cluster, digits_cfg, tmp_path):
+    strategy = {"name": "scaffold"}  # each party's control variate cᵢ changes every round it trains
+    state, _, replaced = _run_on(cluster, digits_cfg(strategy=strategy), tmp_path / "run", kill_after_round=1)
+    assert replaced == 2  # both actors died and were replaced
+    assert any((tmp_path / "run" / "party_state").rglob("*.safetensors"))
+    _same(state, _inline(digits_cfg, strategy=strategy))  # with cᵢ lost, round 2 would train differently
+
+
+def test_without_ray_the_extra_is_named(monkeypatch, digits_cfg, tmp_path):
+    from pollen.compose import assemble
+    from pollen.errors import MissingExtraError
+    from pollen.simulation.ray_backend import RayTransport
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    with pytest.raises(MissingExtraError, match="ray"):
+        RayTransport(assemble(digits_cfg()), tmp_path)
