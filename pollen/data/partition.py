@@ -26,7 +26,8 @@ import numpy as np
 from pollen.data.dataset import Dataset
 from pollen.errors import DataError
 
-PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "quantity", "natural", "sizes", "draw")
+PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "quantity", "natural", "sizes")  # disjoint splits
+DRAW = "draw"  # with replacement: parties may share examples
 MAX_DIRICHLET_TRIES = 1000
 
 
@@ -369,7 +370,7 @@ def partition(dataset: Dataset, scheme: str, parties: int, seed: int, alpha: flo
 
     Args:
         dataset: The dataset whose training indices are split.
-        scheme: One of ``PARTITION_SCHEMES``.
+        scheme: One of ``PARTITION_SCHEMES``, or ``"draw"``.
         parties: Number of parties, ``1 <= parties <= len(dataset.y_train)``.
         seed: Generator seed; the same seed gives the same split.
         alpha: Dirichlet concentration for ``dirichlet`` and ``quantity``.
@@ -384,11 +385,11 @@ def partition(dataset: Dataset, scheme: str, parties: int, seed: int, alpha: flo
     Raises:
         DataError: Unknown scheme or invalid arguments.
     """
-    if scheme == "draw":
+    if scheme == DRAW:
         return draw(len(dataset.y_train), parties, party_size, seed)
     if scheme not in _SCHEMES:
         raise DataError(f"unknown partition scheme {scheme!r}; valid schemes: "
-                        f"{', '.join(PARTITION_SCHEMES)}")
+                        f"{', '.join((*PARTITION_SCHEMES, DRAW))}")
     _check_count(parties, "parties", 1, len(dataset.y_train))
     return _SCHEMES[scheme](dataset, parties, seed, alpha, classes_per_party, sizes)
 
