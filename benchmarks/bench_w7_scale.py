@@ -108,7 +108,7 @@ def child(parties: int, backend: str, rounds: int) -> None:
     })
     t0 = time.perf_counter()
     try:
-        result = simulate(cfg)
+        result = simulate(cfg, callbacks=[on_event])
     finally:
         stop.set()
         shutil.rmtree(out, ignore_errors=True)

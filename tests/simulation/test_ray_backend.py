@@ -42,18 +42,46 @@ def cluster():
     env = {**os.environ, **RAY_ENV, "PYTHONPATH": os.pathsep.join(sys.path)}
     port = _free_port()
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats", f"--temp-dir={temp}"]
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+
+    def ray_start(*args: str) -> None:
+        done = subprocess.run([*ray_cli, "start", *args, *common], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"ray start {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+
     try:
-        subprocess.run([*ray_cli, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
-                       env=env, check=True, capture_output=True, timeout=300)
-        subprocess.run([*ray_cli, "start", f"--address=127.0.0.1:{port}", *common],
-                       env=env, check=True, capture_output=True, timeout=300)
+        ray_start("--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}")
+        ray_start(f"--address=127.0.0.1:{port}")  # the worker node joins the head's session (its temp dir)
         yield f"127.0.0.1:{port}"
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        subprocess.run([*ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=300)
+        _stop_processes_of(temp)  # only this cluster's processes, by pid (not `ray stop`: it stops every Ray)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop_processes_of(temp: Path) -> None:
+    """Terminate the processes whose command line names ``temp`` (this cluster's head, worker,
+    raylets, GCS and Ray workers), then kill what is left after 10 s."""
+    import psutil
+
+    mine = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(temp) in part for part in (proc.info["cmdline"] or [])):
+                mine.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    for proc in mine:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(mine, timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _inline(digits_cfg, **sections):

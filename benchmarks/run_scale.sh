@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The benchmarks of issue 15, in order, raw outputs under benchmarks/results/ (run under cpuslot --all:
+# Ray starts several processes, and the timings are ratios measured in the same run).
+#   cpuslot --all env PYTHONPATH=$PWD bash benchmarks/run_scale.sh
+set -uo pipefail  # one benchmark failing does not stop the others
+cd "$(dirname "$0")/.."
+PY="${PY:-.venv/bin/python}"
+out=benchmarks/results
+date -u | tee "$out/scale-date.txt"
+"$PY" -c "
+import time, torch
+a = torch.randn(1024, 1024)
+for n in (1, 2):
+    torch.set_num_threads(n); t = time.perf_counter()
+    for _ in range(20): a @ a
+    print(f'{n} thread(s): {time.perf_counter() - t:.2f}s')" | tee "$out/scale-threads.txt"
+rm -f "$out/w7-scale.jsonl"
+"$PY" benchmarks/bench_w7_scale.py --reps 3 --out "$out/w7-scale.jsonl" | tee "$out/w7-scale.txt"
+"$PY" benchmarks/bench_big_model.py --gb 2.5 --parties 10 --reps 3 | tee "$out/big-model.txt"
+"$PY" benchmarks/bench_ray_w1.py --reps 3 | tee "$out/ray-w1.txt"
