@@ -16,8 +16,11 @@ loop drive it through the :class:`~pollen.transport.base.Transport` interface:
   each actor): a party served by another actor, or by an actor that replaced one that died, finds
   its state again. On a multi-machine cluster that folder must be on a filesystem every node sees;
 - **Ray itself**: without ``--ray-address`` Pollen starts a local Ray for the run and stops it at
-  the end, with its temporary files in ``<run>/ray``, usage statistics off and everything on
-  127.0.0.1; ``--ray-address HOST:PORT`` (or ``auto``) joins a cluster started with ``ray start``.
+  the end, with its temporary files in ``<run>/ray``, usage statistics and token authentication off
+  and its node on 127.0.0.1 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: Ray's local mode, which takes
+  the loopback address instead of the machine's interface); ``--ray-address HOST:PORT`` (or
+  ``auto``) joins a cluster started with ``ray start`` (a cluster on loopback: every node with
+  ``--node-ip-address=127.0.0.1`` and ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1``, which lets nodes join).
 """
 
 from __future__ import annotations
@@ -104,10 +107,18 @@ def start_local_ray(run_dir: Path, num_cpus: int | None, num_gpus: float | None 
                           f"({len(str(temp))} characters; at most {MAX_SOCKET_PATH - 64}): use a shorter --runs-dir "
                           "or --name, or start Ray yourself and pass --ray-address")
     temp.mkdir(parents=True, exist_ok=True)
-    os.environ.update(RAY_ENV)  # inherited by the raylet, GCS and workers Ray starts
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _temp_dir=str(temp), _node_ip_address="127.0.0.1",
-             include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-             configure_logging=False)  # workers inherit this process's environment (PYTHONPATH, RAY_ENV)
+    before = {k: os.environ.get(k) for k in RAY_ENV}
+    os.environ.update(RAY_ENV)  # inherited by the raylet, GCS and workers Ray starts now
+    try:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _temp_dir=str(temp), _node_ip_address="127.0.0.1",
+                 include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                 configure_logging=False)  # workers inherit this process's environment (PYTHONPATH, RAY_ENV)
+    finally:
+        for k, v in before.items():  # a library call leaves the caller's environment as it was
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class RayTransport(Transport):
@@ -134,8 +145,8 @@ class RayTransport(Transport):
         sim = assembly.cfg.simulation
         self._started = False
         if not ray.is_initialized():
-            if sim.ray_address:
-                os.environ.update(RAY_ENV)
+            if sim.ray_address:  # the cluster's own settings (auth, addresses) apply; no usage stats from here
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
                 ray.init(address=sim.ray_address, log_to_driver=False, logging_level=logging.WARNING,
                          configure_logging=False)
             else:

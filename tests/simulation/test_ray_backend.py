@@ -37,9 +37,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head and a worker node, one CPU each, both on 127.0.0.1 (RAY_ENV keeps them on loopback)."""
+    """A head and a worker node, one CPU each, both on 127.0.0.1. ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``
+    is 1 here: at 0 (Ray's local mode, what a Pollen-started Ray uses) ``ray start --address`` refuses
+    to add a node; ``--node-ip-address=127.0.0.1`` keeps every node on loopback."""
     temp = Path(tempfile.mkdtemp(prefix="pr", dir="/tmp"))  # Ray's socket paths must stay short
-    env = {**os.environ, **RAY_ENV, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, **RAY_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     port = _free_port()
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
@@ -51,7 +53,7 @@ def cluster():
     try:
         ray_start("--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}")
         ray_start(f"--address=127.0.0.1:{port}")  # the worker node joins the head's session (its temp dir)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", temp
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -124,21 +126,39 @@ def _run_on(address: str, cfg, run_dir: Path, kill_after_round: int | None = Non
     bus.subscribe(kill)
     try:
         state = fed.coordinator(transport, bus).run(fed.initial_state())
-        return state, dict(transport.served), transport.replaced
+        nodes = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+        return state, dict(transport.served), transport.replaced, nodes
     finally:
         transport.close()
         ray.shutdown()
 
 
+def _remote_peers(temp: Path) -> set[str]:
+    """Addresses other than loopback that the cluster's processes are connected to."""
+    import psutil
+
+    out = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(temp) in part for part in (proc.info["cmdline"] or [])):
+                out |= {c.raddr.ip for c in proc.net_connections(kind="inet")
+                        if c.raddr and not c.raddr.ip.startswith("127.") and c.raddr.ip != "::1"}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out
+
+
 def test_two_node_cluster_gives_the_inline_model_with_parties_on_both_nodes(cluster, digits_cfg, tmp_path):
-    state, served, _ = _run_on(cluster, digits_cfg(), tmp_path / "run")
+    address, temp = cluster
+    state, served, _, nodes = _run_on(address, digits_cfg(), tmp_path / "run")
     assert len(served) == 2 and all(n > 0 for n in served.values())  # tasks ran on the head and on the worker
+    assert nodes == {"127.0.0.1"} and not _remote_peers(temp)  # every node and connection on loopback
     _same(state, _inline(digits_cfg))
 
 
 def test_party_state_survives_the_death_of_its_actor(cluster, digits_cfg, tmp_path):
     strategy = {"name": "scaffold"}  # each party's control variate cᵢ changes every round it trains
-    state, _, replaced = _run_on(cluster, digits_cfg(strategy=strategy), tmp_path / "run", kill_after_round=1)
+    state, _, replaced, _ = _run_on(cluster[0], digits_cfg(strategy=strategy), tmp_path / "run", kill_after_round=1)
     assert replaced == 2  # both actors died and were replaced
     assert any((tmp_path / "run" / "party_state").rglob("*.safetensors"))
     _same(state, _inline(digits_cfg, strategy=strategy))  # with cᵢ lost, round 2 would train differently
