@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from pollen.errors import PollenError
-from pollen.serialization import reply_to_bytes, task_to_bytes
+from pollen.serialization import reply_nbytes, task_to_bytes
 from pollen.server.checkpoint import Checkpointer
 from pollen.strategy.base import Strategy
 from pollen.strategy.fedbuff import STALENESS_KEY
@@ -241,7 +241,7 @@ class Coordinator:
                 up += reply.bytes_up  # folded already (streaming.fold measured it)
                 update = reply.update
             elif reply.ok and reply.update is not None:
-                up += reply.bytes_up or len(reply_to_bytes(reply))  # transports that measure set bytes_up
+                up += reply.bytes_up or reply_nbytes(reply)  # transports that measure set bytes_up
                 update, failure = self._decode(reply.update, state)
             if update is not None and staleness is not None:  # the async aggregator weights by it
                 update = update.with_(metrics={**update.metrics, STALENESS_KEY: float(staleness[i])})
@@ -410,7 +410,7 @@ def fold(stream: Any, reply: Reply, decode: Callable[[Update, ModelState], tuple
         return reply
     if reply.update.codec.get("folded"):  # the transport folded it chunk by chunk as it arrived
         return replace(reply, update=reply.update.with_(codec={}))
-    up = reply.bytes_up or len(reply_to_bytes(reply))
+    up = reply.bytes_up or reply_nbytes(reply)
     update, failure = decode(reply.update, reference)
     if update is None:
         return replace(reply, update=None, failure=failure, bytes_up=up)
