@@ -69,7 +69,7 @@ class FederationConfig(_Section):
     eval_every: int = Field(1, ge=1, description="evaluate the global model on the test set every N rounds")
     fed_eval_every: int = Field(0, ge=0, description="federated evaluation on parties' held-out splits every N rounds (0: only after the last round)")
     fed_eval_parties: int = Field(1000, ge=1, description="federated evaluation asks at most this many parties, drawn by the run seed (all of them when fewer exist)")
-    stream_aggregate: Literal["auto", "on", "off"] = Field("auto", description="fold each update into a running sum as it arrives instead of holding all of them (auto: for models over 256 MB; needs a mean-based aggregator)")
+    stream_aggregate: Literal["auto", "on", "off"] = Field("auto", description="fold each update into a running sum as it arrives instead of holding all of them (auto: when a round's updates together exceed 256 MB; needs a mean-based aggregator)")
 
 
 class StrategyConfig(_Section):

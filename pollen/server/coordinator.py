@@ -205,9 +205,10 @@ class Coordinator:
         sent = self.pipeline.encode_model(payload, config)  # downlink compression (identity by default)
         staleness: list[int] | None = None
         info: dict[str, Any] = {}
-        stream = self._stream(state)  # a running sum, or None: hold the round's updates
+        stream = None  # a running sum, or None: hold the round's updates
         if self.strategy.asynchronous is None:
             chosen = self.strategy.sampler.select(rnd, self.transport.available())
+            stream = self._stream(state, len(chosen))
             self.events.emit(RoundStarted(rnd, tuple(chosen)))
             tasks = [Task(pid, "fit", rnd, sent, config) for pid in chosen]
             chunked = stream is not None and not any(s.stage == "compress" for s in self.pipeline.steps)
@@ -350,12 +351,12 @@ class Coordinator:
             self._dispatched += 1
         return tasks
 
-    def _stream(self, state: ModelState) -> Any:
-        """A running sum for this round when it streams (``--stream-aggregate``), else None."""
+    def _stream(self, state: ModelState, parties: int) -> Any:
+        """A running sum for a round of ``parties`` when it streams (``--stream-aggregate``), else None."""
         from pollen.server.streaming import StreamingMean, can_stream, streaming_wanted
 
         why_not = can_stream(self.strategy.aggregator, self.pipeline, self.strategy.asynchronous)
-        if not streaming_wanted(self.stream_aggregate, state, why_not):
+        if not streaming_wanted(self.stream_aggregate, state, why_not, parties):
             return None
         return StreamingMean(state, getattr(self.strategy.aggregator, "weighted", True))
 

@@ -28,7 +28,7 @@ import numpy as np
 from pollen.errors import ConfigError, StrategyError
 from pollen.types import ModelState, Update, is_float, state_nbytes
 
-AUTO_BYTES = 256 * 1024 * 1024  # --stream-aggregate auto streams models larger than this
+AUTO_BYTES = 256 * 1024 * 1024  # --stream-aggregate auto streams when a round's updates would exceed this
 FOLDED = "folded"  # Update.codec key of an update a transport already folded chunk by chunk
 
 
@@ -52,8 +52,9 @@ def _base_combine() -> Any:
     return UpdateStep.combine
 
 
-def streaming_wanted(mode: str, state: Mapping[str, np.ndarray], why_not: str | None) -> bool:
-    """Whether a round folds updates as they arrive (``--stream-aggregate``).
+def streaming_wanted(mode: str, state: Mapping[str, np.ndarray], why_not: str | None, parties: int = 1) -> bool:
+    """Whether a round of ``parties`` updates folds them as they arrive (``--stream-aggregate``):
+    ``auto`` streams when holding them all would take more than ``AUTO_BYTES``.
 
     Raises:
         ConfigError: ``on`` with a strategy or pipeline that cannot stream.
@@ -64,7 +65,7 @@ def streaming_wanted(mode: str, state: Mapping[str, np.ndarray], why_not: str | 
         if why_not is not None:
             raise ConfigError(f"--stream-aggregate on cannot work here: {why_not}; use --stream-aggregate auto or off")
         return True
-    return why_not is None and state_nbytes(state) > AUTO_BYTES
+    return why_not is None and state_nbytes(state) * parties > AUTO_BYTES
 
 
 class StreamingMean:
