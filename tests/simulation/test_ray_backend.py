@@ -35,24 +35,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# `ray start` for a second node: Ray refuses to add a node in its local mode
+# (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), and in cluster mode it replaces --node-ip-address=127.0.0.1
+# by the machine's own address (resolve_ip_for_localhost). Keeping the address as given is the one
+# change here; everything else is Ray's own CLI.
+_JOIN = ("import sys, ray._private.services as s; s.resolve_ip_for_localhost = lambda host: host; "
+         "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()")
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    """A head and a worker node, one CPU each, both on 127.0.0.1. ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``
-    is 1 here: at 0 (Ray's local mode, what a Pollen-started Ray uses) ``ray start --address`` refuses
-    to add a node; ``--node-ip-address=127.0.0.1`` keeps every node on loopback."""
+    """A head and a worker node, one CPU each, every address 127.0.0.1, started with `ray start`."""
     temp = Path(tempfile.mkdtemp(prefix="pr", dir="/tmp"))  # Ray's socket paths must stay short
-    env = {**os.environ, **RAY_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, **RAY_ENV, "PYTHONPATH": os.pathsep.join(sys.path)}
     port = _free_port()
-    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
 
-    def ray_start(*args: str) -> None:
-        done = subprocess.run([*ray_cli, "start", *args, *common], env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, f"ray start {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    def ray_start(cmd: list[str], extra_env: dict[str, str]) -> None:
+        done = subprocess.run([*cmd, *common], env={**env, **extra_env}, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
 
     try:
-        ray_start("--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}")
-        ray_start(f"--address=127.0.0.1:{port}")  # the worker node joins the head's session (its temp dir)
+        ray_start([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}",
+                   "--include-dashboard=false", f"--temp-dir={temp}"], {})
+        ray_start([sys.executable, "-c", _JOIN, "start", f"--address=127.0.0.1:{port}"],
+                  {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"})
         yield f"127.0.0.1:{port}", temp
     finally:
         if ray.is_initialized():
@@ -109,13 +116,20 @@ def test_local_ray_started_by_pollen_gives_the_inline_model(digits_cfg, tmp_path
 
 
 def _run_on(address: str, cfg, run_dir: Path, kill_after_round: int | None = None):
+    import ray._private.ray_constants as constants
+
     from pollen.compose import assemble
     from pollen.simulation.ray_backend import RayTransport
     from pollen.telemetry.events import EventBus, RoundCompleted
 
     cfg = cfg.model_copy(update={"simulation": cfg.simulation.model_copy(update={"ray_address": address, "threads": 1})})
     fed = assemble(cfg)
-    transport = RayTransport(fed, run_dir, state_dir=run_dir / "party_state", actors=2)
+    local_mode = constants.ENABLE_RAY_CLUSTER
+    constants.ENABLE_RAY_CLUSTER = False  # this driver takes 127.0.0.1 as its address, as the nodes do
+    try:
+        transport = RayTransport(fed, run_dir, state_dir=run_dir / "party_state", actors=2)
+    finally:
+        constants.ENABLE_RAY_CLUSTER = local_mode
     bus = EventBus()
 
     def kill(event):  # between rounds: every actor, and with it every party state held in memory
