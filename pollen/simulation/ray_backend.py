@@ -90,7 +90,12 @@ class PartyWorker:
         return dict(self.parties.store.get(party_id))
 
 
-def _ray() -> Any:
+def require_ray() -> Any:
+    """The ``ray`` module.
+
+    Raises:
+        MissingExtraError: Ray is not installed (names the ``ray`` extra).
+    """
     return require("ray", "ray", "the Ray backend (--backend ray)")
 
 
@@ -100,7 +105,7 @@ def start_local_ray(run_dir: Path, num_cpus: int | None, num_gpus: float | None 
     Raises:
         ConfigError: the run folder's path is too long for Ray's socket paths.
     """
-    ray = _ray()
+    ray = require_ray()
     temp = (Path(run_dir) / "ray").resolve()
     if len(str(temp)) + 64 > MAX_SOCKET_PATH:  # session_YYYY-MM-DD_HH-MM-SS_NNNNNN_PID/sockets/plasma_store
         raise ConfigError(f"Ray keeps sockets under the run folder, and {temp} is too long for a socket path "
@@ -138,7 +143,7 @@ class RayTransport(Transport):
 
     def __init__(self, assembly: Any, run_dir: str | Path, state_dir: str | Path | None = None,
                  resume_round: int | None = None, actors: int | None = None) -> None:
-        ray = _ray()
+        ray = require_ray()
         app_ref = assembly.app.reference
         if app_ref is None:
             raise ConfigError("Ray actors import the app by name: give it as a .py file or a module name")
@@ -229,7 +234,7 @@ class RayTransport(Transport):
         self._queue = deque(t for t in self._queue if t.round > round)
 
     def close(self) -> None:
-        ray = getattr(self, "ray", None) or _ray()
+        ray = getattr(self, "ray", None) or require_ray()
         for actor in getattr(self, "actors", []):
             try:
                 ray.kill(actor)

@@ -115,6 +115,10 @@ def _simulate(assembly: Assembly, resume: Path | None, overwrite: bool,
     if backend != "inline" and assembly.app.reference is None:
         raise ConfigError(f"the {backend} backend starts fresh Python processes, which import your app by name: give "
                           "the app as a .py file or a module name (or use --backend inline)")
+    if backend == "ray":  # before the run folder is made: a missing extra leaves nothing behind
+        from pollen.simulation.ray_backend import require_ray
+
+        require_ray()
     trainer = assembly.trainer()
     folder = open_run(assembly, run_dir=resume, resume=resume is not None, overwrite=overwrite, callbacks=callbacks)
     state, start, opt_state = _starting_point(assembly, folder)

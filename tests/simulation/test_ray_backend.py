@@ -176,13 +176,3 @@ def test_party_state_survives_the_death_of_its_actor(cluster, digits_cfg, tmp_pa
     assert replaced == 2  # both actors died and were replaced
     assert any((tmp_path / "run" / "party_state").rglob("*.safetensors"))
     _same(state, _inline(digits_cfg, strategy=strategy))  # with cᵢ lost, round 2 would train differently
-
-
-def test_without_ray_the_extra_is_named(monkeypatch, digits_cfg, tmp_path):
-    from pollen.compose import assemble
-    from pollen.errors import MissingExtraError
-    from pollen.simulation.ray_backend import RayTransport
-
-    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
-    with pytest.raises(MissingExtraError, match="ray"):
-        RayTransport(assemble(digits_cfg()), tmp_path)
