@@ -149,14 +149,20 @@ def _run_on(address: str, cfg, run_dir: Path, kill_after_round: int | None = Non
 
 def _remote_peers(temp: Path) -> set[str]:
     """Addresses other than loopback that the cluster's processes are connected to."""
+    import ipaddress
+
     import psutil
+
+    def loopback(ip: str) -> bool:
+        addr = ipaddress.ip_address(ip.split("%")[0])
+        mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1, a dual-stack socket's view
+        return (mapped or addr).is_loopback
 
     out = set()
     for proc in psutil.process_iter(["cmdline"]):
         try:
             if any(str(temp) in part for part in (proc.info["cmdline"] or [])):
-                out |= {c.raddr.ip for c in proc.net_connections(kind="inet")
-                        if c.raddr and not c.raddr.ip.startswith("127.") and c.raddr.ip != "::1"}
+                out |= {c.raddr.ip for c in proc.net_connections(kind="inet") if c.raddr and not loopback(c.raddr.ip)}
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return out
