@@ -70,7 +70,7 @@ def cluster():
 
 def _stop_processes_of(temp: Path) -> None:
     """Terminate the processes whose command line names ``temp`` (this cluster's head, worker,
-    raylets, GCS and Ray workers), then kill what is left after 10 s."""
+    raylets, GCS and Ray workers), then kill what is left after 3 s."""
     import psutil
 
     mine = []
@@ -85,7 +85,7 @@ def _stop_processes_of(temp: Path) -> None:
             proc.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(mine, timeout=10)
+    _, alive = psutil.wait_procs(mine, timeout=3)
     for proc in alive:
         try:
             proc.kill()
