@@ -2,7 +2,7 @@
 sampled per round, 20 rounds, inline and Ray backends; seconds per round and peak RSS, and how both
 grow with the number of parties.
 
-Up to 10,000 parties the split is IID (60,000 / N = 6 examples each); beyond, each party draws 6
+Up to 10,000 parties the split is IID (60,000 / N examples each: 6 at 10,000, 60 at 1,000); beyond, each party draws 6
 indices with replacement (``--scheme draw``: ``default_rng(0).integers(0, 60000, (N, 6))``), images
 referenced by index, never copied. Every round evaluates the global model on the 10k test set (the
 common settings), and the last round runs federated evaluation (at most ``--fed-eval-parties`` =

@@ -16,7 +16,12 @@ for n in (1, 2):
     print(f'{n} thread(s): {time.perf_counter() - t:.2f}s')" | tee "$out/scale-threads.txt"
 # ROUNDS / W1_ROUNDS: W7 is 20 rounds and W1 30; fewer keep the per-round figures and the ratios
 # measurable when machine time is short (RESULTS.md says which were run).
-rm -f "$out/w7-scale.jsonl"
-"$PY" benchmarks/bench_w7_scale.py --reps 3 --rounds "${ROUNDS:-20}" --out "$out/w7-scale.jsonl" | tee "$out/w7-scale.txt"
+# inline: one process, THREADS torch threads (1 when run in one cpuslot slot); Ray: 2 actors of 1 CPU and 1 thread
+for backend in inline ray; do
+  threads=1; [ "$backend" = inline ] && threads="${THREADS:-1}"
+  rm -f "$out/w7-scale-$backend.jsonl"
+  "$PY" benchmarks/bench_w7_scale.py --backends "$backend" --threads "$threads" --reps 3 --rounds "${ROUNDS:-20}" \
+    --out "$out/w7-scale-$backend.jsonl" | tee "$out/w7-scale-$backend.txt"
+done
 "$PY" benchmarks/bench_big_model.py --gb 2.5 --parties 10 --reps 3 | tee "$out/big-model.txt"
 "$PY" benchmarks/bench_ray_w1.py --reps 3 --rounds "${W1_ROUNDS:-30}" | tee "$out/ray-w1.txt"
