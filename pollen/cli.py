@@ -84,7 +84,7 @@ CENTRALIZED_SECTIONS: dict[str, set[str] | None] = {
     "app": ALL, "data": ALL, "model": ALL, "train": ALL,
     "federation": {"rounds", "fraction", "parties_per_round", "eval_every"}, "simulation": {"threads"}, "run": ALL}
 PARTITION_SECTIONS: dict[str, set[str] | None] = {
-    "data": {"dataset", "data_dir", "parties", "partition", "alpha", "classes_per_party", "sizes"}, "run": {"seed"}}
+    "data": {"dataset", "data_dir", "parties", "partition", "alpha", "classes_per_party", "sizes", "party_size"}, "run": {"seed"}}
 
 
 LONG_USAGE = {"simulate", "centralized", "server", "client", "partition", "tune"}  # too many flags for a usage line
