@@ -135,6 +135,8 @@ def party_tables(cfg: RunConfig) -> Any:
     from pollen.client.party import PartyTables
     from pollen.privacy.client_dp import PARTICIPATIONS_KEY
     from pollen.privacy.dpsgd import STATE_KEY as DP_SGD_KEY
+    from pollen.strategy.ditto import DittoClient
+    from pollen.strategy.pfedme import PFedMeClient
     from pollen.strategy.scaffold import ScaffoldClient
 
     handlers: dict[str, Any] = {}
@@ -146,7 +148,8 @@ def party_tables(cfg: RunConfig) -> Any:
         from pollen.privacy.he_step import task_handlers as he_handlers
 
         handlers.update(he_handlers())
-    return PartyTables(task_handlers=handlers, client_hooks={"scaffold": ScaffoldClient()},
+    return PartyTables(task_handlers=handlers, client_hooks={"scaffold": ScaffoldClient(), "pfedme": PFedMeClient(),
+                                                             "ditto": DittoClient()},
                        durable_keys=frozenset({DP_SGD_KEY, PARTICIPATIONS_KEY}))
 
 
@@ -217,6 +220,8 @@ class Assembly:
     tables: Any
     _device: Any = field(default=None, init=False, repr=False)
     _server_data: Any = field(default=None, init=False, repr=False)
+    _frozen: Any = field(default=None, init=False, repr=False)
+    _frozen_digest: Any = field(default=None, init=False, repr=False)
 
     # -------------------------------------------------------- who and where
     @property
@@ -267,12 +272,22 @@ class Assembly:
         """The global model at round 0: a fresh model built with torch's RNG seeded by the run seed."""
         import torch
 
-        from pollen.client.trainer import state_to_numpy
+        from pollen.client.trainer import digest_of, frozen_names, state_to_numpy
 
         with _MODEL_LOCK:
             torch.manual_seed(self.cfg.run.seed)
             model = self.new_model()
-        return state_to_numpy(model)
+        state = state_to_numpy(model)
+        self._frozen = frozen_names(model)
+        self._frozen_digest = digest_of({k: state[k] for k in self._frozen})
+        return state
+
+    def frozen(self) -> tuple[tuple[str, ...], str | None]:
+        """The model's frozen tensors (``requires_grad=False`` in ``model()``) and their digest: they
+        never travel, each party builds them itself (a pre-trained base under adapters)."""
+        if self._frozen is None:
+            self.initial_state()
+        return self._frozen, self._frozen_digest
 
     def trainer(self, model: Any = None, ctx: Context | None = None) -> Any:
         """A trainer with a fresh model (one per process, reused for every party there)."""
@@ -381,7 +396,8 @@ class Assembly:
         from pollen.telemetry.events import EventBus
 
         f = self.cfg.federation
-        return Coordinator(strategy=self.strategy, transport=transport, rounds=f.rounds, pipeline=self.pipeline,
+        strategy = self.strategy.with_frozen(*self.frozen())  # a frozen base never travels
+        return Coordinator(strategy=strategy, transport=transport, rounds=f.rounds, pipeline=self.pipeline,
                            evaluate=evaluate, eval_every=f.eval_every,
                            fed_eval=self.cfg.data.holdout > 0 or not self.app.builtin,  # an app may hold out its own
                            fed_eval_every=f.fed_eval_every, min_fit_parties=f.min_fit_parties,

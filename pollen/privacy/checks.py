@@ -75,6 +75,14 @@ def _dp_sgd_without_proximal_term(cfg) -> str | None:
     return None
 
 
+def _dp_sgd_owns_the_local_loop(cfg) -> str | None:
+    hooks = set(_strategy(cfg).configure(1, ["w"]).extra.get("client_hooks") or ()) & {"pfedme", "ditto"}
+    if cfg.privacy.dp_sgd and hooks:
+        return (f"strategy {cfg.strategy.name!r} trains a personal model in its own local steps, which DP-SGD's "
+                "per-example clipping and accounting do not cover; use fedavg/fedper/fedbn/… with --dp-sgd")
+    return None
+
+
 def _noise_needs_a_mean(cfg) -> str | None:
     aggregator = _strategy(cfg).aggregator
     if cfg.privacy.client_dp != "off" and not aggregator.linear:
@@ -99,7 +107,8 @@ def _client_dp_steps_build(cfg) -> str | None:
 
 # Every rule, in the order its reason is reported.
 CHECKS: tuple[Rule, ...] = (_dp_needs_delta, _dp_needs_noise, _dp_sgd_needs_opacus, _prv_is_for_dp_sgd,
-                            _adaptive_clip_is_central, _dp_sgd_without_proximal_term, _noise_needs_a_mean,
+                            _adaptive_clip_is_central, _dp_sgd_without_proximal_term, _dp_sgd_owns_the_local_loop,
+                            _noise_needs_a_mean,
                             _client_dp_steps_build)
 
 

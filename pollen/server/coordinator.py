@@ -192,7 +192,8 @@ class Coordinator:
         """One round: sample, instruct, collect, aggregate, step, evaluate."""
         t0 = time.perf_counter()
         config = self.pipeline.configure(self.strategy.configure(rnd, list(state)))
-        payload = self.strategy.server_optimizer.broadcast(state, opt_state)  # the model (+ SCAFFOLD's c)
+        # the model (+ SCAFFOLD's c), less the frozen tensors every party builds itself
+        payload = self.strategy.payload(self.strategy.server_optimizer.broadcast(state, opt_state))
         sent = self.pipeline.encode_model(payload, config)  # downlink compression (identity by default)
         staleness: list[int] | None = None
         info: dict[str, Any] = {}
@@ -235,7 +236,7 @@ class Coordinator:
             record["failures"] = {pid: reasons[pid] for pid in sorted(reasons, key=_id_key)}
         raw_up = sum(state_nbytes(u.delta) for u in updates)
         record.update(compression_up=raw_up / up if up else None,
-                      compression_down=state_nbytes(state) * len(tasks) / down if down else None)
+                      compression_down=state_nbytes(payload) * len(tasks) / down if down else None)
         if len(ok) >= max(self.min_fit_parties, 1):
             updates = self.pipeline.combine(updates, [r.party_id for r in ok], rnd, self.transport)
             delta = self.strategy.aggregator.aggregate(updates)
@@ -335,7 +336,8 @@ class Coordinator:
         periodic = self.fed_eval_every and rnd % self.fed_eval_every == 0 and self.strategy.asynchronous is None
         if self.fed_eval and (last or periodic):  # async: only at the end (before, tasks are in flight)
             cfg = self.strategy.configure(rnd, list(state)).with_(extra={"personalized": True})
-            tasks = [Task(pid, "evaluate", rnd, state, cfg) for pid in self.transport.available()]
+            sent = self.strategy.payload(state)
+            tasks = [Task(pid, "evaluate", rnd, sent, cfg) for pid in self.transport.available()]
             replies, _ = collect(self.transport, tasks, self.round_timeout)
             good = [r for r in replies if r.ok and r.evaluation is not None and r.evaluation.num_examples > 0]
             res = weighted_eval([r.evaluation for r in good])
