@@ -44,7 +44,7 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    model: str | None = Field(None, description="model name (default: chosen from the dataset): fedavg_cnn, cifar_cnn, small_cnn, mlp, logreg")
+    model: str | None = Field(None, description="model name (default: chosen from the dataset): fedavg_cnn, cifar_cnn, small_cnn, emnist_cnn, emnist_cnn_dropout, mlp, logreg")
     augmentation: str = Field("none", description="training augmentation: none, cifar")
 
 
