@@ -25,8 +25,8 @@ from statistics import mean
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from app import make_app  # noqa: E402
-from corpus import INSTITUTIONS  # noqa: E402
+from speech_app import make_app  # noqa: E402
+from speech_corpus import INSTITUTIONS  # noqa: E402
 from prepare import prepare  # noqa: E402
 
 import pollen  # noqa: E402

@@ -1,4 +1,4 @@
-"""Synthesise the corpus (``corpus.py``) and pre-train the Whisper-architecture model on the public
+"""Synthesise the corpus (``speech_corpus.py``) and pre-train the Whisper-architecture model on the public
 institution's clips: the "public pre-trained model" every institution starts from.
 
     python examples/speech/prepare.py [--out DIR] [--quick]
@@ -22,8 +22,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import corpus  # noqa: E402
-from app import CHECKPOINT, ROOT, whisper  # noqa: E402
+import speech_corpus as corpus  # noqa: E402
+from speech_app import CHECKPOINT, ROOT, whisper  # noqa: E402
 
 from pollen.errors import PollenError  # noqa: E402
 

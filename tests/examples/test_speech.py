@@ -29,7 +29,7 @@ def test_a_missing_espeak_ng_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no espeak-ng anywhere
     with pytest.raises(DataError, match=r"'espeak-ng' program.*apt-get install espeak-ng"):
         speech.speak("seven")
-    corpus = runpy.run_path(str(SPEECH / "corpus.py"))
+    corpus = runpy.run_path(str(SPEECH / "speech_corpus.py"))
     with pytest.raises(DataError, match="apt-get install espeak-ng"):
         corpus["build"](tmp_path / "corpus", small=True, log=lambda _: None)
     assert not (tmp_path / "corpus" / "corpus.json").exists()

@@ -11,7 +11,7 @@ folder:
     inst0.npz … inst4.npz  x_train (N, 40, 100) log-mel, y_train, x_test, y_test
     corpus.json           what was synthesised (sizes, voices, conditions)
 
-Run ``python corpus.py OUT`` to build it alone; ``prepare.py`` builds it when it is missing.
+Run ``python speech_corpus.py OUT`` to build it alone; ``prepare.py`` builds it when it is missing.
 """
 
 from __future__ import annotations
