@@ -88,11 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default: the seed's 20)")
     parser.add_argument("--epochs", type=int, default=None, help="local epochs (default: the seed's 2)")
     parser.add_argument("--rows", default="all", help=f"comma-separated rows (default all): {', '.join(ROWS)}")
+    parser.add_argument("--device", default="cpu", help="where to train: cpu (default), cuda, cuda:1, mps")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     parser.add_argument("--quick", action="store_true", help="scikit-learn digits, 2 rounds (for the tests)")
     parser.add_argument("--out", default=None, help="JSON-lines file the rows are appended to "
                         "(default: benchmarks/results/cifar-table-<dataset>.jsonl)")
     args = parser.parse_args(argv)
-    base: dict = {"dataset": "digits" if args.quick else args.dataset, "progress": False, "device": "cpu", "threads": 1}
+    base: dict = {"dataset": "digits" if args.quick else args.dataset, "progress": False, "device": args.device,
+                  "threads": args.threads}
     if args.data_dir:
         base["data_dir"] = args.data_dir
     if args.quick:
