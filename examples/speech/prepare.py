@@ -57,7 +57,7 @@ def pretrain(root: Path, epochs: int, seed: int = 0, log=print) -> dict:
             loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         if (epoch + 1) % 5 == 0 or epoch + 1 == epochs:
             log(f"  pre-training epoch {epoch + 1}/{epochs}: loss {total / len(y):.3f}")
     from safetensors.torch import save_file
