@@ -190,7 +190,7 @@ def _check_app(cfg: RunConfig, app: App, strategy: Any) -> None:
     needs = []
     if cfg.privacy.dp_sgd:
         needs.append("--dp-sgd (DP-SGD replaces the local loop)")
-    probe = strategy.configure(1, ["w"])
+    probe = strategy.client.configure(1, None)  # before name filters (they need the real names)
     if probe.proximal_mu > 0:
         needs.append(f"strategy {cfg.strategy.name!r} (a proximal term in the loss)")
     if probe.extra.get("client_hooks"):

@@ -62,8 +62,8 @@ def _run(root: Path, runs: Path, name: str, finetune: str, settings: dict, round
             "bytes_up_per_round": mean(r["bytes_up"] for r in history), "rounds": len(history)}
 
 
-def run_all(root: Path, runs: Path, rounds: int, log=print) -> dict:
-    """Every row of the table."""
+def run_all(root: Path, runs: Path, rounds: int, log=print, save=lambda rows: None) -> dict:
+    """Every row of the table (``save(rows)`` after each, so that a failure keeps the rows done)."""
     n = len(INSTITUTIONS)
     info = json.loads((root / "pretrained.json").read_text())
     rows: dict[str, dict] = {"pre-trained only (no fine-tuning)": {
@@ -76,9 +76,11 @@ def run_all(root: Path, runs: Path, rounds: int, log=print) -> dict:
         alone["accuracy"][str(i)] = r["accuracy"]["0"]
         alone["seconds"] += r["seconds"]
     rows["each institution alone (adapters)"] = alone
+    save(rows)
     for label, (finetune, settings) in ROWS.items():
         log(f"  {label}")
         rows[label] = _run(root, runs, label.split(" ")[0].lower().strip(",") + "-" + finetune, finetune, settings, rounds)
+        save(rows)
     return rows
 
 
@@ -138,16 +140,18 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else (root if args.quick else REPO / "benchmarks" / "results")
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else ROUNDS)
     start = time.perf_counter()
-    try:
-        prepare(root, quick=args.quick)
-        rows = run_all(root, root / "runs", rounds)
-    except PollenError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    meta = {"rounds": rounds, "seconds": time.perf_counter() - start, "threads": threads, "quick": args.quick}
-    text = table(rows, meta)
     out.mkdir(parents=True, exist_ok=True)
     stem = "speech-quick" if args.quick else "speech"
+    partial = out / f"{stem}.partial.json"
+    try:
+        prepare(root, quick=args.quick)
+        rows = run_all(root, root / "runs", rounds, save=lambda rows: partial.write_text(json.dumps(rows, indent=1)))
+    except PollenError as exc:
+        print(f"error: {exc} (the rows done so far are in {partial})", file=sys.stderr)
+        return 2
+    partial.unlink(missing_ok=True)
+    meta = {"rounds": rounds, "seconds": time.perf_counter() - start, "threads": threads, "quick": args.quick}
+    text = table(rows, meta)
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows,
                                                   "checks": [list(c) for c in checks(rows)]}, indent=1))
     (out / f"{stem}.md").write_text(text)

@@ -203,3 +203,19 @@ def test_a_party_with_another_frozen_base_is_refused():
     _, _, transport, _ = _frozen_run(fedavg(Sampler(), ClientConfig(base=RoundConfig(lr=LR))), party_model=other, rounds=1)
     fits = [r for r in transport.replies if r.kind == "fit"]
     assert fits and all(not r.ok and "frozen" in r.failure and "pre-trained" in r.failure for r in fits)
+
+
+@pytest.mark.parametrize("strategy,layers", [("fedbn", "fc1"), ("fedper", "head"), ("pfedme", None)])
+def test_checks_do_not_probe_name_filters_with_made_up_names(strategy, layers):
+    # the privacy checks and the app check once called strategy.configure(1, ["w"]), which made
+    # FedBN's and FedPer's --local-layers filters refuse every configuration ("no tensor matches")
+    from pollen.config import make_config
+    from pollen.privacy.checks import problems
+
+    cfg = make_config({"data": {"dataset": "digits", "parties": 2},
+                       "strategy": {"name": strategy, **({"local_layers": layers} if layers else {})}})
+    assert problems(cfg) == []
+    dp = make_config({"data": {"dataset": "digits", "parties": 2}, "privacy": {"dp_sgd": True, "noise_multiplier": 1.0,
+                                                                             "delta": 1e-5},
+                      "strategy": {"name": strategy, **({"local_layers": layers} if layers else {})}})
+    assert any("personal model" in p for p in problems(dp)) == (strategy == "pfedme")
