@@ -46,7 +46,7 @@ FINETUNE = ("lora", "lora+norm", "full")
 def whisper() -> nn.Module:
     """The Whisper-architecture classifier, randomly initialised from a config (no download):
     conv stem + 3 transformer encoder layers (d_model 96, 4 heads) over 100 log-mel frames, mean
-    pooling, a 64-unit projection and a 20-word classifier (~390k parameters)."""
+    pooling, a 64-unit projection and a 20-word classifier (387k parameters)."""
     transformers = require("transformers", "speech", "the speech example's Whisper model")
     transformers.logging.set_verbosity_error()
     config = transformers.WhisperConfig(
