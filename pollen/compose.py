@@ -135,6 +135,8 @@ def party_tables(cfg: RunConfig) -> Any:
     from pollen.client.party import PartyTables
     from pollen.privacy.client_dp import PARTICIPATIONS_KEY
     from pollen.privacy.dpsgd import STATE_KEY as DP_SGD_KEY
+    from pollen.strategy.ditto import DittoClient
+    from pollen.strategy.pfedme import PFedMeClient
     from pollen.strategy.scaffold import ScaffoldClient
 
     handlers: dict[str, Any] = {}
@@ -146,7 +148,8 @@ def party_tables(cfg: RunConfig) -> Any:
         from pollen.privacy.he_step import task_handlers as he_handlers
 
         handlers.update(he_handlers())
-    return PartyTables(task_handlers=handlers, client_hooks={"scaffold": ScaffoldClient()},
+    return PartyTables(task_handlers=handlers, client_hooks={"scaffold": ScaffoldClient(), "pfedme": PFedMeClient(),
+                                                             "ditto": DittoClient()},
                        durable_keys=frozenset({DP_SGD_KEY, PARTICIPATIONS_KEY}),
                        volatile_keys=frozenset({"secagg", "ckks_secret"}))  # round secrets never go to disk
 
@@ -188,7 +191,7 @@ def _check_app(cfg: RunConfig, app: App, strategy: Any) -> None:
     needs = []
     if cfg.privacy.dp_sgd:
         needs.append("--dp-sgd (DP-SGD replaces the local loop)")
-    probe = strategy.configure(1, ["w"])
+    probe = strategy.client.configure(1, None)  # before name filters (they need the real names)
     if probe.proximal_mu > 0:
         needs.append(f"strategy {cfg.strategy.name!r} (a proximal term in the loss)")
     if probe.extra.get("client_hooks"):
@@ -218,6 +221,8 @@ class Assembly:
     tables: Any
     _device: Any = field(default=None, init=False, repr=False)
     _server_data: Any = field(default=None, init=False, repr=False)
+    _frozen: Any = field(default=None, init=False, repr=False)
+    _frozen_digest: Any = field(default=None, init=False, repr=False)
 
     # -------------------------------------------------------- who and where
     @property
@@ -270,12 +275,22 @@ class Assembly:
         """The global model at round 0: a fresh model built with torch's RNG seeded by the run seed."""
         import torch
 
-        from pollen.client.trainer import state_to_numpy
+        from pollen.client.trainer import digest_of, frozen_names, state_to_numpy
 
         with _MODEL_LOCK:
             torch.manual_seed(self.cfg.run.seed)
             model = self.new_model()
-        return state_to_numpy(model)
+        state = state_to_numpy(model)
+        self._frozen = frozen_names(model)
+        self._frozen_digest = digest_of({k: state[k] for k in self._frozen})
+        return state
+
+    def frozen(self) -> tuple[tuple[str, ...], str | None]:
+        """The model's frozen tensors (``requires_grad=False`` in ``model()``) and their digest: they
+        never travel, each party builds them itself (a pre-trained base under adapters)."""
+        if self._frozen is None:
+            self.initial_state()
+        return self._frozen, self._frozen_digest
 
     def trainer(self, model: Any = None, ctx: Context | None = None) -> Any:
         """A trainer with a fresh model (one per process, reused for every party there)."""
@@ -414,7 +429,8 @@ class Assembly:
         events = events if events is not None else EventBus()
         if control is not None:
             transport = control.bind(self.cfg, transport, events)
-        return Coordinator(strategy=self.strategy, transport=transport, rounds=f.rounds, pipeline=self.pipeline,
+        strategy = self.strategy.with_frozen(*self.frozen())  # a frozen base never travels
+        return Coordinator(strategy=strategy, transport=transport, rounds=f.rounds, pipeline=self.pipeline,
                            evaluate=evaluate, eval_every=f.eval_every,
                            fed_eval=self.cfg.data.holdout > 0 or not self.app.builtin,  # an app may hold out its own
                            fed_eval_every=f.fed_eval_every, fed_eval_parties=f.fed_eval_parties,

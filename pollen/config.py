@@ -45,7 +45,7 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    model: str | None = Field(None, description="model name (default: chosen from the dataset): fedavg_cnn, cifar_cnn, small_cnn, mlp, logreg")
+    model: str | None = Field(None, description="model name (default: chosen from the dataset): fedavg_cnn, cifar_cnn, small_cnn, emnist_cnn, emnist_cnn_dropout, mlp, logreg")
     augmentation: str = Field("none", description="training augmentation: none, cifar")
 
 
@@ -75,14 +75,17 @@ class FederationConfig(_Section):
 class StrategyConfig(_Section):
     """Strategy, server optimizer, asynchronous mode and per-round schedules (docs/strategies.md)."""
 
-    name: str = Field("fedavg", description="aggregation strategy: fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad, scaffold, fednova, fedbn, fedper, fedbuff, fedasync (and robust ones)")
+    name: str = Field("fedavg", description="aggregation strategy: fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad, scaffold, fednova, fedbn, fedper, pfedme, ditto, fedbuff, fedasync (and robust ones)")
     server_lr: float | None = Field(None, gt=0, description="server learning rate (default per strategy: 1.0; 0.01 for fedadam/fedyogi/fedadagrad; 0.6 for fedasync's mixing α)")
     proximal_mu: float | None = Field(None, ge=0, description="FedProx proximal term μ (default 0.01 for fedprox; set it to add the term to any strategy)")
     server_momentum: float = Field(0.9, ge=0, lt=1, description="fedavgm server momentum β")
     beta1: float = Field(0.9, ge=0, lt=1, description="fedadam/fedyogi/fedadagrad first-moment decay β1")
     beta2: float = Field(0.99, ge=0, lt=1, description="fedadam/fedyogi second-moment decay β2")
     tau: float = Field(1e-3, gt=0, description="fedadam/fedyogi/fedadagrad adaptivity τ")
-    local_layers: str | None = Field(None, description="fedper: comma-separated module names kept on each party (default: the last layer)")
+    local_layers: str | None = Field(None, description="fedper: comma-separated module names kept on each party (default: the last layer); fedbn: normalisation layers kept local besides BatchNorm (e.g. layer_norm)")
+    personal_lambda: float | None = Field(None, ge=0, description="pfedme / ditto: λ, the pull between a party's personal model and the global one (default: 15 for pfedme, 0.1 for ditto)")
+    personal_lr: float | None = Field(None, gt=0, description="pfedme / ditto: learning rate of the personal model (default: --lr)")
+    personal_steps: int = Field(5, ge=1, le=100, description="pfedme: K, gradient steps on the personal model per mini-batch")
     async_buffer: int = Field(10, ge=1, description="fedbuff: updates K buffered per server step")
     async_concurrency: int | None = Field(None, ge=1, description="fedbuff/fedasync: parties training at once (default: parties per round)")
     max_staleness: int = Field(20, ge=0, description="fedbuff/fedasync: discard updates staler than this many server steps")

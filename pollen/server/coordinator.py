@@ -206,7 +206,8 @@ class Coordinator:
         """One round: sample, instruct, collect, aggregate, step, evaluate."""
         t0 = time.perf_counter()
         config = self.pipeline.configure(self.strategy.configure(rnd, list(state)))
-        payload = self.strategy.server_optimizer.broadcast(state, opt_state)  # the model (+ SCAFFOLD's c)
+        # the model (+ SCAFFOLD's c), less the frozen tensors every party builds itself
+        payload = self.strategy.payload(self.strategy.server_optimizer.broadcast(state, opt_state))
         sent = self.pipeline.encode_model(payload, config)  # downlink compression (identity by default)
         staleness: list[int] | None = None
         info: dict[str, Any] = {}
@@ -266,7 +267,7 @@ class Coordinator:
             record["failures"] = {pid: reasons[pid] for pid in sorted(reasons, key=_id_key)}
         raw_up = stream.raw_bytes if stream is not None else sum(state_nbytes(u.delta) for u in updates)
         record.update(compression_up=raw_up / up if up else None,
-                      compression_down=state_nbytes(state) * len(tasks) / down if down else None)
+                      compression_down=state_nbytes(payload) * len(tasks) / down if down else None)
         if stream is not None and stream.spoiled:
             record.update(aggregated=False, reason=f"streamed aggregate spoiled: {stream.spoiled}")
         elif len(ok) >= max(self.min_fit_parties, 1):
@@ -386,7 +387,8 @@ class Coordinator:
         if self.fed_eval and (last or periodic):  # async: only at the end (before, tasks are in flight)
             cfg = self.strategy.configure(rnd, list(state)).with_(extra={"personalized": True})
             asked = eval_sample(self.transport.available(), self.fed_eval_parties, self.strategy.sampler.seed, rnd)
-            tasks = [Task(pid, "evaluate", rnd, state, cfg) for pid in asked]
+            sent = self.strategy.payload(state)
+            tasks = [Task(pid, "evaluate", rnd, sent, cfg) for pid in asked]
             replies, _ = collect(self.transport, tasks, self.round_timeout)
             good = [r for r in replies if r.ok and r.evaluation is not None and r.evaluation.num_examples > 0]
             res = weighted_eval([r.evaluation for r in good])
