@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from pollen.client.ledger import budget_of
 from pollen.client.trainer import Trainer, load_numpy_state, make_optimizer
 from pollen.errors import ConfigError, ModelError, PrivacyError, require
 from pollen.privacy.accountant import make_accountant, noise_multiplier_for, participation_steps
@@ -143,7 +144,7 @@ def dp_fit(trainer: Trainer, global_state: Mapping[str, np.ndarray], data: Any,
     own = party_state.setdefault(STATE_KEY, {"history": [], "calibration": {}})
     q, steps = participation_steps(config.epochs, n, config.batch_size)
     sigma = _noise_multiplier(settings, q, steps, own["calibration"])
-    delta, target = settings["delta"], settings.get("target_epsilon")
+    target, delta = budget_of(party_state, settings)  # the party's own pinned budget, whatever the task asks
     accountant = make_accountant(settings["accountant"])
     accountant.load_state_dict({"history": own["history"]})
     accountant.step(sigma, q, steps)

@@ -21,7 +21,8 @@ from pollen.transport.base import Transport
 from pollen.types import Reply, Task
 
 
-def _worker(conn: Connection, cfg_dict: dict[str, Any], app_ref: str, ids: list[str], threads: int) -> None:
+def _worker(conn: Connection, cfg_dict: dict[str, Any], app_ref: str, ids: list[str], threads: int,
+            ledgers: str | None) -> None:
     import torch
 
     from pollen.compose import assemble
@@ -29,7 +30,7 @@ def _worker(conn: Connection, cfg_dict: dict[str, Any], app_ref: str, ids: list[
 
     torch.set_num_threads(threads)
     assembly = assemble(make_config(cfg_dict), app_ref)
-    parties = assembly.parties(assembly.trainer(), ids)
+    parties = assembly.parties(assembly.trainer(), ids, ledgers=ledgers)
     conn.send_bytes(b"ready")
     while True:
         try:
@@ -50,12 +51,14 @@ class ProcessPoolTransport(Transport):
             config and app reference.
         workers: number of worker processes.
         threads: torch threads per worker.
+        ledgers: the folder of the parties' privacy ledgers (``party-<id>`` each), read and written
+            by the workers, so that a resumed run continues every party's accountant.
 
     Raises:
         ConfigError: the app was given as an object no other process can import.
     """
 
-    def __init__(self, assembly: Any, workers: int, threads: int = 1) -> None:
+    def __init__(self, assembly: Any, workers: int, threads: int = 1, ledgers: Any = None) -> None:
         app_ref = assembly.app.reference
         if app_ref is None:
             raise ConfigError("worker processes import the app by name: give it as a .py file or a module name")
@@ -71,7 +74,8 @@ class ProcessPoolTransport(Transport):
             for pid in mine:
                 self._owner[pid] = w
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, cfg_dict, app_ref, mine, threads), daemon=True)
+            where = None if ledgers is None else str(ledgers)
+            proc = ctx.Process(target=_worker, args=(child, cfg_dict, app_ref, mine, threads, where), daemon=True)
             proc.start()
             child.close()
             self._conns.append(parent)

@@ -116,17 +116,21 @@ def _simulate(assembly: Assembly, resume: Path | None, overwrite: bool,
         raise ConfigError("the process backend starts fresh Python processes, which import your app by name: give "
                           "the app as a .py file or a module name (or use --backend inline)")
     trainer = assembly.trainer()
-    parties = assembly.parties(trainer, strict=True) if inline else None
-    party_state = None if parties is None else (
-        lambda: {"parties": {pid: st for pid, p in parties.items() if (st := p.durable_state())}})
+    made: dict[str, Any] = {}  # the inline parties, built once the run folder (and their ledgers' place) is open
+    party_state = None if not inline else (  # durable state a party keeps in no ledger of its own
+        lambda: {"parties": {pid: st for pid, p in made.items() if p.ledger is None and (st := p.durable_state())}})
     folder = open_run(assembly, run_dir=resume, resume=resume is not None, overwrite=overwrite,
                       callbacks=callbacks, party_state=party_state)
+    ledgers = folder.path / "ledgers"  # one privacy ledger per party that spends privacy (pollen.client.ledger)
+    parties = assembly.parties(trainer, strict=True, ledgers=ledgers) if inline else None
+    made.update(parties or {})
     state, start, opt_state = _starting_point(assembly, folder, parties)
     transport: Transport
     if parties is None:
         from pollen.simulation.process_pool import ProcessPoolTransport
 
-        transport = ProcessPoolTransport(assembly, cfg.simulation.workers or cores(), cfg.simulation.threads or 1)
+        transport = ProcessPoolTransport(assembly, cfg.simulation.workers or cores(), cfg.simulation.threads or 1,
+                                         ledgers=ledgers)
     else:
         transport = InProcessTransport(parties)
     transport = with_simulated_clock(transport, cfg)  # --party-speed / --dropout: virtual time
@@ -140,6 +144,7 @@ def _simulate(assembly: Assembly, resume: Path | None, overwrite: bool,
 
     finish_run(folder, assembly, state, method=assembly.strategy.name, extra=describe_attack(cfg, assembly.party_ids),
                data_size=data_bytes(assembly, parties), parties=parties)
+    _drop_cached_replies(ledgers)
     return _result(folder.path, state)
 
 
@@ -149,13 +154,17 @@ def _starting_point(assembly: Assembly, folder: RunFolder, parties: Mapping[str,
     if point is None:
         return assembly.initial_state(), 1, None
     for pid, saved in point.extra.get("parties", {}).items():
-        if parties is not None and pid in parties:
+        if parties is not None and pid in parties and parties[pid].ledger is None:  # a ledger is newer
             parties[pid].restore_state(saved)
-    p = assembly.cfg.privacy
-    if parties is None and (p.dp_sgd or p.client_dp == "local"):
-        log.warning("resuming with the process backend: the parties' own privacy accountants restart at zero "
-                    "(their state lives in the worker processes); use the inline backend to resume DP runs")
     return point.state, point.start, point.optimizer_state
+
+
+def _drop_cached_replies(ledgers: Path) -> None:
+    """A finished run re-issues no task: the parties' cached replies go, their ledgers stay."""
+    from pollen.client.ledger import LEDGER_FILE, Ledger
+
+    for path in sorted(ledgers.glob(f"party-*/{LEDGER_FILE}")) if ledgers.is_dir() else ():
+        Ledger(path.parent, path.parent.name.removeprefix("party-")).drop_replies()
 
 
 def _result(run_dir: Path, state: ModelState) -> RunResult:
