@@ -41,8 +41,8 @@ def _cfg(tmp_path, name, rounds, **privacy):
 class Federation:
     """Parties (threads) that outlive coordinators: each coordinator is a gRPC server on one port."""
 
-    def __init__(self, folder, ledgers, port: int = 0) -> None:
-        self.folder, self.ledgers, self.port = folder, ledgers, port
+    def __init__(self, folder, tmp_path, port: int = 0) -> None:
+        self.folder, self.ledgers, self.runs, self.port = folder, tmp_path / "ledgers", tmp_path / "runs", port
         self.parties: dict[str, GrpcParty] = {}
         self.threads: dict[str, threading.Thread] = {}
         self.errors: list[Exception] = []
@@ -77,7 +77,7 @@ class Federation:
 
     def run(self, cfg, hub, resume: bool = False, wrap=None, callbacks=()):
         asm = assemble(cfg)
-        folder = open_run(asm, run_dir=self.folder.parent / "runs" / cfg.run.name, resume=resume, callbacks=callbacks)
+        folder = open_run(asm, run_dir=self.runs / cfg.run.name, resume=resume, callbacks=callbacks)
         records = []
         folder.events.subscribe(lambda e: records.append(e.record) if isinstance(e, RoundCompleted) else None)
         point = folder.resume
@@ -98,7 +98,7 @@ def _charges(ledgers, pid):
 
 
 def test_a_party_killed_and_restarted_past_its_budget_keeps_refusing(shards, tmp_path):
-    fed = Federation(shards, tmp_path / "ledgers")
+    fed = Federation(shards, tmp_path)
     probe = assemble(_cfg(tmp_path, "probe", 1)).party_data("0", shards / "party0").train
     q, steps = participation_steps(1, len(probe), 32)
     eps = [epsilon_for(1.0, q, steps * r, 1e-5) for r in (1, 2, 3)]
@@ -161,7 +161,7 @@ class CrashMidRound(Transport):
 def test_a_coordinator_killed_mid_round_resumes_with_the_epsilon_of_an_uninterrupted_run(shards, tmp_path):
     full = simulate(_cfg(tmp_path, "full", 3))
     cfg = _cfg(tmp_path, "crash", 3)
-    fed = Federation(shards, tmp_path / "ledgers")
+    fed = Federation(shards, tmp_path)
     hub, server = fed.serve(cfg)
     for pid in IDS:
         fed.start_party(pid)

@@ -54,10 +54,8 @@ KEY_SHARE_PREFIX = "key/"  # "key/<party>": a share of a dropped party's mask se
 DROP = "drop"  # simulation only: the party does the stage's work, then drops out silently
 NEIGHBOURS = "neighbours"
 THRESHOLD = "threshold"
-DEGREE = "degree"
 ROSTER = "roster"  # {party: key fingerprint} of every party that advertised keys (U1)
 SURVIVORS = "survivors"
-DROPPED = "dropped"
 FIELD = "field"
 
 # HKDF "info" labels: one derived key per purpose (domain separation).
