@@ -100,7 +100,8 @@ def test_dropouts_at_every_stage_up_to_n_minus_t(drop):
     deltas, examples = federation()
     step = SecAggPlus(SecAggParams(planned=7), drop=drop)
     out, _, _ = run_round(deltas, examples, step)
-    lost_before_sum = set().union(*(v for s, v in drop.items() if s != C.STAGE_UNMASK))
+    # a party whose masked update arrived is in the sum (U3), whether or not it signs or unmasks
+    lost_before_sum = set().union(*(v for s, v in drop.items() if s not in (C.STAGE_CONSISTENCY, C.STAGE_UNMASK)))
     included = [p for p in deltas if p not in lost_before_sum]
     assert step.last.included == included
     want = expected_mean(deltas, examples, included)
@@ -127,9 +128,9 @@ def test_integer_buffers_are_summed_exactly():
 
 def test_sparse_graph_with_thirty_percent_dropout():
     deltas, examples = federation(n=20, seed=3)
-    step = SecAggPlus(SecAggParams(neighbours=10, threshold=0.55, planned=20, dropout=0.3, seed=1))
+    step = SecAggPlus(SecAggParams(neighbours=10, threshold=0.51, planned=20, dropout=0.3, seed=1))
     out, _, _ = run_round(deltas, examples, step)
-    assert step.last.k == 10 and step.last.t == 7 and len(step.last.included) == 14
+    assert step.last.k == 10 and step.last.t == 6 and len(step.last.included) == 14
     want = expected_mean(deltas, examples, step.last.included)
     assert np.max(np.abs(out["w"] - want["w"])) <= step.last.spec.error_bound + 1e-6
 
