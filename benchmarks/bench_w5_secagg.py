@@ -4,7 +4,8 @@ measured in the same process on the same machine, in inline simulation.
 Workload: W4's round (Fashion-MNIST, fedavg_cnn, SGD lr 0.05, batch 32, 1 local epoch, IID, all
 parties sampled, seed 0) with 10 parties of 6,000 examples, and with 100 parties of 600. Modes,
 interleaved in every repetition so that they share the machine's load: plain FedAvg, SecAgg+,
-and SecAgg+ with 30 % of the parties dropping out after masking. Every measurement is round 1
+and SecAgg+ with 30 % of the parties dropping out after masking — with the checks of a party that
+does not trust the coordinator (signed keys, the consistency round). Every measurement is round 1
 from the same initial model, so every mode trains exactly the same updates and the secure
 aggregate can be compared with the plain weighted mean of the same updates.
 
@@ -38,18 +39,21 @@ from pollen.models import builtin
 from pollen.privacy.secagg import field, masks, shamir
 from pollen.privacy.secagg import party as secagg_party
 from pollen.privacy.secagg import protocol as secagg_protocol
+from pollen.privacy.secagg.identity import Trust
 from pollen.transport.inprocess import InProcessTransport
 
 MODES = ("plain", "secagg", "secagg_drop30")
 TIMERS: dict[str, float] = defaultdict(float)
 
 
-def base_config(parties: int, mode: str, neighbours: int | None, threshold: float, dataset: str = "fmnist",
+def base_config(parties: int, mode: str, neighbours: int | None, threshold: float | None, dataset: str = "fmnist",
                 model: str = "fedavg_cnn") -> dict:
     privacy = {}
     if mode != "plain":
-        privacy = {"secagg": True, "secagg_neighbours": neighbours, "secagg_threshold": threshold,
+        privacy = {"secagg": True, "secagg_neighbours": neighbours,
                    "secagg_dropout": 0.3 if mode == "secagg_drop30" else 0.0}
+        if threshold is not None:  # None: the default (2/3)
+            privacy["secagg_threshold"] = threshold
     return {"data": {"dataset": dataset, "parties": parties, "partition": "iid", "holdout": 0},
             "model": {"model": model}, "train": {"lr": 0.05, "batch_size": 32, "epochs": 1},
             "federation": {"rounds": 1, "fraction": 1.0},  # all parties sampled
@@ -109,15 +113,18 @@ def instrument() -> None:
     timed(masks, "open_sealed", "AES-GCM share decryption")
     timed(field, "quantize", "quantise")
     timed(field, "dequantize", "dequantise")
-    for fn in ("share_keys", "masked_input", "unmask"):
+    timed(Trust, "sign", "Ed25519 sign (keys, survivor set)")
+    timed(Trust, "verify", "Ed25519 verify (neighbours' keys and survivor sets)")
+    for fn in ("share_keys", "masked_input", "consistency", "unmask"):
         timed(secagg_party, fn, f"party stage {fn} (total)")
     # the parties' task handlers are read from the module when a run is assembled (after this): the timed ones
     timed(secagg_protocol, "_remove_masks", "coordinator: remove masks (total)")
 
 
 def one_round(app, trainer, parties: int, mode: str, state0, args) -> dict:
-    cfg = make_config(base_config(parties, mode, args.neighbours if parties > 10 else None, args.threshold,
-                                  args.dataset, args.model))
+    sparse = parties > 10  # 10 parties: the complete graph and the default threshold
+    neighbours = (args.drop_neighbours if mode == "secagg_drop30" else args.neighbours) if sparse else None
+    cfg = make_config(base_config(parties, mode, neighbours, args.threshold if sparse else None, args.dataset, args.model))
     assembly = assemble(cfg, app)
     pipeline = assembly.pipeline
     transport = Recorder(assembly.parties(trainer), keep=mode == "plain")
@@ -222,7 +229,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--parties", type=int, nargs="+", default=[10, 100])
     ap.add_argument("--neighbours", type=int, default=40, help="SecAgg+ degree k beyond 10 parties (10: complete graph)")
-    ap.add_argument("--threshold", type=float, default=0.4, help="SecAgg+ threshold fraction t/(k+1)")
+    ap.add_argument("--drop-neighbours", type=int, default=60,
+                    help="degree k beyond 10 parties with 30%% dropping (t above half a neighbourhood needs a denser "
+                         "graph to survive it: failure bound 7.9e-7 per round at k = 60, 1.4e-2 at k = 40)")
+    ap.add_argument("--threshold", type=float, default=0.51,
+                    help="SecAgg+ threshold fraction t/(k+1) beyond 10 parties (must exceed 0.5; 10 parties: the default 2/3)")
     ap.add_argument("--examples-per-party", type=int, default=None,
                     help="train each party on only this many examples (W1's shard is 600; default: the whole split)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: cores, as BENCHMARKS.md says)")

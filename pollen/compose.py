@@ -37,7 +37,8 @@ log = logging.getLogger("pollen")
 # Models are initialised from torch's global RNG: one model at a time, so that a seeded initial model
 # is the same whatever other threads of the process (parties embedded in a program) build meanwhile.
 _MODEL_LOCK = threading.RLock()
-RUN_FILES = ("config.toml", "history.jsonl", "summary.json", "report.md", "plot.png", "model.safetensors", "checkpoints")
+RUN_FILES = ("config.toml", "history.jsonl", "summary.json", "report.md", "plot.png", "model.safetensors", "checkpoints",
+             "ledgers")
 
 
 # ------------------------------------------------------------ threads
@@ -323,33 +324,49 @@ class Assembly:
         return data
 
     def party(self, party_id: str, trainer: Any, data_path: str | Path | None = None, lazy: bool = True,
-              strict: bool = False) -> Any:
+              strict: bool = False, ledger: Any = None) -> Any:
         """One ``LocalParty`` (its data loaded on first use when ``lazy``; ``strict``: an error in the
-        app's code stops the run instead of failing the party's round)."""
+        app's code stops the run instead of failing the party's round; ``ledger``: its privacy ledger)."""
         from pollen.client.party import LocalParty
 
         load = lambda: self.party_data(party_id, data_path)  # noqa: E731
         return LocalParty(party_id, load if lazy else load(), trainer, seed=self.cfg.run.seed,
                           pipeline=self.pipeline, tables=self.tables, context=self.context(party_id, ROLE_PARTY, data_path),
-                          strict=strict)
+                          strict=strict, ledger=ledger)
 
-    def parties(self, trainer: Any, ids: Iterable[str] | None = None, strict: bool = False) -> dict[str, Any]:
-        """The simulated parties ``ids`` (all when None), each reading ``--data-dir`` with its id.
+    def ledger(self, party_id: str, folder: str | Path | None, max_epsilon: float | None = None,
+               delta: float | None = None) -> Any:
+        """The party's privacy ledger in ``folder`` when parties spend privacy themselves (DP-SGD, local
+        party-level DP), else None (``pollen.client.ledger``); ``max_epsilon``/``delta``: the party
+        operator's own budget, which replaces the one the ledger pinned."""
+        from pollen.client.ledger import Budget, Ledger, needs_ledger
+
+        if folder is None or not needs_ledger(self.cfg):
+            return None
+        own = max_epsilon is not None or delta is not None
+        return Ledger(folder, party_id, Budget.from_config(self.cfg, max_epsilon, delta), override=own)
+
+    def parties(self, trainer: Any, ids: Iterable[str] | None = None, strict: bool = False,
+                ledgers: str | Path | None = None) -> dict[str, Any]:
+        """The simulated parties ``ids`` (all when None), each reading ``--data-dir`` with its id and
+        keeping its privacy ledger in ``ledgers/party-<id>`` (when given and needed).
 
         With a simulated attack (``cfg.attack``) the malicious parties get a ``MaliciousTrainer``
         wrapping ``trainer``; every process that builds parties builds the same attackers, so the
         process-pool backend simulates them too.
         """
         trainer_of = self._attack_trainers(trainer)
-        return {pid: self.party(pid, trainer_of(pid), self.simulation_path(pid), strict=strict)
+        return {pid: self.party(pid, trainer_of(pid), self.simulation_path(pid), strict=strict,
+                                ledger=self.ledger(pid, None if ledgers is None else Path(ledgers) / f"party-{pid}"))
                 for pid in (ids if ids is not None else self.party_ids)}
 
     def party_pool(self, trainer: Any, ids: Sequence[str] | None = None, state_dir: str | Path | None = None,
-                   resume_round: int | None = None, strict: bool = False) -> Any:
+                   resume_round: int | None = None, strict: bool = False, ledgers: str | Path | None = None) -> Any:
         """The simulated parties ``ids`` (all when None) as a :class:`~pollen.client.pool.PartyPool`:
         each built when a task first names it, at most ``--party-cache`` of them in memory, their
         state in a :class:`~pollen.client.state_store.PartyStateStore` under ``state_dir`` (None:
-        in memory only). Every simulation backend holds one (inline, each worker, each Ray actor)."""
+        in memory only). Every simulation backend holds one (inline, each worker, each Ray actor).
+        A party that spends privacy keeps its ledger in ``ledgers/party-<id>`` (when given)."""
         from pollen.client.pool import PartyPool
         from pollen.client.state_store import PartyStateStore
 
@@ -357,8 +374,9 @@ class Assembly:
         capacity = self.party_cache()
         store = PartyStateStore(state_dir, capacity, self.tables.volatile_keys, resume_round)
         trainer_of = self._attack_trainers(trainer)
-        return PartyPool(ids, lambda pid: self.party(pid, trainer_of(pid), self.simulation_path(pid), strict=strict),
-                         store, capacity)
+        ledger = lambda pid: self.ledger(pid, None if ledgers is None else Path(ledgers) / f"party-{pid}")  # noqa: E731
+        return PartyPool(ids, lambda pid: self.party(pid, trainer_of(pid), self.simulation_path(pid), strict=strict,
+                                                     ledger=ledger(pid)), store, capacity)
 
     def party_cache(self) -> int:
         """Parties (data and state) a simulation keeps in memory: ``--party-cache``, by default

@@ -130,10 +130,11 @@ class PrivacyConfig(_Section):
 
     # --- secure aggregation (pollen/privacy/secagg, docs/secure-aggregation.md) ---
     secagg: bool = Field(False, description="secure aggregation (SecAgg+): parties mask their updates; the coordinator learns only the sum")
-    secagg_threshold: float = Field(0.5, gt=0, le=1, description="SecAgg+: fraction t/(k+1) of a party's share holders (its k neighbours and itself) needed to rebuild its masks; fewer colluding parties learn nothing")
+    secagg_threshold: float = Field(2 / 3, gt=0, le=1, description="SecAgg+: fraction t/(k+1) of a party's share holders (its k neighbours and itself) needed to rebuild its masks; above 0.5 against a coordinator that lies")
     secagg_neighbours: int | None = Field(None, ge=2, description="SecAgg+: degree k of the random neighbour graph (rounded up to even; default: all parties of the round, the original SecAgg)")
     secagg_bits: Literal[32, 64] = Field(32, description="SecAgg+: masked values live in Z_2^bits (32 costs as much uplink as float32)")
     secagg_clip: float = Field(1.0, gt=0, description="SecAgg+: each update coordinate is clipped to [-c, c] before quantisation")
+    secagg_trust_coordinator: bool = Field(False, description="SecAgg+: accept a threshold of at most half a neighbourhood; then secure only while the coordinator follows the protocol (a lying one can rebuild single updates)")
     secagg_dropout: float = Field(0.0, ge=0, lt=1, description="simulation: fraction of each round's parties that drop out after masking (their masks are recovered)")
 
 

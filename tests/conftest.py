@@ -32,7 +32,8 @@ def digits_cfg(tmp_path):
 def run_over_grpc():
     """A function that runs the Coordinator over a real gRPC server on 127.0.0.1 (no TLS) with
     each party a thread of this process reading its shard from disk; returns the final state and
-    the round records."""
+    the round records. ``wrap``: a function of the gRPC transport returning the transport the
+    coordinator drives (e.g. one that reorders replies)."""
     import threading
 
     from pollen.server import Coordinator
@@ -43,7 +44,7 @@ def run_over_grpc():
     from pollen.transport.rpc.service import FederationService, start_server
     from pollen.transport.rpc.tls import RevocationList
 
-    def run(cfg, dataset, folder, ids, *, heartbeat=60.0, round_timeout=600.0):
+    def run(cfg, dataset, folder, ids, *, heartbeat=60.0, round_timeout=600.0, wrap=None):
         hub = GrpcTransport(heartbeat)  # generous: a loaded CI machine must not miss heartbeats
         server, port = start_server(FederationService(hub, cfg.to_dict(), 10**9, True, RevocationList(None)),
                                     "127.0.0.1", 0, None)
@@ -66,8 +67,9 @@ def run_over_grpc():
             assert hub.wait_for_parties(len(ids), timeout=60)
             records = []
             asm = assemble(cfg)
-            coord = Coordinator(asm.strategy, hub, cfg.federation.rounds, pipeline=asm.pipeline,
-                                round_timeout=round_timeout, stream_aggregate=cfg.federation.stream_aggregate)
+            coord = Coordinator(asm.strategy, hub if wrap is None else wrap(hub), cfg.federation.rounds,
+                                pipeline=asm.pipeline, round_timeout=round_timeout,
+                                stream_aggregate=cfg.federation.stream_aggregate)
             coord.events.subscribe(lambda e: records.append(e.record) if isinstance(e, RoundCompleted) else None)
             state = coord.run(asm.initial_state())
         finally:

@@ -6,6 +6,7 @@ gRPC), so the party side of a round is written once.
 
 from __future__ import annotations
 
+import copy
 import time
 import zlib
 from collections.abc import Callable, Mapping
@@ -106,6 +107,8 @@ class LocalParty:
         context: the party's app ``Context`` (given to the app's own train/evaluate).
         strict: let an error in the app's own code (``AppError``) propagate instead of becoming a
             failure reply (inline simulation: a bug in the user's code stops the run with its message).
+        ledger: the party's privacy ledger (``pollen.client.ledger``): its accountants start from it,
+            and every fit is charged to it before the update leaves.
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class LocalParty:
         tables: PartyTables | None = None,
         context: Any = None,
         strict: bool = False,
+        ledger: Any = None,
     ) -> None:
         self.party_id = party_id
         if not isinstance(data, PartyData) and not callable(data):
@@ -133,6 +137,12 @@ class LocalParty:
         self.context = context
         self.strict = strict
         self.state: dict[str, Any] = {}  # kept between rounds (control variates, residuals, …)
+        self.ledger = ledger
+        if ledger is not None:
+            from pollen.client.ledger import BUDGET_KEY
+
+            self.state.update(copy.deepcopy(ledger.state))
+            self.state[BUDGET_KEY] = ledger.budget
 
     @property
     def data(self) -> PartyData:
@@ -171,8 +181,9 @@ class LocalParty:
         start = time.perf_counter()
         try:
             if task.kind == "fit":
-                return Reply(self.party_id, "fit", task.round, update=self.fit(task),
-                             seconds=time.perf_counter() - start)
+                update = (self.fit(task) if self.ledger is None else
+                          self.ledger.answer(task, self.state, self.tables.durable_keys, lambda: self.fit(task)))
+                return Reply(self.party_id, "fit", task.round, update=update, seconds=time.perf_counter() - start)
             if task.kind == "evaluate":
                 return Reply(self.party_id, "evaluate", task.round, evaluation=self.evaluate(task),
                              seconds=time.perf_counter() - start)

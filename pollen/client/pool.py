@@ -46,7 +46,9 @@ class PartyPool(Mapping[str, LocalParty]):
         if party_id not in self:
             raise KeyError(party_id)
         party = self._make(party_id)
-        party.state = self.store.get(party_id)
+        own = party.state if party.ledger is not None else {}  # its ledger's accountants and budget
+        # the ledger is written before an update leaves: newer than the store, so it wins
+        party.state = {**self.store.get(party_id), **own} if own else self.store.get(party_id)
         self.built += 1
         self._cache[party_id] = party
         while len(self._cache) > self.capacity:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from pollen.client.ledger import budget_of
 from pollen.client.trainer import Trainer, load_numpy_state, make_optimizer
 from pollen.errors import ConfigError, ModelError, PrivacyError, require
 from pollen.privacy.accountant import make_accountant, noise_multiplier_for, participation_steps
@@ -72,32 +73,32 @@ def dp_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches: Sequen
     track_accuracy = loss_fn is None
     loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
     total, correct, seen = 0.0, 0, 0
-    with warnings.catch_warnings():
-        # Opacus' hooks on the first layer fire although its input needs no grad: harmless, but
-        # torch warns about it on every batch.
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        try:
-            gsm.train()
-            for idx in batches:
-                opt.zero_grad(set_to_none=True)
-                if len(idx) == 0:
-                    for p in params:
-                        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
-                else:
-                    xb, yb = x[idx], y[idx]
-                    if augment is not None:
-                        xb = augment(xb, augment_generator)
-                    logits = gsm(xb)  # (B, classes)
-                    loss = loss_fn(logits, yb)
-                    loss.backward()
-                    total += float(loss.detach()) * len(idx)
-                    if track_accuracy:
-                        correct += int((logits.detach().argmax(1) == yb).sum())
-                    seen += len(idx)
-                opt.step()
-        finally:
+    # Opacus' hooks on the first layer fire although its input needs no grad: harmless, but torch
+    # warns about it on every batch. Not ``warnings.catch_warnings()``: it restores the process-wide
+    # filters on exit, under the feet of other parties training in threads of the same process.
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")  # re-adding replaces, never piles up
+    try:
+        gsm.train()
+        for idx in batches:
             opt.zero_grad(set_to_none=True)
-            gsm._close()  # remove Opacus' hooks: the trainer's model is reused by other parties
+            if len(idx) == 0:
+                for p in params:
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+            else:
+                xb, yb = x[idx], y[idx]
+                if augment is not None:
+                    xb = augment(xb, augment_generator)
+                logits = gsm(xb)  # (B, classes)
+                loss = loss_fn(logits, yb)
+                loss.backward()
+                total += float(loss.detach()) * len(idx)
+                if track_accuracy:
+                    correct += int((logits.detach().argmax(1) == yb).sum())
+                seen += len(idx)
+            opt.step()
+    finally:
+        opt.zero_grad(set_to_none=True)
+        gsm._close()  # remove Opacus' hooks: the trainer's model is reused by other parties
     out = {"train_loss": total / max(seen, 1), "steps": float(len(batches))}
     if track_accuracy:
         out["train_accuracy"] = correct / max(seen, 1)
@@ -143,7 +144,7 @@ def dp_fit(trainer: Trainer, global_state: Mapping[str, np.ndarray], data: Any,
     own = party_state.setdefault(STATE_KEY, {"history": [], "calibration": {}})
     q, steps = participation_steps(config.epochs, n, config.batch_size)
     sigma = _noise_multiplier(settings, q, steps, own["calibration"])
-    delta, target = settings["delta"], settings.get("target_epsilon")
+    target, delta = budget_of(party_state, settings)  # the party's own pinned budget, whatever the task asks
     accountant = make_accountant(settings["accountant"])
     accountant.load_state_dict({"history": own["history"]})
     accountant.step(sigma, q, steps)

@@ -23,7 +23,7 @@ from pollen.types import Reply, Task
 
 
 def _worker(conn: Connection, cfg_dict: dict[str, Any], app_ref: str, ids: list[str], threads: int,
-            state_dir: str | None, resume_round: int | None) -> None:
+            state_dir: str | None, resume_round: int | None, ledgers: str | None) -> None:
     import torch
 
     from pollen.compose import assemble
@@ -31,7 +31,7 @@ def _worker(conn: Connection, cfg_dict: dict[str, Any], app_ref: str, ids: list[
 
     torch.set_num_threads(threads)
     assembly = assemble(make_config(cfg_dict), app_ref)
-    parties = assembly.party_pool(assembly.trainer(), ids, state_dir, resume_round)
+    parties = assembly.party_pool(assembly.trainer(), ids, state_dir, resume_round, ledgers=ledgers)
     conn.send_bytes(b"ready")
     while True:
         try:
@@ -54,13 +54,15 @@ class ProcessPoolTransport(Transport):
         threads: torch threads per worker.
         state_dir: the run's party-state store (None: each worker's memory only).
         resume_round: the round a resumed run starts at (parties read the state saved before it).
+        ledgers: the folder of the parties' privacy ledgers (``party-<id>`` each), read and written
+            by the workers, so that a resumed run continues every party's accountant.
 
     Raises:
         ConfigError: the app was given as an object no other process can import.
     """
 
     def __init__(self, assembly: Any, workers: int, threads: int = 1, state_dir: Any = None,
-                 resume_round: int | None = None) -> None:
+                 resume_round: int | None = None, ledgers: Any = None) -> None:
         app_ref = assembly.app.reference
         if app_ref is None:
             raise ConfigError("worker processes import the app by name: give it as a .py file or a module name")
@@ -76,8 +78,10 @@ class ProcessPoolTransport(Transport):
             for pid in mine:
                 self._owner[pid] = w
             parent, child = ctx.Pipe()
+            where = None if ledgers is None else str(ledgers)
             proc = ctx.Process(target=_worker, daemon=True, args=(child, cfg_dict, app_ref, mine, threads,
-                                                                  None if state_dir is None else str(state_dir), resume_round))
+                                                                  None if state_dir is None else str(state_dir),
+                                                                  resume_round, where))
             proc.start()
             child.close()
             self._conns.append(parent)

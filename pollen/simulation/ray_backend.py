@@ -54,10 +54,11 @@ class PartyWorker:
         state_dir: the run's party-state store.
         resume_round: a resumed run's first round.
         threads: torch threads for training.
+        ledgers: the folder of the parties' privacy ledgers (``party-<id>`` each).
     """
 
     def __init__(self, cfg_dict: dict[str, Any], app_ref: str, state_dir: str | None, resume_round: int | None,
-                 threads: int) -> None:
+                 threads: int, ledgers: str | None = None) -> None:
         import torch
 
         from pollen.compose import assemble
@@ -65,7 +66,7 @@ class PartyWorker:
 
         torch.set_num_threads(max(1, threads))
         self.assembly = assemble(make_config(cfg_dict), app_ref)
-        self.parties = self.assembly.party_pool(self.assembly.trainer(), None, state_dir, resume_round)
+        self.parties = self.assembly.party_pool(self.assembly.trainer(), None, state_dir, resume_round, ledgers=ledgers)
 
     def node(self) -> str:
         """The Ray node this actor runs on."""
@@ -142,7 +143,7 @@ class RayTransport(Transport):
     """
 
     def __init__(self, assembly: Any, run_dir: str | Path, state_dir: str | Path | None = None,
-                 resume_round: int | None = None, actors: int | None = None) -> None:
+                 resume_round: int | None = None, actors: int | None = None, ledgers: str | Path | None = None) -> None:
         ray = require_ray()
         app_ref = assembly.app.reference
         if app_ref is None:
@@ -167,7 +168,8 @@ class RayTransport(Transport):
         threads = sim.threads or max(1, int(sim.party_cpus))
         remote = ray.remote(PartyWorker).options(num_cpus=sim.party_cpus, num_gpus=sim.party_gpus,
                                                  scheduling_strategy="SPREAD")
-        args = (assembly.cfg.to_dict(), app_ref, None if state_dir is None else str(state_dir), resume_round, threads)
+        args = (assembly.cfg.to_dict(), app_ref, None if state_dir is None else str(state_dir), resume_round, threads,
+                None if ledgers is None else str(ledgers))
         self._make = lambda: remote.remote(*args)  # noqa: E731
         self.actors = [self._make() for _ in range(count)]
         try:

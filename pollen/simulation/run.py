@@ -124,24 +124,27 @@ def _simulate(assembly: Assembly, resume: Path | None, overwrite: bool,
     trainer = assembly.trainer()
     folder = open_run(assembly, run_dir=resume, resume=resume is not None, overwrite=overwrite, callbacks=callbacks)
     state, start, opt_state = _starting_point(assembly, folder)
-    # Parties' state (control variates, residuals, ledgers, private layers) lives on disk in the run
-    # folder, an LRU of it in memory: every backend reads and writes the same store.
+    # Parties' state (control variates, residuals, private layers) lives on disk in the run folder,
+    # an LRU of it in memory: every backend reads and writes the same store. A party that spends
+    # privacy keeps its own ledger besides (pollen.client.ledger), which wins over the store.
     state_dir, resume_round = folder.path / "party_state", (start if folder.resume is not None else None)
+    ledgers = folder.path / "ledgers"  # one privacy ledger per party that spends privacy
     parties = None
     transport: Transport
     if backend == "inline":
-        parties = assembly.party_pool(trainer, state_dir=state_dir, resume_round=resume_round, strict=True)
+        parties = assembly.party_pool(trainer, state_dir=state_dir, resume_round=resume_round, strict=True,
+                                      ledgers=ledgers)
         _restore_old_checkpoint(folder, parties)
         transport = InProcessTransport(parties)
     elif backend == "process":
         from pollen.simulation.process_pool import ProcessPoolTransport
 
         transport = ProcessPoolTransport(assembly, cfg.simulation.workers or cores(), cfg.simulation.threads or 1,
-                                         state_dir=state_dir, resume_round=resume_round)
+                                         state_dir=state_dir, resume_round=resume_round, ledgers=ledgers)
     else:
         from pollen.simulation.ray_backend import RayTransport
 
-        transport = RayTransport(assembly, folder.path, state_dir=state_dir, resume_round=resume_round)
+        transport = RayTransport(assembly, folder.path, state_dir=state_dir, resume_round=resume_round, ledgers=ledgers)
     transport = with_simulated_clock(transport, cfg)  # --party-speed / --dropout: virtual time
     coordinator = assembly.coordinator(transport, folder.events, folder.checkpointer, assembly.evaluator(trainer),
                                        control=control)
@@ -155,6 +158,7 @@ def _simulate(assembly: Assembly, resume: Path | None, overwrite: bool,
 
     finish_run(folder, assembly, state, method=assembly.strategy.name, extra=describe_attack(cfg, assembly.party_ids),
                data_size=data_bytes(assembly, loaded), parties=loaded)
+    _drop_cached_replies(ledgers)
     return _result(folder.path, state)
 
 
@@ -170,9 +174,17 @@ def _restore_old_checkpoint(folder: RunFolder, parties: Any) -> None:
     """A checkpoint written before the party-state store kept parties' ledgers in its metadata."""
     point = folder.resume
     for pid, saved in ({} if point is None else point.extra.get("parties", {})).items():
-        if pid in parties:
+        if pid in parties and parties[pid].ledger is None:  # a party's own ledger is newer
             parties[pid].restore_state(saved)
             parties.store.save(pid, parties[pid].state, point.start - 1)
+
+
+def _drop_cached_replies(ledgers: Path) -> None:
+    """A finished run re-issues no task: the parties' cached replies go, their ledgers stay."""
+    from pollen.client.ledger import LEDGER_FILE, Ledger
+
+    for path in sorted(ledgers.glob(f"party-*/{LEDGER_FILE}")) if ledgers.is_dir() else ():
+        Ledger(path.parent, path.parent.name.removeprefix("party-")).drop_replies()
 
 
 def _result(run_dir: Path, state: ModelState) -> RunResult:

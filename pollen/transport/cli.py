@@ -109,6 +109,16 @@ def client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-json", action="store_true", help="structured logs: one JSON object per line on stderr")
     p.add_argument("--backoff-cap", type=float, default=30.0, help="longest wait between reconnect attempts, seconds (default: 30)")
     p.add_argument("--threads", type=int, metavar="N", help="torch threads for local training (default: torch's)")
+    p.add_argument("--ledger", metavar="DIR", help="this party's privacy ledger (its accountant, kept across restarts "
+                   "and runs; default: next to --data, e.g. data/party0.ledger)")
+    p.add_argument("--max-epsilon", type=float, metavar="EPS", help="this party's own privacy budget: it refuses any "
+                   "task that would spend more, whatever the coordinator asks (default: the run's --target-epsilon "
+                   "when the ledger is created)")
+    p.add_argument("--delta", type=float, metavar="D", help="δ of this party's own budget (default: the run's --delta "
+                   "when the ledger is created)")
+    p.add_argument("--secagg-trust-coordinator", action="store_true", help="accept a secure-aggregation threshold of "
+                   "at most half a neighbourhood when the coordinator asks for one (then a coordinator that lies can "
+                   "rebuild this party's update; default: refuse)")
 
 
 def client_cmd(args: argparse.Namespace) -> int:
@@ -123,7 +133,9 @@ def client_cmd(args: argparse.Namespace) -> int:
         plain_logs("pollen.party", verbose=getattr(args, "verbose", False))
     opts = PartyOptions(party_id=args.party_id, server=args.server, data_path=args.data_path, certs_dir=args.certs_dir,
                         insecure=args.insecure, server_name=args.server_name, retry_seconds=args.retry_seconds,
-                        backoff_cap=args.backoff_cap, threads=args.threads, app=args.app, device=args.device)
+                        backoff_cap=args.backoff_cap, threads=args.threads, app=args.app, device=args.device,
+                        ledger=args.ledger, max_epsilon=args.max_epsilon, delta=args.delta,
+                        secagg_trust_coordinator=args.secagg_trust_coordinator)
     if args.insecure:
         print("WARNING: --insecure: this party sends its updates without TLS; local experiments only", file=sys.stderr)
     party = GrpcParty(opts)
@@ -174,7 +186,8 @@ def certs_cmd(args: argparse.Namespace) -> int:
     hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
     make_certs(out, [str(i) for i in range(args.parties)], hosts)
     print(f"wrote ca.pem, server.pem/key (for {', '.join(hosts)}), admin.pem/key and party-0 … party-{args.parties - 1} "
-          f"credentials to {out}/ — give each party only ca.pem and its own party-<id>.pem/key; keep ca.key offline")
+          f"credentials to {out}/ — give each party only ca.pem and its own party-<id>.pem/key and party-<id>.sign.pem/key; "
+          "keep ca.key offline, away from the coordinator (secure aggregation trusts the CA, not the coordinator)")
     return 0
 
 

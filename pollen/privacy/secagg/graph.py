@@ -7,11 +7,18 @@ Harary graph: the parties in a random order on a ring, each joined to the k/2 ne
 side. With k = O(log n) the sum is still correct under dropouts and private against the server
 with high probability, at O(n log n) total cost.
 
-The permutation is drawn from a seed the coordinator picks each round; the graph is public.
+The permutation is fixed by the run seed and the round (``graph_seed``): every party knows both
+from the moment it joins, so each recomputes its own neighbourhood from the list of parties that
+advertised keys and refuses a coordinator that names other neighbours. The graph is public.
+
+Parameters fixed at join (``plan``): k from the planned parties per round and t from the threshold
+fraction; against a coordinator that lies, t must exceed half of a neighbourhood (``is_safe``):
+then no two different survivor sets can each be signed by t honest share holders.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 
@@ -37,6 +44,33 @@ def threshold(fraction: float, k: int) -> int:
     return min(k + 1, max(2, math.ceil(fraction * (k + 1) - 1e-9)))
 
 
+def plan(fraction: float, neighbours: int | None, planned: int) -> tuple[int, int]:
+    """``(k, t)`` fixed when a party joins: the degree for ``planned`` parties per round and the
+    threshold over the k + 1 share holders (a round with fewer parties uses a smaller graph, never
+    a smaller t)."""
+    k = degree(neighbours, planned)
+    return k, threshold(fraction, k)
+
+
+def round_degree(k: int, n: int) -> int:
+    """The degree used in a round of ``n`` parties: ``k``, or the complete graph when n ≤ k + 1."""
+    return min(k, n - 1)
+
+
+def is_safe(k: int, t: int) -> bool:
+    """True when t is more than half of a neighbourhood of k + 1 share holders: then two views of who
+    survived cannot both gather t signatures of honest holders (each signs one view), so a
+    coordinator that lies cannot collect a party's seed shares and its key shares at once."""
+    return 2 * t > k + 1
+
+
+def graph_seed(run_seed: int, rnd: int) -> bytes:
+    """The 32 bytes that fix round ``rnd``'s ring order: from the run seed the parties joined with."""
+    from pollen.privacy.secagg.constants import GRAPH_SEED
+
+    return hashlib.sha256(GRAPH_SEED + f"/{run_seed}/{rnd}".encode()).digest()
+
+
 def harary(parties: Sequence[str], k: int, seed: bytes) -> dict[str, tuple[str, ...]]:
     """Each party's neighbours in the Harary graph H(k, n) over a random order of ``parties``.
 
@@ -57,6 +91,19 @@ def harary(parties: Sequence[str], k: int, seed: bytes) -> dict[str, tuple[str, 
         near = {ring[(pos + d) % n] for d in range(1, half + 1)} | {ring[(pos - d) % n] for d in range(1, half + 1)}
         out[p] = tuple(sorted(near, key=order_key))
     return out
+
+
+def neighbours_of(parties: Sequence[str], k: int, seed: bytes, me: str) -> tuple[str, ...]:
+    """``harary(parties, k, seed)[me]`` without building the whole graph (what one party computes)."""
+    ids = sorted(parties, key=order_key)
+    n = len(ids)
+    if k >= n - 1:
+        return tuple(q for q in ids if q != me)
+    rng = np.random.default_rng(np.random.SeedSequence(list(seed)))
+    ring = [ids[i] for i in rng.permutation(n)]
+    pos, half = ring.index(me), k // 2
+    near = {ring[(pos + d) % n] for d in range(1, half + 1)} | {ring[(pos - d) % n] for d in range(1, half + 1)}
+    return tuple(sorted(near, key=order_key))
 
 
 def failure_bound(n: int, k: int, t: int, dropped: int) -> float:

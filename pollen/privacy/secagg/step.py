@@ -1,7 +1,7 @@
 """Secure aggregation as the ``mask`` stage of the update pipeline.
 
 Party (``encode``, last step of ``fit``, after clip → noise): keep the update on the party and
-answer with public keys only (stage 1 of SecAgg+). Coordinator (``combine``): run stages 2–4 over
+answer with signed public keys only (stage 1 of SecAgg+). Coordinator (``combine``): run stages 2–5 over
 the same transport and hand the aggregator one update, the weighted mean of the included
 updates. ``decode`` is the identity: what reaches the coordinator from ``fit`` is keys, not an
 update. See ``protocol.py`` for the threat model and ``docs/secure-aggregation.md``.
@@ -42,7 +42,7 @@ class SecAggPlus(UpdateStep):
     # ------------------------------------------------------------ party side
     def encode(self, update: Update, ctx: StepContext) -> Update:
         """Stage 1: keep the update on the party, send X25519 public keys."""
-        return party_side.advertise(update, ctx)
+        return party_side.advertise(update, ctx, self.params)
 
     # ------------------------------------------------------------ server side
     def configure(self, config: RoundConfig) -> RoundConfig:
@@ -53,7 +53,7 @@ class SecAggPlus(UpdateStep):
         return config.with_(extra={**config.extra, C.EXTRA: {C.DROP: gone}})
 
     def combine(self, updates: list[Update], parties: Sequence[str], round: int, transport: Any) -> list[Update]:
-        """Stages 2–4: the weighted mean of the updates that survived, as one update.
+        """Stages 2–5: the weighted mean of the updates that survived, as one update.
 
         Raises:
             RunError: too few parties or too many dropouts to recover the sum (see ``protocol.run``).

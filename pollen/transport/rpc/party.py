@@ -56,6 +56,13 @@ class PartyOptions:
         backoff_base: first reconnect wait (seconds, before jitter).
         backoff_cap: longest reconnect wait.
         threads: torch threads for local training (None: torch's default).
+        ledger: this party's privacy ledger folder (None: next to its data, see
+            ``pollen.client.ledger.default_dir``); used when the run spends privacy on the party.
+        max_epsilon: this party's own privacy budget ε (None: the run's ``--target-epsilon`` when
+            the ledger is created); the coordinator can never raise it.
+        delta: δ of this party's own budget (None: the run's ``--delta`` when the ledger is created).
+        secagg_trust_coordinator: accept a secure-aggregation threshold of at most half a
+            neighbourhood if the coordinator asks for one (its config alone cannot waive the check).
     """
 
     party_id: str
@@ -70,6 +77,10 @@ class PartyOptions:
     threads: int | None = None
     app: str | None = None
     device: str | None = None
+    ledger: str | None = None
+    max_epsilon: float | None = None
+    delta: float | None = None
+    secagg_trust_coordinator: bool = False
 
 
 class Backoff:
@@ -113,6 +124,9 @@ def build_party(opts: PartyOptions, welcome: dict[str, Any]) -> LocalParty:
     from pollen.config import make_config
 
     given = welcome["config"] if "config" in welcome else welcome
+    if not opts.secagg_trust_coordinator and (given.get("privacy") or {}).get("secagg_trust_coordinator"):
+        # the coordinator cannot waive this party's safety check: only its own operator can
+        given = {**given, "privacy": {**given["privacy"], "secagg_trust_coordinator": False}}
     if opts.app and not (given.get("app") or {}).get("path"):
         raise ConfigError(f"this party runs --app {opts.app}, but the coordinator trains {describe_app(None, given)}: "
                           f"run the same app on both sides (drop --app here, or start the coordinator with --app)")
@@ -128,7 +142,15 @@ def build_party(opts: PartyOptions, welcome: dict[str, Any]) -> LocalParty:
     assembly.use_device(opts.device)
     ctx = assembly.context(opts.party_id, "party", opts.data_path)
     trainer = assembly.trainer(ctx=ctx)
-    party = assembly.party(opts.party_id, trainer, opts.data_path, lazy=False)
+    from pollen.client.ledger import default_dir
+
+    where = opts.ledger or default_dir(opts.data_path, opts.party_id)
+    ledger = assembly.ledger(opts.party_id, where, opts.max_epsilon, opts.delta)  # None without party-side DP
+    party = assembly.party(opts.party_id, trainer, opts.data_path, lazy=False, ledger=ledger)
+    if cfg.privacy.secagg:
+        from pollen.privacy.secagg.party import identity_for
+
+        identity_for(party, None if opts.insecure else opts.certs_dir, where)
     expected = welcome.get("signature") if "config" in welcome else None
     if expected is not None:
         check_model(assembly.model_signature(state_to_numpy(trainer.model)), expected)

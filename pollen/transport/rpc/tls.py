@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pollen.errors import TransportError
@@ -39,7 +39,7 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pollen"), x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+def _write_key(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey, path: Path) -> None:
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
     os.chmod(path, 0o600)
@@ -67,9 +67,25 @@ def _issue(cn: str, ca_key, ca_name: x509.Name, *, server_hosts: Sequence[str] =
     return key, cert
 
 
+def _issue_signing(cn: str, ca_key, ca_name: x509.Name):
+    """An Ed25519 signing key and its certificate (no TLS use): a party's identity in secure aggregation."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .sign(ca_key, hashes.SHA256()))
+    return key, cert
+
+
 def make_certs(out: str | Path, party_ids: Sequence[str], hosts: Sequence[str] = ("localhost", "127.0.0.1")) -> Path:
     """Create ``ca.pem``/``ca.key``, ``server.pem``/``server.key``, ``party-<id>.pem``/``.key``,
-    ``admin.pem``/``.key`` and an empty ``revoked.txt`` in ``out``.
+    ``admin.pem``/``.key``, each party's secure-aggregation signing identity
+    ``party-<id>.sign.pem``/``.sign.key`` and an empty ``revoked.txt`` in ``out``.
 
     Args:
         out: the folder (created).
@@ -92,6 +108,10 @@ def make_certs(out: str | Path, party_ids: Sequence[str], hosts: Sequence[str] =
         key, cert = _issue(cn, ca_key, ca_cert.subject, server_hosts=sans)
         _write_key(key, d / f"{file}.key")
         (d / f"{file}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    for p in party_ids:  # secure aggregation's signing identities (pollen.privacy.secagg.identity)
+        key, cert = _issue_signing(party_name(p) + ".sign", ca_key, ca_cert.subject)
+        _write_key(key, d / f"{party_name(p)}.sign.key")
+        (d / f"{party_name(p)}.sign.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     revoked = d / "revoked.txt"
     if not revoked.exists():
         revoked.write_text("# revoked party ids or certificate serials (hex), one per line\n")
