@@ -150,14 +150,20 @@ def party_tables(cfg: RunConfig) -> Any:
                        durable_keys=frozenset({DP_SGD_KEY, PARTICIPATIONS_KEY}))
 
 
-def build_pipeline(cfg: RunConfig, aggregator: Any) -> Any:
-    """The update pipeline the config asks for, in the fixed order clip → noise → compress → mask,
-    checked once against itself and the aggregator (``pollen.transforms.check_pipeline``)."""
+def build_pipeline(cfg: RunConfig, aggregator: Any, audit: Any = None) -> Any:
+    """The update pipeline the config asks for, in the fixed order clip → noise → (audit) → compress →
+    mask, checked once against itself and the aggregator (``pollen.transforms.check_pipeline``)."""
     from pollen.compression import steps_from_config as compression_steps
     from pollen.privacy import steps_from_config as privacy_steps
     from pollen.transforms.base import Pipeline, check_pipeline, empty_pipeline
 
-    steps = [*privacy_steps(cfg, "before_compress"), *compression_steps(cfg), *privacy_steps(cfg, "after_compress")]
+    observe = []
+    if audit is not None:
+        from pollen.privacy.canaries import AuditObserver
+
+        observe = [AuditObserver(audit)]
+    steps = [*privacy_steps(cfg, "before_compress"), *observe, *compression_steps(cfg)]
+    steps += privacy_steps(cfg, "after_compress", steps)
     pipeline = Pipeline(tuple(steps)) if steps else empty_pipeline()
     check_pipeline(pipeline, aggregator)
     return pipeline
@@ -215,6 +221,7 @@ class Assembly:
     strategy: Any
     pipeline: Any
     tables: Any
+    audit: Any = None  # the one-run privacy audit's canaries (pollen/privacy/canaries.py), when asked for
     _device: Any = field(default=None, init=False, repr=False)
     _server_data: Any = field(default=None, init=False, repr=False)
 
@@ -302,6 +309,8 @@ class Assembly:
         if not given and holdout > 0 and hasattr(data.train, "split") and len(data.train) > 1:
             train, val = data.train.split(holdout, self.cfg.run.seed + party_index(party_id))
             data = PartyData(train, val)
+        if self.audit is not None:  # canary records join this party's training data, half of them
+            data = self.audit.add_records(party_id, data, self.num_classes(self.new_model()))
         return data
 
     def party(self, party_id: str, trainer: Any, data_path: str | Path | None = None, lazy: bool = True,
@@ -323,6 +332,12 @@ class Assembly:
         process-pool backend simulates them too.
         """
         trainer_of = self._attack_trainers(trainer)
+        if self.audit is not None:  # canary parties of a party-level audit send their secret direction
+            from pollen.privacy.canaries import CanaryTrainer
+
+            honest, plan = trainer_of, self.audit
+            trainer_of = lambda pid: (honest(pid) if plan.canary_slot(pid) is None  # noqa: E731
+                                      else CanaryTrainer(honest(pid), plan, plan.canary_slot(pid)))
         return {pid: self.party(pid, trainer_of(pid), self.simulation_path(pid), strict=strict)
                 for pid in (ids if ids is not None else self.party_ids)}
 
@@ -404,14 +419,21 @@ def assemble(cfg: RunConfig, app: Any = None, app_defaults: bool = True) -> Asse
             app that cannot be loaded, or an app function that cannot run with the strategy.
     """
     from pollen.privacy.checks import check_config
+    from pollen.privacy.recipe import apply_recipes
 
     loaded = load_app(app if app is not None else cfg.app.path)
     cfg = with_app(settle(cfg, loaded) if app_defaults else cfg, loaded)
+    cfg = apply_recipes(cfg)  # DP's training recipes, where the user left a knob unset
     check_config(cfg)  # refuse combinations that cannot work before anything is loaded
     strategy = build_strategy(cfg)
-    pipeline = build_pipeline(cfg, strategy.aggregator)
     _check_app(cfg, loaded, strategy)
-    return Assembly(cfg, loaded, strategy, pipeline, party_tables(cfg))
+    assembly = Assembly(cfg, loaded, strategy, None, party_tables(cfg))
+    if cfg.privacy.audit_canaries > 0:
+        from pollen.privacy.canaries import plan_audit
+
+        assembly.audit = plan_audit(cfg, assembly.party_ids, assembly.new_model)
+    assembly.pipeline = build_pipeline(cfg, strategy.aggregator, assembly.audit)
+    return assembly
 
 
 # ------------------------------------------------------------ run folders

@@ -141,7 +141,9 @@ def dp_fit(trainer: Trainer, global_state: Mapping[str, np.ndarray], data: Any,
     if n == 0:
         raise ModelError("cannot train on an empty dataset")
     own = party_state.setdefault(STATE_KEY, {"history": [], "calibration": {}})
-    q, steps = participation_steps(config.epochs, n, config.batch_size)
+    rate = settings.get("sample_rate")  # the recipe's Poisson rate, or batch size / records
+    batch = config.batch_size if rate is None else max(1, int(round(rate * n)))
+    q, steps = participation_steps(config.epochs, n, batch)
     sigma = _noise_multiplier(settings, q, steps, own["calibration"])
     delta, target = settings["delta"], settings.get("target_epsilon")
     accountant = make_accountant(settings["accountant"])
@@ -155,7 +157,7 @@ def dp_fit(trainer: Trainer, global_state: Mapping[str, np.ndarray], data: Any,
     load_numpy_state(model, global_state, strict=False)
     csprng = secure_generator()
     batches = poisson_batches(n, q, steps, csprng)
-    metrics = dp_train(model, x, y, batches, config, sigma, settings["max_grad_norm"], config.batch_size,
+    metrics = dp_train(model, x, y, batches, config, sigma, settings["max_grad_norm"], batch,
                        csprng, generator, trainer.augment, None if trainer.default_loss else trainer.loss_fn)
     if not math.isfinite(metrics["train_loss"]):
         raise ModelError(f"local DP-SGD diverged (loss {metrics['train_loss']}); lower the learning rate")

@@ -9,11 +9,13 @@ from pollen.privacy.secagg.protocol import SecAggParams
 from pollen.privacy.secagg.step import SecAggPlus
 
 
-def secagg_step(cfg: Any) -> SecAggPlus:
+def secagg_step(cfg: Any, noise: Any = None) -> SecAggPlus:
     """The ``mask`` step for ``--secagg``.
 
     Weights: updates are weighted by example count (FedAvg), except under party-level DP, where
     each clipped update counts once (a weight would scale the sensitivity the noise is sized for).
+    ``noise``: distributed Skellam noise (``pollen.privacy.distributed.SkellamNoise``) the parties
+    add inside the ring, after quantisation.
 
     Raises:
         ConfigError: ``--secagg`` with ``--he``, with a compression codec, or with rounds of one party.
@@ -31,8 +33,10 @@ def secagg_step(cfg: Any) -> SecAggPlus:
     if per_round < 2:
         raise ConfigError(f"--secagg needs at least 2 parties per round (got {per_round}): the sum of one "
                           "update is the update")
+    from pollen.privacy.plan import secagg_coordinate_clip
+
     weighted = getattr(p, "client_dp", "off") == "off"
     params = SecAggParams(threshold=p.secagg_threshold, neighbours=p.secagg_neighbours, bits=p.secagg_bits,
-                          clip=p.secagg_clip, weighted=weighted, dropout=p.secagg_dropout,
+                          clip=secagg_coordinate_clip(cfg), weighted=weighted, dropout=p.secagg_dropout,
                           timeout=cfg.federation.round_timeout, seed=cfg.run.seed)
-    return SecAggPlus(params)
+    return SecAggPlus(params, noise=noise)

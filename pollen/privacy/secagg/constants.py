@@ -42,6 +42,7 @@ THRESHOLD = "threshold"
 SURVIVORS = "survivors"
 DROPPED = "dropped"
 FIELD = "field"
+NOISE_VARIANCE = "noise_variance"  # this party's share of the Skellam noise variance, integer units (0: none)
 
 # HKDF "info" labels: one derived key per purpose (domain separation).
 INFO_SHARE = b"pollen/secagg/v1/share-encryption"
