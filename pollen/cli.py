@@ -57,6 +57,8 @@ COMMANDS: dict[str, Command] = {
                     "generate CKKS keys for --he: secret.ctx for the parties, public.ctx for the server"),
     "attack": Command("pollen.privacy.cli", "attack_args", "attack_cmd",
                       "run a privacy attack on a finished run: membership inference or gradient inversion"),
+    "audit": Command("pollen.privacy.cli", "audit_args", "audit_cmd",
+                     "train once with canaries and bound ε from below (one-run audit), beside the accountant's ε"),
     "completion": Command("pollen.cli", "completion_args", "completion_cmd", "print a shell completion script (bash, zsh)"),
 }
 

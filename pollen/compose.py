@@ -422,12 +422,16 @@ def assemble(cfg: RunConfig, app: Any = None, app_defaults: bool = True) -> Asse
     from pollen.privacy.recipe import apply_recipes
 
     loaded = load_app(app if app is not None else cfg.app.path)
-    cfg = with_app(settle(cfg, loaded) if app_defaults else cfg, loaded)
-    cfg = apply_recipes(cfg)  # DP's training recipes, where the user left a knob unset
+    cfg = settle(cfg, loaded) if app_defaults else cfg
+    cfg = with_app(apply_recipes(cfg, loaded.builtin), loaded)  # DP's recipes, where the user left a knob unset
     check_config(cfg)  # refuse combinations that cannot work before anything is loaded
     strategy = build_strategy(cfg)
     _check_app(cfg, loaded, strategy)
     assembly = Assembly(cfg, loaded, strategy, None, party_tables(cfg))
+    if cfg.privacy.client_dp != "off":  # party-level DP whose noise would drown any signal is refused
+        from pollen.privacy.recipe import check_useful
+
+        check_useful(cfg, sum(p.numel() for p in assembly.new_model().parameters()))
     if cfg.privacy.audit_canaries > 0:
         from pollen.privacy.canaries import plan_audit
 
@@ -541,7 +545,7 @@ def finish_run(folder: RunFolder, assembly: Assembly, state: Mapping[str, np.nda
     from safetensors.numpy import save_file
 
     from pollen.telemetry.history import read_history
-    from pollen.telemetry.report import write_report
+    from pollen.telemetry.report import privacy_summary, write_report
 
     path = folder.path
     save_file({k: np.asarray(v, order="C") for k, v in state.items()}, str(path / "model.safetensors"))
@@ -555,9 +559,15 @@ def finish_run(folder: RunFolder, assembly: Assembly, state: Mapping[str, np.nda
                    metric_names=list(app.metrics),
                    metric_notes={k: m.combine_note for k, m in app.metrics.items() if m.combine_note},
                    model=_model_spec(assembly, state, parties), **(extra or {}))
+    history = read_history(path)
+    privacy = privacy_summary(history)
+    if privacy["privacy_unit"] is not None:
+        summary["privacy"] = privacy  # unit, δ, accountant, worst ε, the audit's empirical bound
+    if privacy["audit_violation"]:
+        log.error("BUG: the one-run audit's lower bound ε ≥ %.3f exceeds the accountant's ε = %.3f (%s); see %s/report.md",
+                  privacy["epsilon_empirical"], privacy["epsilon_max"], privacy["accountant"], path)
     summary_path.write_text(json.dumps(summary, indent=2))
     write_report(path)
-    history = read_history(path)
     if history and not any(r.get("aggregated", True) for r in history):
         reasons = sorted({str(r.get("reason", "?")) for r in history})
         raise RunError(f"no round aggregated an update ({'; '.join(reasons)[:500]}); see {path}/report.md and the "

@@ -25,6 +25,13 @@ def _dp_steps(cfg, built: Sequence = ()) -> list:
     return client_dp_steps(cfg)
 
 
+def _facts_steps(cfg, built: Sequence = ()) -> list:
+    """The unit, δ and accountant on every history line of a DP or audited run."""
+    from pollen.privacy.plan import facts_steps
+
+    return facts_steps(cfg)
+
+
 def _he_steps(cfg, built: Sequence = ()) -> list:
     """The CKKS ``mask`` step when ``--he`` is on (see pollen/privacy/he_step.py)."""
     if not getattr(cfg.privacy, "he", False):
@@ -54,6 +61,6 @@ def _secagg_steps(cfg, built: Sequence = ()) -> list:
 # where -> functions cfg -> steps; each privacy subsystem adds its own contributor here
 # (DP: clip/noise before compression; secure aggregation and HE: masking after it).
 STEP_CONTRIBUTORS: dict[str, list[Callable[..., list]]] = {
-    "before_compress": [_dp_steps],
+    "before_compress": [_dp_steps, _facts_steps],
     "after_compress": [_he_steps, _secagg_steps],
 }

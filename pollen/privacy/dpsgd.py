@@ -142,8 +142,12 @@ def dp_fit(trainer: Trainer, global_state: Mapping[str, np.ndarray], data: Any,
         raise ModelError("cannot train on an empty dataset")
     own = party_state.setdefault(STATE_KEY, {"history": [], "calibration": {}})
     rate = settings.get("sample_rate")  # the recipe's Poisson rate, or batch size / records
-    batch = config.batch_size if rate is None else max(1, int(round(rate * n)))
-    q, steps = participation_steps(config.epochs, n, batch)
+    if rate is None:
+        q, steps = participation_steps(config.epochs, n, config.batch_size)
+        batch = config.batch_size
+    else:  # q and the steps do not depend on n: one record more or less changes neither
+        q, steps = float(rate), int(math.ceil(config.epochs / float(rate)))
+        batch = max(1, int(round(q * n)))  # the expected batch, Opacus' denominator
     sigma = _noise_multiplier(settings, q, steps, own["calibration"])
     delta, target = settings["delta"], settings.get("target_epsilon")
     accountant = make_accountant(settings["accountant"])

@@ -134,3 +134,49 @@ def dp_sgd_extra(cfg) -> dict[str, Any]:
         "target_epsilon": p.target_epsilon, "delta": p.delta, "accountant": p.accountant,
         "participations": plan.max_participations, "headline": p.client_dp == "off",
     }}
+
+
+def accountant_name(cfg) -> str | None:
+    """How the run's headline ε is accounted (None without DP), for the history and the report."""
+    p = cfg.privacy
+    if p.client_dp == "ftrl":
+        return "tree aggregation, restarted per epoch (Kairouz et al. 2021)"
+    if p.client_dp != "off":
+        if client_noise(cfg) == "skellam":
+            return "Skellam RDP (Agarwal et al. 2021), parties sampled without replacement"
+        if p.client_dp == "local":
+            return "RDP, Gaussian per participation (no amplification)"
+        return "RDP, parties sampled without replacement (Wang et al. 2019)"
+    if p.dp_sgd:
+        return f"{p.accountant.upper()}, Poisson-subsampled Gaussian, per party over its rounds"
+    return None
+
+
+def privacy_facts(cfg) -> dict[str, Any]:
+    """What every history line says about the run's privacy: the unit, δ and the accountant."""
+    p = cfg.privacy
+    unit = "party" if p.client_dp != "off" else "record"
+    dp = p.dp_sgd or p.client_dp != "off"
+    return {"privacy_unit": unit, "delta": p.delta if dp else None, "accountant": accountant_name(cfg)}
+
+
+class PrivacyFacts(UpdateStep):
+    """Puts ``privacy_facts`` on every round's history line (a pass-through step)."""
+
+    name = "privacy"
+    stage = "observe"
+    linear = True
+
+    def __init__(self, facts: dict[str, Any]) -> None:
+        self.facts = facts
+
+    def report(self, round: int) -> dict[str, Any]:
+        return dict(self.facts)
+
+
+def facts_steps(cfg) -> list[UpdateStep]:
+    """The ``PrivacyFacts`` step for a run with DP or an audit (nothing otherwise)."""
+    p = cfg.privacy
+    if not (p.dp_sgd or p.client_dp != "off" or p.audit_canaries > 0):
+        return []
+    return [PrivacyFacts(privacy_facts(cfg))]
