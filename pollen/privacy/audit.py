@@ -15,7 +15,7 @@ the accountant's ε is an *upper* bound, and a lower bound above the upper one i
 
 Several guess counts may be tried: each is tested at (1 − confidence) / (number tried)
 (Bonferroni), so choosing the best of them after seeing the scores keeps the confidence.
-The binomial tails are computed here in log space with ``math.lgamma`` (no scipy).
+The binomial tails are computed here in log space with numpy (no scipy).
 """
 
 from __future__ import annotations
@@ -31,25 +31,16 @@ from pollen.errors import ConfigError
 DEFAULT_GUESS_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.5)  # of the canaries, guessed on each side
 
 
-def _log_pmf(k: int, n: int, log_p: float, log_q: float) -> float:
-    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q
-
-
-def _log_sum(values: Sequence[float]) -> float:
-    top = max(values)
-    if top == -math.inf:
-        return -math.inf
-    return top + math.log(sum(math.exp(v - top) for v in values))
-
-
 def binomial_pmfs(n: int, p: float) -> np.ndarray:
-    """P[Bin(n, p) = k] for k = 0 … n (exact in log space)."""
+    """P[Bin(n, p) = k] for k = 0 … n, in log space (log C(n, k) as a cumulative sum of logs)."""
     if p <= 0:
         return np.eye(1, n + 1, 0)[0]
     if p >= 1:
         return np.eye(1, n + 1, n)[0]
-    lp, lq = math.log(p), math.log1p(-p)
-    return np.exp([_log_pmf(k, n, lp, lq) for k in range(n + 1)])
+    k = np.arange(1, n + 1, dtype=np.float64)
+    log_choose = np.concatenate([[0.0], np.cumsum(np.log(n - k + 1) - np.log(k))])
+    ks = np.arange(n + 1, dtype=np.float64)
+    return np.exp(log_choose + ks * math.log(p) + (n - ks) * math.log1p(-p))
 
 
 def p_value(m: int, r: int, v: int, epsilon: float, delta: float = 0.0) -> float:

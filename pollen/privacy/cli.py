@@ -105,7 +105,10 @@ def audit_cmd(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg.privacy.audit_canaries == 0:  # the audit's own default: 1,000 records, or a tenth of the parties
         m = 1000 if unit_of(cfg) == "record" else max(2, cfg.data.parties // 10)
-        cfg = make_config(merge(cfg.to_dict(), {"privacy": {"audit_canaries": m}}))
+        # only what the user set, plus the canaries: the DP recipes still fill the rest
+        explicit = {name: section.model_dump(include=section.model_fields_set)
+                    for name, section in cfg if section.model_fields_set}
+        cfg = make_config(merge(explicit, {"privacy": {"audit_canaries": m}}))
     result = simulate(cfg, overwrite=args.overwrite)
     s = privacy_summary(read_history(result.run_dir))
     analytic = "∞ (no DP)" if s["epsilon_max"] is None else f"{s['epsilon_max']:.3f}"

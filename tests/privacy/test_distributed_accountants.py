@@ -10,7 +10,13 @@ import pytest
 
 from pollen.privacy.accountant import epsilon_for, smallest_noise
 from pollen.privacy.ftrl import ftrl_epsilon
-from pollen.privacy.rdp import DEFAULT_ORDERS, rdp_to_epsilon, rdp_without_replacement, rdp_without_replacement_general
+from pollen.privacy.rdp import (
+    DEFAULT_ORDERS,
+    INTEGER_ORDERS,
+    rdp_to_epsilon,
+    rdp_without_replacement,
+    rdp_without_replacement_general,
+)
 from pollen.privacy.skellam import (
     SkellamAccountant,
     SkellamRound,
@@ -42,8 +48,11 @@ def test_skellam_rdp_is_the_papers_formula():
 
 def test_skellam_tends_to_the_gaussian_and_never_below_it():
     # Same z: with a fine grid (large scale) the Skellam ε approaches the Gaussian one, from above.
+    # The Skellam accountant uses integer orders, so the Gaussian is taken on the same orders.
     z, q, rounds, delta = 3.0, 1.0, 20, 1e-5
-    gauss = epsilon_for(z / 2, q, rounds, delta)  # replace-one: sensitivity 2C
+    orders = np.asarray(INTEGER_ORDERS, dtype=float)
+    gauss = rdp_to_epsilon(INTEGER_ORDERS, orders * rounds / (2 * (z / 2) ** 2), delta)[0]  # replace-one: 2C
+    assert gauss >= epsilon_for(z / 2, q, rounds, delta)  # the finer orders can only do better
     for scale in (1e3, 1e5, 1e7):
         sk = skellam_epsilon(z, q, rounds, delta, clip=1.0, scale=scale, dim=10_000)
         assert sk >= gauss * (1 - 1e-9)
