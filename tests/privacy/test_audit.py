@@ -78,20 +78,6 @@ def _record_audit_cfg(digits_cfg, **privacy):
                       privacy={"audit_canaries": 200, **privacy})
 
 
-def test_audit_without_dp_finds_a_large_empirical_epsilon(digits_cfg):
-    from pollen.simulation import simulate
-    from pollen.telemetry.report import privacy_summary
-
-    result = simulate(_record_audit_cfg(digits_cfg))
-    s = privacy_summary(result.history)
-    assert s["privacy_unit"] == "record" and s["epsilon_max"] is None and s["accountant"] is None
-    assert s["epsilon_empirical"] > 1.0
-    summary = json.loads((result.run_dir / "summary.json").read_text())
-    assert summary["privacy"]["epsilon_empirical"] == s["epsilon_empirical"]
-    report = (result.run_dir / "report.md").read_text()
-    assert "## Privacy" in report and "∞ (no DP)" in report
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_dp_sgd_audit_stays_below_the_accountant(digits_cfg, seed):
     pytest.importorskip("opacus")
@@ -132,3 +118,23 @@ def test_audit_is_refused_where_it_cannot_run(digits_cfg):
     cfg = digits_cfg(data={"dataset": "digits", "parties": 10},
                      privacy={"audit_canaries": 8, "client_dp": "central", "client_noise_multiplier": 1.0, "delta": 1e-5})
     assert any("canary parties would replace" in p for p in problems(cfg))
+
+
+def test_pollen_audit_without_dp_finds_a_large_empirical_epsilon(tmp_path, capsys):
+    from pollen.cli import main
+    from pollen.telemetry.history import read_history
+    from pollen.telemetry.report import privacy_summary
+
+    code = main(["audit", "--dataset", "digits", "--parties", "4", "--parties-per-round", "4", "--rounds", "2",
+                 "--model", "small_cnn", "--epochs", "5", "--lr", "0.1", "--batch-size", "16", "--holdout", "0",
+                 "--audit-canaries", "200", "--runs-dir", str(tmp_path), "--name", "a", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "empirical ε ≥" in out and "accountant's ε = ∞ (no DP)" in out and "unit: record" in out
+    run = tmp_path / "a"
+    s = privacy_summary(read_history(run))
+    assert s["privacy_unit"] == "record" and s["epsilon_max"] is None and s["accountant"] is None
+    assert s["epsilon_empirical"] > 1.0
+    assert json.loads((run / "summary.json").read_text())["privacy"]["epsilon_empirical"] == s["epsilon_empirical"]
+    report = (run / "report.md").read_text()
+    assert report.count("## Privacy") == 1 and "∞ (no DP)" in report
