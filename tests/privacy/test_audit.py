@@ -48,9 +48,10 @@ def test_chance_level_guessing_gives_no_bound_and_bad_counts_are_refused():
 
 
 @pytest.mark.parametrize("true_eps", [0.5, 1.0, 2.0, 4.0])
-def test_bound_never_exceeds_the_epsilon_of_randomised_response(true_eps):
-    # The optimal attack on ε-DP randomised response of each canary's bit: the bound must stay at or
-    # below ε (it may fall below it), and come close with many canaries.
+def test_bound_stays_below_the_epsilon_of_randomised_response(true_eps):
+    # The optimal attack on ε-DP randomised response of each canary's bit: the bound exceeds ε only
+    # with probability ≤ 1 − confidence (at 95 % it did in 3 of these 40 runs, as it may), and comes
+    # close to ε with many canaries. At 99.9 % confidence none of the 40 may exceed it.
     p = math.exp(true_eps) / (1 + math.exp(true_eps))
     bounds = []
     for seed in range(10):
@@ -58,7 +59,7 @@ def test_bound_never_exceeds_the_epsilon_of_randomised_response(true_eps):
         included = rng.random(5000) < 0.5
         truthful = rng.random(5000) < p
         scores = np.where(truthful, included, ~included).astype(float) + 1e-3 * rng.random(5000)
-        bounds.append(audit_scores(scores, included).epsilon)
+        bounds.append(audit_scores(scores, included, confidence=0.999).epsilon)
     assert max(bounds) <= true_eps
     assert min(bounds) >= 0.6 * true_eps
 
