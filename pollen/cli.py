@@ -59,6 +59,8 @@ COMMANDS: dict[str, Command] = {
                       "run a privacy attack on a finished run: membership inference or gradient inversion"),
     "ui": Command("pollen.ui.watch", "ui_args", "ui_cmd",
                   "serve the web dashboard of a runs folder: watch, compare and start runs (needs the 'ui' extra)"),
+    "audit": Command("pollen.privacy.cli", "audit_args", "audit_cmd",
+                     "train once with canaries and bound ε from below (one-run audit), beside the accountant's ε"),
     "completion": Command("pollen.cli", "completion_args", "completion_cmd", "print a shell completion script (bash, zsh)"),
     "tune": Command("pollen.tuning.cli", "tune_args", "tune_cmd",
                     "tune hyper-parameters with many short federated runs (Optuna TPE + Hyperband; resumable)"),

@@ -155,14 +155,20 @@ def party_tables(cfg: RunConfig) -> Any:
                        volatile_keys=frozenset({"secagg", "ckks_secret"}))  # round secrets never go to disk
 
 
-def build_pipeline(cfg: RunConfig, aggregator: Any) -> Any:
-    """The update pipeline the config asks for, in the fixed order clip → noise → compress → mask,
-    checked once against itself and the aggregator (``pollen.transforms.check_pipeline``)."""
+def build_pipeline(cfg: RunConfig, aggregator: Any, audit: Any = None) -> Any:
+    """The update pipeline the config asks for, in the fixed order clip → noise → (audit) → compress →
+    mask, checked once against itself and the aggregator (``pollen.transforms.check_pipeline``)."""
     from pollen.compression import steps_from_config as compression_steps
     from pollen.privacy import steps_from_config as privacy_steps
     from pollen.transforms.base import Pipeline, check_pipeline, empty_pipeline
 
-    steps = [*privacy_steps(cfg, "before_compress"), *compression_steps(cfg), *privacy_steps(cfg, "after_compress")]
+    observe = []
+    if audit is not None:
+        from pollen.privacy.canaries import AuditObserver
+
+        observe = [AuditObserver(audit)]
+    steps = [*privacy_steps(cfg, "before_compress"), *observe, *compression_steps(cfg)]
+    steps += privacy_steps(cfg, "after_compress", steps)
     pipeline = Pipeline(tuple(steps)) if steps else empty_pipeline()
     check_pipeline(pipeline, aggregator)
     return pipeline
@@ -220,6 +226,7 @@ class Assembly:
     strategy: Any
     pipeline: Any
     tables: Any
+    audit: Any = None  # the one-run privacy audit's canaries (pollen/privacy/canaries.py), when asked for
     _device: Any = field(default=None, init=False, repr=False)
     _server_data: Any = field(default=None, init=False, repr=False)
     _frozen: Any = field(default=None, init=False, repr=False)
@@ -321,6 +328,8 @@ class Assembly:
         if not given and holdout > 0 and hasattr(data.train, "split") and len(data.train) > 1:
             train, val = data.train.split(holdout, self.cfg.run.seed + party_index(party_id))
             data = PartyData(train, val)
+        if self.audit is not None:  # canary records join this party's training data, half of them
+            data = self.audit.add_records(party_id, data, self.num_classes(self.new_model()))
         return data
 
     def party(self, party_id: str, trainer: Any, data_path: str | Path | None = None, lazy: bool = True,
@@ -389,6 +398,18 @@ class Assembly:
         return self.cfg.simulation.party_cache or max(256, 4 * per_round, min(n, self.cfg.federation.fed_eval_parties))
 
     def _attack_trainers(self, trainer: Any) -> Callable[[str], Any]:
+        """Each party's trainer: a simulated attacker's, a canary party's (a party-level privacy audit
+        sends its secret direction), or ``trainer``."""
+        trainer_of = self._malicious_trainers(trainer)
+        if self.audit is None:
+            return trainer_of
+        from pollen.privacy.canaries import CanaryTrainer
+
+        plan = self.audit
+        return lambda pid: (trainer_of(pid) if plan.canary_slot(pid) is None
+                            else CanaryTrainer(trainer_of(pid), plan, plan.canary_slot(pid)))
+
+    def _malicious_trainers(self, trainer: Any) -> Callable[[str], Any]:
         from pollen.attacks import Collusion, MaliciousTrainer, select_malicious, spec_from_config
 
         spec = spec_from_config(self.cfg, self.num_classes(trainer.model))
@@ -473,20 +494,31 @@ def assemble(cfg: RunConfig, app: Any = None, app_defaults: bool = True) -> Asse
             app that cannot be loaded, or an app function that cannot run with the strategy.
     """
     from pollen.privacy.checks import check_config
+    from pollen.privacy.recipe import apply_recipes
 
     loaded = load_app(app if app is not None else cfg.app.path)
-    cfg = with_app(settle(cfg, loaded) if app_defaults else cfg, loaded)
+    cfg = settle(cfg, loaded) if app_defaults else cfg
+    cfg = with_app(apply_recipes(cfg, loaded.builtin), loaded)  # DP's recipes, where the user left a knob unset
     check_config(cfg)  # refuse combinations that cannot work before anything is loaded
     strategy = build_strategy(cfg)
-    pipeline = build_pipeline(cfg, strategy.aggregator)
     _check_app(cfg, loaded, strategy)
+    assembly = Assembly(cfg, loaded, strategy, None, party_tables(cfg))
+    if cfg.privacy.client_dp != "off":  # party-level DP whose noise would drown any signal is refused
+        from pollen.privacy.recipe import check_useful
+
+        check_useful(cfg, sum(p.numel() for p in assembly.new_model().parameters()))
+    if cfg.privacy.audit_canaries > 0:
+        from pollen.privacy.canaries import plan_audit
+
+        assembly.audit = plan_audit(cfg, assembly.party_ids, assembly.new_model)
+    assembly.pipeline = build_pipeline(cfg, strategy.aggregator, assembly.audit)
     if cfg.federation.stream_aggregate == "on":
         from pollen.server.streaming import can_stream
 
-        why_not = can_stream(strategy.aggregator, pipeline, strategy.asynchronous)
+        why_not = can_stream(strategy.aggregator, assembly.pipeline, strategy.asynchronous)
         if why_not is not None:
             raise ConfigError(f"--stream-aggregate on cannot work here: {why_not}; use --stream-aggregate auto or off")
-    return Assembly(cfg, loaded, strategy, pipeline, party_tables(cfg))
+    return assembly
 
 
 # ------------------------------------------------------------ run folders
@@ -596,7 +628,7 @@ def finish_run(folder: RunFolder, assembly: Assembly, state: Mapping[str, np.nda
 
     from pollen.telemetry.events import RunFinished
     from pollen.telemetry.history import read_history
-    from pollen.telemetry.report import write_report
+    from pollen.telemetry.report import privacy_summary, write_report
 
     path = folder.path
     save_file({k: np.asarray(v, order="C") for k, v in state.items()}, str(path / "model.safetensors"))
@@ -610,10 +642,16 @@ def finish_run(folder: RunFolder, assembly: Assembly, state: Mapping[str, np.nda
                    metric_names=list(app.metrics),
                    metric_notes={k: m.combine_note for k, m in app.metrics.items() if m.combine_note},
                    model=_model_spec(assembly, state, parties), **(extra or {}))
+    history = read_history(path)
+    privacy = privacy_summary(history)
+    if privacy["privacy_unit"] is not None:
+        summary["privacy"] = privacy  # unit, δ, accountant, worst ε, the audit's empirical bound
+    if privacy["audit_violation"]:
+        log.error("BUG: the one-run audit's lower bound ε ≥ %.3f exceeds the accountant's ε = %.3f (%s); see %s/report.md",
+                  privacy["epsilon_empirical"], privacy["epsilon_max"], privacy["accountant"], path)
     summary_path.write_text(json.dumps(summary, indent=2))
     write_report(path)
     folder.events.emit(RunFinished(str(path), summary))  # the model and report exist now (tracking artifacts)
-    history = read_history(path)
     if history and not any(r.get("aggregated", True) for r in history):
         reasons = sorted({str(r.get("reason", "?")) for r in history})
         raise RunError(f"no round aggregated an update ({'; '.join(reasons)[:500]}); see {path}/report.md and the "

@@ -45,7 +45,7 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    model: str | None = Field(None, description="model name (default: chosen from the dataset): fedavg_cnn, cifar_cnn, small_cnn, emnist_cnn, emnist_cnn_dropout, mlp, logreg")
+    model: str | None = Field(None, description="model name (default: chosen from the dataset): fedavg_cnn, cifar_cnn, small_cnn, emnist_cnn, emnist_cnn_dropout, dp_cnn (the DP recipes' default for images), mlp, logreg")
     augmentation: str = Field("none", description="training augmentation: none, cifar")
 
 
@@ -64,6 +64,7 @@ class FederationConfig(_Section):
     rounds: int = Field(30, ge=1, le=1_000_000, description="rounds of federated training")
     fraction: float | None = Field(None, gt=0, le=1, description="fraction of parties sampled each round (default: 10 parties, or all when fewer)")
     parties_per_round: int | None = Field(None, ge=1, description="parties sampled each round (overrides --fraction)")
+    sampling: Literal["random", "balanced"] = Field("random", description="random: a fresh random draw each round; balanced: every party once per epoch of rounds, in a random order (the DP-SGD and DP-FTRL default)")
     min_fit_parties: int = Field(1, ge=1, description="fewest replies for a round to be aggregated")
     round_timeout: float | None = Field(None, gt=0, description="seconds to wait for replies before dropping stragglers")
     eval_every: int = Field(1, ge=1, description="evaluate the global model on the test set every N rounds")
@@ -114,16 +115,21 @@ class PrivacyConfig(_Section):
     dp_sgd: bool = Field(False, description="record-level DP: DP-SGD (Opacus) with Poisson batches in each party's local training")
     noise_multiplier: float | None = Field(None, ge=0, description="DP-SGD noise std / max-grad-norm (default: calibrated from --target-epsilon)")
     max_grad_norm: float = Field(1.0, gt=0, description="DP-SGD per-example gradient clipping norm")
+    dp_sample_rate: float | None = Field(None, gt=0, le=1, description="DP-SGD Poisson rate (default: batch/records)")
     target_epsilon: float | None = Field(None, gt=0, description="privacy budget ε: calibrates the noise for the whole planned run; a party that would exceed it stops")
     delta: float | None = Field(None, gt=0, lt=1, description="δ of (ε, δ)-DP; required by --dp-sgd and --client-dp (e.g. 1e-5, below 1/records)")
     accountant: Literal["rdp", "prv"] = Field("rdp", description="privacy accountant: rdp (Rényi DP) or prv (Opacus' PRV, DP-SGD only)")
-    client_dp: Literal["off", "central", "local", "distributed"] = Field("off", description="party-level DP: clip each update and add Gaussian noise on the coordinator (central), on each party (local), or split across parties (distributed, for secure aggregation)")
+    client_dp: Literal["off", "central", "local", "distributed", "ftrl"] = Field("off", description="party-level DP: central, local, distributed (--secagg) or ftrl")
+    client_dp_noise: Literal["gaussian", "skellam"] | None = Field(None, description="gaussian, or skellam (default under --secagg)")
     client_noise_multiplier: float | None = Field(None, ge=0, description="party-level DP noise std / clip norm (default: calibrated from --target-epsilon)")
     clip_norm: float = Field(1.0, gt=0, description="party-level DP: L2 bound on each party's update (initial value when adaptive)")
     adaptive_clip: bool = Field(False, description="adapt the clip norm to a quantile of update norms (Andrew et al. 2019)")
     target_quantile: float = Field(0.5, gt=0, lt=1, description="adaptive clipping: fraction of updates that should be under the clip norm")
     clip_lr: float = Field(0.2, gt=0, description="adaptive clipping: geometric learning rate of the clip norm")
     clip_count_stddev: float | None = Field(None, gt=0, description="adaptive clipping: noise std on the count of clipped updates (default: parties per round / 20)")
+
+    audit_canaries: int = Field(0, ge=0, le=100_000, description="one-run audit: canaries inserted (0: off)")
+    audit_confidence: float = Field(0.95, gt=0, lt=1, description="the audit's confidence")
 
     he: bool = Field(False, description="encrypt each party's update with CKKS (TenSEAL); the server sums ciphertexts, a party decrypts only the sum")
     he_keys: str | None = Field(None, description="directory made by 'pollen keys' (public.ctx for the server; parties also need secret.ctx)")

@@ -9,6 +9,12 @@
 - ``emnist_cnn_dropout``: the CNN with dropout of Reddi et al. 2021, "Adaptive Federated
   Optimization" (ICLR), TFF's ``create_conv_dropout_model``: conv3x3 32 → conv3x3 64 → pool →
   dropout 0.25 → FC 128 → dropout 0.5 → FC.
+- ``dp_cnn``: the CNN of Papernot, Thakurta, Song, Chien, Erlingsson, "Tempered Sigmoid
+  Activations for Deep Learning with Differential Privacy" (AAAI 2021) for 28×28 images, with
+  tanh (their tempered sigmoid with s = 2, T = 2, o = 1): 26,010 parameters on Fashion-MNIST.
+  Bounded activations keep per-example gradient norms from exploding, and a model 64× smaller than
+  ``fedavg_cnn`` carries 8× less DP noise in norm (noise grows with √parameters); Pollen's DP
+  recipes use it for the built-in image datasets (docs/privacy-dp.md).
 """
 
 from __future__ import annotations
@@ -74,6 +80,31 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)  # (B, 16, H/2, W/2)
         return self.head(torch.relu(self.fc1(x.flatten(1))))
+
+
+class DPCNN(nn.Module):
+    """Papernot et al. 2021: conv 8×8/2 16 · pool 2/1 · conv 4×4/2 32 · pool 2/1 · FC 32 · FC, tanh."""
+
+    def __init__(self, in_channels: int, height: int, width: int, num_classes: int) -> None:
+        super().__init__()
+        if min(height, width) < 16:
+            raise ModelError(f"dp_cnn needs images of at least 16×16 pixels; got {height}×{width}. Use small_cnn")
+        self.conv1 = nn.Conv2d(in_channels, 16, 8, stride=2, padding=3)
+        self.conv2 = nn.Conv2d(16, 32, 4, stride=2)
+        self.pool = nn.MaxPool2d(2, 1)
+        h, w = (height - 2) // 2 + 1 - 1, (width - 2) // 2 + 1 - 1  # after conv1 and pool
+        h, w = (h - 4) // 2 + 1 - 1, (w - 4) // 2 + 1 - 1  # after conv2 and pool
+        self.fc1 = nn.Linear(32 * h * w, 32)
+        self.fc2 = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.tanh(self.conv1(x)))  # (B, 16, H/2 − 1, W/2 − 1)
+        x = self.pool(torch.tanh(self.conv2(x)))  # (B, 32, 4, 4) on 28×28
+        return self.fc2(torch.tanh(self.fc1(x.flatten(1))))  # (B, classes)
+
+
+def dp_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return DPCNN(*_image_shape("dp_cnn", input_shape), num_classes)
 
 
 def fedavg_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

@@ -161,3 +161,27 @@ def participation_steps(epochs: int, examples: int, batch_size: int) -> tuple[fl
     """DP-SGD's Poisson rate and steps for one local training: q = B/n, ⌈E·n/B⌉ steps."""
     q = min(1.0, batch_size / max(examples, 1))
     return q, int(math.ceil(epochs / q))
+
+
+def smallest_noise(epsilon_of, target_epsilon: float, what: str, tolerance: float = 0.01) -> float:
+    """The smallest noise multiplier z with ``epsilon_of(z) ≤ target_epsilon`` (to ``tolerance`` in
+    ε; never one that overshoots), for any accountant whose ε falls as z grows.
+
+    Raises:
+        PrivacyError: the target needs z > 10⁴ (``what`` says over which releases).
+    """
+    low, high = 0.0, 1.0
+    while epsilon_of(high) > target_epsilon:
+        low, high = high, 2 * high
+        if high > 1e4:
+            raise PrivacyError(f"ε={target_epsilon} cannot be met over {what}: lower the rounds or raise the target")
+    while high - low > 1e-4 * high:
+        mid = (low + high) / 2
+        e = epsilon_of(mid)
+        if e > target_epsilon:
+            low = mid
+        else:
+            high = mid
+            if target_epsilon - e <= tolerance * target_epsilon:
+                break
+    return high

@@ -74,6 +74,62 @@ def _adaptive_clip_is_central(cfg) -> str | None:
     return None
 
 
+def _distributed_noise_needs_a_secure_sum(cfg) -> str | None:
+    p = cfg.privacy
+    if p.client_dp == "distributed" and not (p.secagg or p.he):
+        return ("--client-dp distributed gives each party only its share of the noise (z/√k): without --secagg "
+                "(or --he) the coordinator sees every update with that little noise, and the accounted ε would not "
+                "hold; add --secagg, or use --client-dp central")
+    return None
+
+
+def _noise_survives_masking(cfg) -> str | None:
+    p = cfg.privacy
+    if p.client_dp_noise == "gaussian" and p.client_dp == "distributed" and p.secagg:
+        return ("continuous Gaussian noise added before masking is rounded into SecAgg's ring together with the "
+                "update, and a sum of rounded noisy values is not the Gaussian the accountant assumes: the "
+                "guarantee would be void. Use --client-dp-noise skellam (the default under --secagg): integer noise "
+                "added inside the ring, with its own accountant")
+    if p.client_dp_noise == "skellam" and not (p.client_dp == "distributed" and p.secagg):
+        return ("--client-dp-noise skellam is integer noise the parties add inside a secure sum: use it with "
+                "--client-dp distributed --secagg")
+    return None
+
+
+def _ftrl_needs_balanced_participation(cfg) -> str | None:
+    p, f = cfg.privacy, cfg.federation
+    if p.client_dp != "ftrl":
+        return None
+    if p.adaptive_clip:
+        return "--client-dp ftrl uses a fixed clip norm (its tree noise is sized to it): drop --adaptive-clip"
+    if f.sampling != "balanced":
+        return ("--client-dp ftrl's accountant needs every party at most once per tree (epoch): use --sampling "
+                "balanced (the default with ftrl)")
+    from pollen.strategy.registry import sampler_from_config
+
+    k, n = sampler_from_config(cfg).sample_size(cfg.data.parties), cfg.data.parties
+    if n % k:
+        return (f"--client-dp ftrl restarts its tree every N/k rounds; {n} parties are not a whole number of rounds "
+                f"of {k}: choose --parties-per-round dividing {n}")
+    return None
+
+
+def _audit_runs_inline(cfg) -> str | None:
+    p = cfg.privacy
+    if p.audit_canaries <= 0:
+        return None
+    if cfg.simulation.backend != "inline":
+        return ("the one-run audit inserts canaries and watches the coordinator within one process: run it with "
+                "--backend inline")
+    if p.dp_sgd and p.client_dp != "off":
+        return ("the audit measures one unit of privacy: with both --dp-sgd and --client-dp, audit each on its own "
+                "run (canary records for DP-SGD, canary parties for party-level DP)")
+    if p.client_dp != "off" and p.audit_canaries > cfg.data.parties // 2:
+        return (f"{p.audit_canaries} canary parties would replace most of the {cfg.data.parties} parties; use at "
+                f"most {cfg.data.parties // 10} (a tenth)")
+    return None
+
+
 def _dp_sgd_without_proximal_term(cfg) -> str | None:
     if cfg.privacy.dp_sgd and _round_one(cfg).proximal_mu > 0:
         return (f"strategy {cfg.strategy.name!r} adds a proximal term to the loss, which DP-SGD's per-example "
@@ -115,9 +171,9 @@ def _client_dp_steps_build(cfg) -> str | None:
 
 # Every rule, in the order its reason is reported.
 CHECKS: tuple[Rule, ...] = (_dp_needs_delta, _dp_needs_noise, _dp_sgd_needs_opacus, _prv_is_for_dp_sgd,
-                            _adaptive_clip_is_central, _dp_sgd_without_proximal_term, _dp_sgd_owns_the_local_loop,
-                            _noise_needs_a_mean,
-                            _client_dp_steps_build)
+                            _adaptive_clip_is_central, _distributed_noise_needs_a_secure_sum, _noise_survives_masking,
+                            _ftrl_needs_balanced_participation, _audit_runs_inline, _dp_sgd_without_proximal_term,
+                            _dp_sgd_owns_the_local_loop, _noise_needs_a_mean, _client_dp_steps_build)
 
 
 def problems(cfg) -> list[str]:

@@ -84,3 +84,42 @@ def attack_cmd(args: argparse.Namespace) -> int:
     path = write_result(run.run_dir, args.attack_kind, res)
     print(f"written to {path}")
     return 0
+
+
+def audit_args(p: argparse.ArgumentParser) -> None:
+    from pollen.cli import SIMULATE_SECTIONS, add_config_flags
+
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in runs/<name> (default: refuse)")
+    add_config_flags(p, SIMULATE_SECTIONS)
+
+
+def audit_cmd(args: argparse.Namespace) -> int:
+    """Train once with canaries; print the empirical lower bound on ε beside the accountant's ε."""
+    from pollen.cli import config_from_args
+    from pollen.config import make_config, merge
+    from pollen.privacy.canaries import unit_of
+    from pollen.simulation import simulate
+    from pollen.telemetry.history import read_history
+    from pollen.telemetry.report import privacy_summary
+
+    cfg = config_from_args(args)
+    if cfg.privacy.audit_canaries == 0:  # the audit's own default: 1,000 records, or a tenth of the parties
+        m = 1000 if unit_of(cfg) == "record" else max(2, cfg.data.parties // 10)
+        # only what the user set, plus the canaries: the DP recipes still fill the rest
+        explicit = {name: section.model_dump(include=section.model_fields_set)
+                    for name, section in cfg if section.model_fields_set}
+        cfg = make_config(merge(explicit, {"privacy": {"audit_canaries": m}}))
+    result = simulate(cfg, overwrite=args.overwrite)
+    s = privacy_summary(read_history(result.run_dir))
+    analytic = "∞ (no DP)" if s["epsilon_max"] is None else f"{s['epsilon_max']:.3f}"
+    print(f"one-run audit of {result.run_dir.name} (Steinke, Nasr, Jagielski 2023), unit: {s['privacy_unit']}")
+    print(f"  empirical ε ≥ {s['epsilon_empirical']:.3f} with {100 * s['epsilon_empirical_confidence']:.0f} % confidence "
+          f"(δ = {s['delta'] if s['delta'] is not None else 1e-5:g}; {s['audit_correct']} of {s['audit_guesses']} guesses "
+          f"right, {s['audit_canaries']} canaries)")
+    print(f"  accountant's ε = {analytic}" + (f" ({s['accountant']})" if s["accountant"] else ""))
+    if s["audit_violation"]:
+        print(f"  BUG: the empirical lower bound exceeds the accountant's ε: the mechanism or its accountant is wrong; "
+              f"details in {result.run_dir}/report.md")
+        return 3
+    print(f"written to {result.run_dir}/ (history.jsonl: epsilon_empirical; report.md: Privacy)")
+    return 0

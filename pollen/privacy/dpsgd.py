@@ -142,7 +142,13 @@ def dp_fit(trainer: Trainer, global_state: Mapping[str, np.ndarray], data: Any,
     if n == 0:
         raise ModelError("cannot train on an empty dataset")
     own = party_state.setdefault(STATE_KEY, {"history": [], "calibration": {}})
-    q, steps = participation_steps(config.epochs, n, config.batch_size)
+    rate = settings.get("sample_rate")  # the recipe's Poisson rate, or batch size / records
+    if rate is None:
+        q, steps = participation_steps(config.epochs, n, config.batch_size)
+        batch = config.batch_size
+    else:  # q and the steps do not depend on n: one record more or less changes neither
+        q, steps = float(rate), int(math.ceil(config.epochs / float(rate)))
+        batch = max(1, int(round(q * n)))  # the expected batch, Opacus' denominator
     sigma = _noise_multiplier(settings, q, steps, own["calibration"])
     target, delta = budget_of(party_state, settings)  # the party's own pinned budget, whatever the task asks
     accountant = make_accountant(settings["accountant"])
@@ -156,7 +162,7 @@ def dp_fit(trainer: Trainer, global_state: Mapping[str, np.ndarray], data: Any,
     load_numpy_state(model, global_state, strict=False)
     csprng = secure_generator()
     batches = poisson_batches(n, q, steps, csprng)
-    metrics = dp_train(model, x, y, batches, config, sigma, settings["max_grad_norm"], config.batch_size,
+    metrics = dp_train(model, x, y, batches, config, sigma, settings["max_grad_norm"], batch,
                        csprng, generator, trainer.augment, None if trainer.default_loss else trainer.loss_fn)
     if not math.isfinite(metrics["train_loss"]):
         raise ModelError(f"local DP-SGD diverged (loss {metrics['train_loss']}); lower the learning rate")

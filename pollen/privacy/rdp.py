@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import decimal
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -159,6 +159,29 @@ def rdp_without_replacement(q: float, sigma: float, order: int) -> float:
         if diffs is not None:  # Theorem 27: 4·sqrt(Δ^(2⌊j/2⌋) Δ^(2⌈j/2⌉)) when smaller
             term = min(term, math.log(4) + 0.5 * (diffs[2 * (j // 2)] + diffs[2 * ((j + 1) // 2)]))
         log_sum = _log_add(log_sum, term + j * log_q + math.log(math.comb(order, j)))
+    return log_sum / (order - 1)
+
+
+def rdp_without_replacement_general(q: float, eps: Callable[[int], float], order: int) -> float:
+    """RDP at integer ``order`` ≥ 2 of any mechanism with RDP ``eps(j)`` run on a uniformly drawn
+    subset of size q·N (Wang et al. 2019, Theorem 9, with ε(∞) = ∞ so each min{2, ·} is 2): the
+    amplification used for the Skellam mechanism, whose RDP is not the Gaussian's.
+    """
+    if q >= 1.0:
+        return eps(order)
+    if q <= 0:
+        return 0.0
+    log_q = math.log(q)
+    e2 = eps(2)
+    if math.isinf(e2):
+        return math.inf
+    log_min2 = min(math.log(4) + math.log(math.expm1(e2)) if e2 > 0 else -math.inf, math.log(2) + e2)
+    log_sum = _log_add(0.0, 2 * log_q + math.log(math.comb(order, 2)) + log_min2)
+    for j in range(3, order + 1):
+        ej = eps(j)
+        if math.isinf(ej):
+            return math.inf
+        log_sum = _log_add(log_sum, math.log(2) + (j - 1) * ej + j * log_q + math.log(math.comb(order, j)))
     return log_sum / (order - 1)
 
 

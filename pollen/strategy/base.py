@@ -30,17 +30,27 @@ class Sampler:
     Round ``r`` trains ``np.random.default_rng([seed, r]).choice(n, k, replace=False)`` over the
     available parties in id order (the BENCHMARKS.md recipe).
 
+    With ``balanced``, rounds instead walk through a stream of random permutations of the parties
+    (``default_rng([seed, epoch, 1])``), k at a time: every party trains once before any trains
+    twice, so over R rounds each takes part ⌊Rk/n⌋ or ⌈Rk/n⌉ times (W1: 30 rounds of 10 of 100
+    parties, 3 times each, where random sampling gives some party 8). Record-level DP-SGD, whose
+    accountant takes no credit for the sampling of parties, pays for the most-sampled party; DP-FTRL
+    needs each party at most once per epoch. Party-level DP-FedAvg, whose accountant relies on
+    random sampling, keeps ``balanced`` off.
+
     Attributes:
         fraction: fraction of available parties per round (used when ``count`` is None).
         count: parties per round (overrides ``fraction``).
         min_parties: fewest parties a round may sample.
         seed: the run seed.
+        balanced: every party once per epoch of n/k rounds, in a random order.
     """
 
     fraction: float = 1.0
     count: int | None = None
     min_parties: int = 1
     seed: int = 0
+    balanced: bool = False
 
     def sample_size(self, available: int) -> int:
         """How many of ``available`` parties a round trains."""
@@ -53,8 +63,27 @@ class Sampler:
         k = self.sample_size(len(ordered))
         if k == len(ordered):  # everyone: the same set in id order (a permutation would only reorder it)
             return ordered
+        if self.balanced:
+            return self._balanced(round, ordered, k)
         rng = np.random.default_rng([self.seed, round])
         return [ordered[i] for i in rng.choice(len(ordered), k, replace=False)]
+
+    def _balanced(self, round: int, ordered: Sequence[str], k: int) -> list[str]:
+        """Positions (round − 1)·k … round·k − 1 of the stream of per-epoch permutations; a party
+        met twice where the slice spans two epochs is skipped for the next one in the stream."""
+        n = len(ordered)
+        chosen: list[str] = []
+        pos = (round - 1) * k
+        while len(chosen) < k:
+            epoch, at = divmod(pos, n)
+            perm = np.random.default_rng([self.seed, epoch, 1]).permutation(n)
+            for i in perm[at:]:
+                if ordered[i] not in chosen:
+                    chosen.append(ordered[i])
+                if len(chosen) == k:
+                    break
+            pos = (epoch + 1) * n
+        return chosen
 
 
 def _id_key(party_id: str) -> tuple[int, int | str]:

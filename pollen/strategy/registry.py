@@ -37,9 +37,11 @@ def sampler_from_config(cfg) -> Sampler:
     ``DEFAULT_PARTIES_PER_ROUND`` parties (every party when there are fewer).
     """
     f = cfg.federation
+    balanced = f.sampling == "balanced"
     if f.parties_per_round is None and f.fraction is None:
-        return Sampler(count=min(DEFAULT_PARTIES_PER_ROUND, cfg.data.parties), seed=cfg.run.seed)
-    return Sampler(fraction=f.fraction if f.fraction is not None else 1.0, count=f.parties_per_round, seed=cfg.run.seed)
+        return Sampler(count=min(DEFAULT_PARTIES_PER_ROUND, cfg.data.parties), seed=cfg.run.seed, balanced=balanced)
+    return Sampler(fraction=f.fraction if f.fraction is not None else 1.0, count=f.parties_per_round,
+                   seed=cfg.run.seed, balanced=balanced)
 
 
 def _lr(cfg, default: float = 1.0) -> float:

@@ -86,7 +86,47 @@ def summarize(cfg: dict[str, Any], history: list[dict[str, Any]], summary: dict[
         "seconds": sum(r.get("seconds", 0.0) for r in history),
         "failed": sum(len(r.get("parties_failed", [])) for r in history),
         "epsilon": next((r["epsilon"] for r in reversed(history) if r.get("epsilon") is not None), None),
+        **privacy_summary(history),
     }
+
+
+def privacy_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's privacy: unit, δ, accountant, the worst ε the accountant gave (a round's ``epsilon``
+    is the largest among its parties; ε only grows, so the run's is the largest of all rounds) and
+    the one-run audit's empirical lower bound, when the run had one."""
+    last = next((r for r in reversed(history) if r.get("privacy_unit")), {})
+    eps = [r["epsilon"] for r in history if isinstance(r.get("epsilon"), (int, float))]
+    audit = next((r for r in reversed(history) if r.get("epsilon_empirical") is not None), {})
+    out = {"privacy_unit": last.get("privacy_unit"), "delta": last.get("delta"), "accountant": last.get("accountant"),
+           "epsilon_max": max(eps) if eps else None,
+           "epsilon_empirical": audit.get("epsilon_empirical"),
+           "epsilon_empirical_confidence": audit.get("epsilon_empirical_confidence"),
+           "audit_canaries": audit.get("audit_canaries"), "audit_guesses": audit.get("audit_guesses"),
+           "audit_correct": audit.get("audit_correct")}
+    out["audit_violation"] = (out["epsilon_empirical"] is not None and out["epsilon_max"] is not None
+                              and out["epsilon_empirical"] > out["epsilon_max"] + 1e-9)
+    return out
+
+
+def privacy_lines(s: dict[str, Any]) -> list[str]:
+    """The report's privacy section (empty for a run without DP and without an audit)."""
+    if s.get("privacy_unit") is None:
+        return []
+    eps = "∞ (no DP)" if s["epsilon_max"] is None else f"{s['epsilon_max']:.3f}"
+    delta = "—" if s["delta"] is None else f"{s['delta']:g}"
+    if s["epsilon_empirical"] is None:
+        emp = "— (no audit: `pollen audit`)"
+    else:
+        emp = (f"{s['epsilon_empirical']:.3f} ({100 * s['epsilon_empirical_confidence']:.0f} % confidence; "
+               f"{s['audit_correct']} of {s['audit_guesses']} guesses right, {s['audit_canaries']} canaries)")
+    lines = ["## Privacy", "", "| unit | δ | accountant | ε (accountant, worst party, whole run) | empirical ε (one-run audit, lower bound) |",
+             "| --- | --- | --- | --- | --- |",
+             f"| {s['privacy_unit']} | {delta} | {s['accountant'] or '—'} | {eps} | {emp} |", ""]
+    if s.get("audit_violation"):
+        lines += [f"**BUG: the audit's lower bound ε ≥ {s['epsilon_empirical']:.3f} exceeds the accountant's "
+                  f"ε = {s['epsilon_max']:.3f}.** A correct mechanism and accountant cannot produce this (beyond the "
+                  f"{100 * (1 - s['epsilon_empirical_confidence']):.0f} % error the confidence allows): report it.", ""]
+    return lines
 
 
 def summary_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
@@ -115,6 +155,7 @@ def write_report(run_dir: str | Path, baseline: dict[str, Any] | None = None) ->
     notes = summary.get("metric_notes") or {}
     if notes:
         lines += ["Federated evaluation combines " + "; ".join(f"`{k}` as the {v}" for k, v in notes.items()) + ".", ""]
+    lines += privacy_lines(s)
     if summary.get("centralized"):
         c = summary["centralized"]
         lines += ["## Against training on pooled data", "",

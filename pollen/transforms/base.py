@@ -45,7 +45,7 @@ class UpdateStep:
 
     Attributes:
         name: short identifier, used in error messages and codec metadata.
-        stage: one of ``clip``, ``noise``, ``compress``, ``mask`` (the pipeline's fixed order).
+        stage: one of ``clip``, ``noise``, ``observe``, ``compress``, ``mask`` (the pipeline's fixed order).
         linear: True when the server may sum encoded updates before decoding (masking, HE).
     """
 
@@ -103,7 +103,7 @@ class UpdateStep:
         return updates
 
 
-STAGE_ORDER = ("clip", "noise", "compress", "mask")
+STAGE_ORDER = ("clip", "noise", "observe", "compress", "mask")  # observe: the audit's seat (pollen/privacy/canaries.py)
 
 
 @dataclass(frozen=True)

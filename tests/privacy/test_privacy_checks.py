@@ -76,7 +76,7 @@ def test_working_combinations_pass():
     check_config(_cfg({"dp_sgd": True, "target_epsilon": 8.0, "delta": 1e-5}))
     check_config(_cfg({"client_dp": "central", "target_epsilon": 8.0, "delta": 1e-5, "adaptive_clip": True},
                       parties=200, per_round=100))
-    check_config(_cfg({"client_dp": "distributed", "target_epsilon": 4.0, "delta": 1e-5}))
+    check_config(_cfg({"client_dp": "distributed", "target_epsilon": 4.0, "delta": 1e-5, "secagg": True}))
 
 
 class _Mask(UpdateStep):

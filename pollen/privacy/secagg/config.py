@@ -13,11 +13,13 @@ from pollen.privacy.secagg.step import SecAggPlus
 log = logging.getLogger("pollen")
 
 
-def secagg_step(cfg: Any) -> SecAggPlus:
+def secagg_step(cfg: Any, noise: Any = None) -> SecAggPlus:
     """The ``mask`` step for ``--secagg``.
 
     Weights: updates are weighted by example count (FedAvg), except under party-level DP, where
     each clipped update counts once (a weight would scale the sensitivity the noise is sized for).
+    ``noise``: distributed Skellam noise (``pollen.privacy.distributed.SkellamNoise``) the parties
+    add inside the ring, after quantisation.
 
     Parameters fixed here are the ones each party fixes when it joins (its config is the run's):
     k from the planned parties per round, t from ``--secagg-threshold``, checked to be above half
@@ -40,6 +42,8 @@ def secagg_step(cfg: Any) -> SecAggPlus:
     if per_round < 2:
         raise ConfigError(f"--secagg needs at least 2 parties per round (got {per_round}): the sum of one "
                           "update is the update")
+    from pollen.privacy.plan import secagg_coordinate_clip
+
     weighted = getattr(p, "client_dp", "off") == "off"
     trust = bool(getattr(p, "secagg_trust_coordinator", False))
     k, t = plan(p.secagg_threshold, p.secagg_neighbours, per_round)
@@ -52,6 +56,7 @@ def secagg_step(cfg: Any) -> SecAggPlus:
         log.warning("--secagg-trust-coordinator: t = %d of %d share holders; secure aggregation holds only while the "
                     "coordinator follows the protocol (a lying one can rebuild single updates)", t, k + 1)
     params = SecAggParams(threshold=p.secagg_threshold, neighbours=p.secagg_neighbours, planned=per_round,
-                          trust_coordinator=trust, bits=p.secagg_bits, clip=p.secagg_clip, weighted=weighted,
-                          dropout=p.secagg_dropout, timeout=cfg.federation.round_timeout, seed=cfg.run.seed)
-    return SecAggPlus(params)
+                          trust_coordinator=trust, bits=p.secagg_bits, clip=secagg_coordinate_clip(cfg),
+                          weighted=weighted, dropout=p.secagg_dropout, timeout=cfg.federation.round_timeout,
+                          seed=cfg.run.seed)
+    return SecAggPlus(params, noise=noise)

@@ -57,6 +57,7 @@ THRESHOLD = "threshold"
 ROSTER = "roster"  # {party: key fingerprint} of every party that advertised keys (U1)
 SURVIVORS = "survivors"
 FIELD = "field"
+NOISE_VARIANCE = "noise_variance"  # this party's share of the Skellam noise variance, integer units (0: none)
 
 # HKDF "info" labels: one derived key per purpose (domain separation).
 INFO_SHARE = b"pollen/secagg/v1/share-encryption"

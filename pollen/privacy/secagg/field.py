@@ -96,6 +96,24 @@ def choose(bits: int, clip: float, total_weight: int) -> FieldSpec:
     return spec
 
 
+def choose_with_noise(bits: int, clip: float, total_weight: int, noise_std: float) -> FieldSpec:
+    """As ``choose``, leaving room for integer noise of std ``noise_std`` (real units) on the sum:
+    ``total_weight`` values in [−clip, clip] plus ``skellam.TAIL_STDS`` standard deviations of the
+    noise stay inside the ring (a wrap-around would then take a 12σ excursion of the noise).
+
+    Raises:
+        PrivacyError: not even one integer unit per party fits.
+    """
+    from pollen.privacy.skellam import field_scale
+
+    per_party = int(field_scale(bits, clip, total_weight, noise_std) * clip)
+    if per_party < 1:
+        raise PrivacyError(f"a noisy sum over {total_weight} parties cannot fit in Z_2^{bits}; use --secagg-bits 64")
+    spec = FieldSpec(bits, float(clip), per_party / float(clip))
+    check_range(spec, total_weight)
+    return spec
+
+
 def check_range(spec: FieldSpec, total_weight: int) -> None:
     """Refuse a field in which the sum of values with total weight ``total_weight`` could wrap.
 

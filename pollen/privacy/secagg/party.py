@@ -202,6 +202,12 @@ def masked_input(party: Any, task: Task, sess: dict[str, Any], payload: Mapping[
     layout = sess["layout"]
     exact = field.integer_segments(layout.shapes, layout.dtypes)
     y, clipped = field.quantize(layout.flatten(sess.pop("delta")), spec, int(payload["weight"]), rng, exact)
+    variance = float(payload.get(C.NOISE_VARIANCE, 0.0))
+    if variance > 0:  # distributed DP: this party's share of integer Skellam noise, inside the ring
+        from pollen.privacy.client_dp import secure_rng
+        from pollen.privacy.skellam import add_integer_noise
+
+        add_integer_noise(y, variance, secure_rng(), exact)
     keyed = [(masks.derive(sess["seed"], C.INFO_SELF, rnd), +1)]
     for j in peers:
         pair = masks.derive(masks.agree(sess["mask_key"], sess["pks"][j][1]), C.INFO_PAIR, rnd)

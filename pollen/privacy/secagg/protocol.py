@@ -105,11 +105,14 @@ class _Round:
 
 
 def run(updates: Sequence[Update], parties: Sequence[str], rnd: int, transport: Any, params: SecAggParams,
-        drop: Mapping[str, set[str]] | None = None) -> SecureSum:
+        drop: Mapping[str, set[str]] | None = None, noise: Any = None) -> SecureSum:
     """Stages 2–5 after the advertise replies ``updates`` of ``parties``; the mean as one update.
 
     Args:
         drop: simulation/tests: stage -> parties told to drop out after doing that stage's work.
+        noise: distributed Skellam noise (``std`` of the summed noise in real units, ``per_round``
+            planned parties, ``account(scale, parties, dim)``): each party adds its share of
+            integer noise after quantising, and the released sum is accounted.
 
     Raises:
         RunError: fewer than 2 parties, or too many dropouts to rebuild a needed secret.
@@ -134,14 +137,22 @@ def run(updates: Sequence[Update], parties: Sequence[str], rnd: int, transport: 
     cts = _share_keys(transport, st, u1, params.timeout)
     u2 = sorted({s for s, _ in cts}, key=order_key)
     weights = {p: st.examples[p] if params.weighted else 1 for p in u2}
-    spec = field.choose(params.bits, params.clip, max(1, sum(weights.values())))
-    acc, u3, clipped = _masked_input(transport, st, u2, cts, spec, weights, params, layout.size)
+    total_weight = max(1, sum(weights.values()))
+    if noise is None:
+        spec, variance = field.choose(params.bits, params.clip, total_weight), 0.0
+    else:
+        spec = field.choose_with_noise(params.bits, params.clip, total_weight, noise.std)
+        variance = (spec.scale * noise.std) ** 2 / noise.per_round  # each party's share, integer units
+    acc, u3, clipped = _masked_input(transport, st, u2, cts, spec, weights, params, layout.size, variance)
     t0 = time.perf_counter()
     sigs = _consistency(transport, st, u3, params.timeout)
     seeds, sks = _unmask(transport, st, u2, u3, sigs, params.timeout)
     _remove_masks(acc, st, u2, u3, seeds, sks)
     total = field.dequantize(acc, spec, field.integer_segments(layout.shapes, layout.dtypes))
     seconds = time.perf_counter() - t0
+    if noise is not None:
+        exact = field.integer_segments(layout.shapes, layout.dtypes)
+        noise.account(spec.scale, len(u3), layout.size - sum(b - a for a, b in exact))
     w3 = sum(weights[p] for p in u3)
     metrics = _mean_metrics([u for p, u in zip(parties, updates) if p in set(u3)])
     update = Update(layout.unflatten(total / w3), sum(st.examples[p] for p in u3), metrics, {})
@@ -221,7 +232,7 @@ def _share_keys(transport: Any, st: _Round, u1: list[str], timeout: float | None
 
 def _masked_input(transport: Any, st: _Round, u2: list[str], cts: Mapping[tuple[str, str], np.ndarray],
                   spec: field.FieldSpec, weights: Mapping[str, int], params: SecAggParams,
-                  size: int) -> tuple[np.ndarray, list[str], float]:
+                  size: int, noise_variance: float = 0.0) -> tuple[np.ndarray, list[str], float]:
     """Stage 3: route shares, sum the masked updates as they arrive (none is kept)."""
     if params.dropout > 0:  # simulation: parties that drop after masking, chosen reproducibly
         rng = np.random.default_rng([params.seed, st.round, 3])
@@ -232,7 +243,8 @@ def _masked_input(transport: Any, st: _Round, u2: list[str], cts: Mapping[tuple[
     for p in u2:
         peers = [j for j in st.graph[p] if j in in2]
         arrays = {C.CT_PREFIX + j: cts[(j, p)] for j in peers}
-        payloads[p] = (arrays, {C.SURVIVORS: peers, C.FIELD: spec.to_dict(), "weight": int(weights[p])})
+        payloads[p] = (arrays, {C.SURVIVORS: peers, C.FIELD: spec.to_dict(), "weight": int(weights[p]),
+                                C.NOISE_VARIANCE: noise_variance})
     acc = np.zeros(size, dtype=spec.dtype)
     clipped: list[float] = []
 

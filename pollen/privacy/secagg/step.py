@@ -34,9 +34,11 @@ class SecAggPlus(UpdateStep):
     stage = "mask"
     linear = True
 
-    def __init__(self, params: SecAggParams | None = None, drop: Mapping[str, set[str]] | None = None) -> None:
+    def __init__(self, params: SecAggParams | None = None, drop: Mapping[str, set[str]] | None = None,
+                 noise: Any = None) -> None:
         self.params = params or SecAggParams()
         self.drop = {k: set(v) for k, v in (drop or {}).items()}
+        self.noise = noise  # distributed Skellam noise the parties add in the ring (pollen.privacy.distributed)
         self.last: SecureSum | None = None
 
     # ------------------------------------------------------------ party side
@@ -58,7 +60,7 @@ class SecAggPlus(UpdateStep):
         Raises:
             RunError: too few parties or too many dropouts to recover the sum (see ``protocol.run``).
         """
-        self.last = protocol.run(updates, parties, round, transport, self.params, self.drop)
+        self.last = protocol.run(updates, parties, round, transport, self.params, self.drop, self.noise)
         return [self.last.update]
 
     def report(self, round: int) -> dict[str, float]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from pollen.compose import Assembly, assemble, data_bytes, finish_run, open_run, torch_threads
 from pollen.config import RunConfig
-from pollen.errors import RunError
+from pollen.errors import ConfigError, RunError
 from pollen.simulation.run import RunInterrupted, RunResult
 from pollen.telemetry.events import Event, PartyReplied, RoundCompleted, RoundStarted, RunCompleted, RunStarted
 from pollen.telemetry.history import read_history
@@ -109,6 +109,9 @@ def run_server(cfg: RunConfig, app: Any = None, resume: Path | None = None, over
         RunError: too few parties joined within ``--join-timeout``, nothing to resume, or no round
             aggregated anything.
     """
+    if cfg.privacy.audit_canaries:
+        raise ConfigError("the one-run privacy audit inserts canaries into simulated parties; a deployed coordinator "
+                          "cannot: run `pollen audit` (a simulation) instead, or set --audit-canaries 0")
     assembly = assemble(cfg, app)  # refuses combinations that cannot work before opening a port
     net = assembly.cfg.network
     if net.insecure:
