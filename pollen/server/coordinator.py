@@ -387,7 +387,7 @@ class Coordinator:
         if self.fed_eval and (last or periodic):  # async: only at the end (before, tasks are in flight)
             cfg = self.strategy.configure(rnd, list(state)).with_(extra={"personalized": True})
             asked = eval_sample(self.transport.available(), self.fed_eval_parties, self.strategy.sampler.seed, rnd)
-            sent = self.strategy.payload(state)
+            sent = self.strategy.payload(state)  # less the frozen tensors every party builds itself
             tasks = [Task(pid, "evaluate", rnd, sent, cfg) for pid in asked]
             replies, _ = collect(self.transport, tasks, self.round_timeout)
             good = [r for r in replies if r.ok and r.evaluation is not None and r.evaluation.num_examples > 0]
