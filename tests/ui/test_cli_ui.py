@@ -64,4 +64,10 @@ def test_pollen_ui_serves_a_runs_folder_until_ctrl_c(tmp_path):
         assert e.value.code == 401
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        try:
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:  # never leave a server behind, even when the test failed
+                proc.kill()
+                proc.wait()
+    assert code == 0
