@@ -60,6 +60,10 @@ COMMANDS: dict[str, Command] = {
     "ui": Command("pollen.ui.watch", "ui_args", "ui_cmd",
                   "serve the web dashboard of a runs folder: watch, compare and start runs (needs the 'ui' extra)"),
     "completion": Command("pollen.cli", "completion_args", "completion_cmd", "print a shell completion script (bash, zsh)"),
+    "tune": Command("pollen.tuning.cli", "tune_args", "tune_cmd",
+                    "tune hyper-parameters with many short federated runs (Optuna TPE + Hyperband; resumable)"),
+    "vertical": Command("pollen.vertical.cli", "vertical_args", "vertical_cmd",
+                        "vertical federated learning: PSI, hetero logistic regression, split learning"),
 }
 
 # The config sections (and, where not all, keys) each command offers as flags.
@@ -80,10 +84,10 @@ CENTRALIZED_SECTIONS: dict[str, set[str] | None] = {
     "app": ALL, "data": ALL, "model": ALL, "train": ALL,
     "federation": {"rounds", "fraction", "parties_per_round", "eval_every"}, "simulation": {"threads"}, "run": ALL}
 PARTITION_SECTIONS: dict[str, set[str] | None] = {
-    "data": {"dataset", "data_dir", "parties", "partition", "alpha", "classes_per_party", "sizes"}, "run": {"seed"}}
+    "data": {"dataset", "data_dir", "parties", "partition", "alpha", "classes_per_party", "sizes", "party_size"}, "run": {"seed"}}
 
 
-LONG_USAGE = {"simulate", "centralized", "server", "client", "partition"}  # too many flags for a usage line
+LONG_USAGE = {"simulate", "centralized", "server", "client", "partition", "tune"}  # too many flags for a usage line
 
 
 class _Formatter(argparse.HelpFormatter):

@@ -135,6 +135,8 @@ def party_tables(cfg: RunConfig) -> Any:
     from pollen.client.party import PartyTables
     from pollen.privacy.client_dp import PARTICIPATIONS_KEY
     from pollen.privacy.dpsgd import STATE_KEY as DP_SGD_KEY
+    from pollen.strategy.ditto import DittoClient
+    from pollen.strategy.pfedme import PFedMeClient
     from pollen.strategy.scaffold import ScaffoldClient
 
     handlers: dict[str, Any] = {}
@@ -146,8 +148,10 @@ def party_tables(cfg: RunConfig) -> Any:
         from pollen.privacy.he_step import task_handlers as he_handlers
 
         handlers.update(he_handlers())
-    return PartyTables(task_handlers=handlers, client_hooks={"scaffold": ScaffoldClient()},
-                       durable_keys=frozenset({DP_SGD_KEY, PARTICIPATIONS_KEY}))
+    return PartyTables(task_handlers=handlers, client_hooks={"scaffold": ScaffoldClient(), "pfedme": PFedMeClient(),
+                                                             "ditto": DittoClient()},
+                       durable_keys=frozenset({DP_SGD_KEY, PARTICIPATIONS_KEY}),
+                       volatile_keys=frozenset({"secagg", "ckks_secret"}))  # round secrets never go to disk
 
 
 def build_pipeline(cfg: RunConfig, aggregator: Any) -> Any:
@@ -187,7 +191,7 @@ def _check_app(cfg: RunConfig, app: App, strategy: Any) -> None:
     needs = []
     if cfg.privacy.dp_sgd:
         needs.append("--dp-sgd (DP-SGD replaces the local loop)")
-    probe = strategy.configure(1, ["w"])
+    probe = strategy.client.configure(1, None)  # before name filters (they need the real names)
     if probe.proximal_mu > 0:
         needs.append(f"strategy {cfg.strategy.name!r} (a proximal term in the loss)")
     if probe.extra.get("client_hooks"):
@@ -217,12 +221,16 @@ class Assembly:
     tables: Any
     _device: Any = field(default=None, init=False, repr=False)
     _server_data: Any = field(default=None, init=False, repr=False)
+    _frozen: Any = field(default=None, init=False, repr=False)
+    _frozen_digest: Any = field(default=None, init=False, repr=False)
 
     # -------------------------------------------------------- who and where
     @property
-    def party_ids(self) -> list[str]:
-        """The simulated parties' ids, ``"0" … "N-1"``."""
-        return [str(i) for i in range(self.cfg.data.parties)]
+    def party_ids(self) -> Sequence[str]:
+        """The simulated parties' ids, ``"0" … "N-1"`` (a sequence, not a list of N strings)."""
+        from pollen.client.pool import PartyIds
+
+        return PartyIds(self.cfg.data.parties)
 
     @property
     def device(self) -> Any:
@@ -267,12 +275,22 @@ class Assembly:
         """The global model at round 0: a fresh model built with torch's RNG seeded by the run seed."""
         import torch
 
-        from pollen.client.trainer import state_to_numpy
+        from pollen.client.trainer import digest_of, frozen_names, state_to_numpy
 
         with _MODEL_LOCK:
             torch.manual_seed(self.cfg.run.seed)
             model = self.new_model()
-        return state_to_numpy(model)
+        state = state_to_numpy(model)
+        self._frozen = frozen_names(model)
+        self._frozen_digest = digest_of({k: state[k] for k in self._frozen})
+        return state
+
+    def frozen(self) -> tuple[tuple[str, ...], str | None]:
+        """The model's frozen tensors (``requires_grad=False`` in ``model()``) and their digest: they
+        never travel, each party builds them itself (a pre-trained base under adapters)."""
+        if self._frozen is None:
+            self.initial_state()
+        return self._frozen, self._frozen_digest
 
     def trainer(self, model: Any = None, ctx: Context | None = None) -> Any:
         """A trainer with a fresh model (one per process, reused for every party there)."""
@@ -325,6 +343,32 @@ class Assembly:
         trainer_of = self._attack_trainers(trainer)
         return {pid: self.party(pid, trainer_of(pid), self.simulation_path(pid), strict=strict)
                 for pid in (ids if ids is not None else self.party_ids)}
+
+    def party_pool(self, trainer: Any, ids: Sequence[str] | None = None, state_dir: str | Path | None = None,
+                   resume_round: int | None = None, strict: bool = False) -> Any:
+        """The simulated parties ``ids`` (all when None) as a :class:`~pollen.client.pool.PartyPool`:
+        each built when a task first names it, at most ``--party-cache`` of them in memory, their
+        state in a :class:`~pollen.client.state_store.PartyStateStore` under ``state_dir`` (None:
+        in memory only). Every simulation backend holds one (inline, each worker, each Ray actor)."""
+        from pollen.client.pool import PartyPool
+        from pollen.client.state_store import PartyStateStore
+
+        ids = ids if ids is not None else self.party_ids
+        capacity = self.party_cache()
+        store = PartyStateStore(state_dir, capacity, self.tables.volatile_keys, resume_round)
+        trainer_of = self._attack_trainers(trainer)
+        return PartyPool(ids, lambda pid: self.party(pid, trainer_of(pid), self.simulation_path(pid), strict=strict),
+                         store, capacity)
+
+    def party_cache(self) -> int:
+        """Parties (data and state) a simulation keeps in memory: ``--party-cache``, by default
+        four times the parties of a round and the federated evaluation, at least 256."""
+        n = self.cfg.data.parties
+        per_round = self.strategy.sampler.sample_size(n)
+        spec = self.strategy.asynchronous
+        if spec is not None:
+            per_round = max(per_round, spec.in_flight(per_round))
+        return self.cfg.simulation.party_cache or max(256, 4 * per_round, min(n, self.cfg.federation.fed_eval_parties))
 
     def _attack_trainers(self, trainer: Any) -> Callable[[str], Any]:
         from pollen.attacks import Collusion, MaliciousTrainer, select_malicious, spec_from_config
@@ -385,12 +429,15 @@ class Assembly:
         events = events if events is not None else EventBus()
         if control is not None:
             transport = control.bind(self.cfg, transport, events)
-        return Coordinator(strategy=self.strategy, transport=transport, rounds=f.rounds, pipeline=self.pipeline,
+        strategy = self.strategy.with_frozen(*self.frozen())  # a frozen base never travels
+        return Coordinator(strategy=strategy, transport=transport, rounds=f.rounds, pipeline=self.pipeline,
                            evaluate=evaluate, eval_every=f.eval_every,
                            fed_eval=self.cfg.data.holdout > 0 or not self.app.builtin,  # an app may hold out its own
-                           fed_eval_every=f.fed_eval_every, min_fit_parties=f.min_fit_parties,
-                           round_timeout=f.round_timeout, events=events, checkpointer=checkpointer,
-                           primary_metric=self.app.primary_metric[0], control=control)
+                           fed_eval_every=f.fed_eval_every, fed_eval_parties=f.fed_eval_parties,
+                           stream_aggregate=f.stream_aggregate,
+                           min_fit_parties=f.min_fit_parties,
+                           round_timeout=f.round_timeout, events=events if events is not None else EventBus(),
+                           checkpointer=checkpointer, primary_metric=self.app.primary_metric[0], control=control)
 
 
 def assemble(cfg: RunConfig, app: Any = None, app_defaults: bool = True) -> Assembly:
@@ -415,6 +462,12 @@ def assemble(cfg: RunConfig, app: Any = None, app_defaults: bool = True) -> Asse
     strategy = build_strategy(cfg)
     pipeline = build_pipeline(cfg, strategy.aggregator)
     _check_app(cfg, loaded, strategy)
+    if cfg.federation.stream_aggregate == "on":
+        from pollen.server.streaming import can_stream
+
+        why_not = can_stream(strategy.aggregator, pipeline, strategy.asynchronous)
+        if why_not is not None:
+            raise ConfigError(f"--stream-aggregate on cannot work here: {why_not}; use --stream-aggregate auto or off")
     return Assembly(cfg, loaded, strategy, pipeline, party_tables(cfg))
 
 

@@ -36,7 +36,8 @@ class DataConfig(_Section):
     dataset: str | None = Field(None, description="built-in dataset (without --app): fmnist, mnist, emnist, femnist, cifar10, digits, breast_cancer, wine, synthetic (default: fmnist)")
     data_dir: str | None = Field(None, description="built-in dataset: its files' directory; app: each party's data path in simulation ('{party}' is replaced by the party id)")
     parties: int = Field(100, ge=1, le=1_000_000, description="number of parties")
-    partition: Literal["iid", "dirichlet", "shards", "quantity", "natural", "sizes"] = Field("iid", description="how data held in one place is split across parties (the built-in datasets; ctx.partition in an app)")
+    partition: Literal["iid", "dirichlet", "shards", "quantity", "natural", "sizes", "draw"] = Field("iid", description="how data held in one place is split across parties (the built-in datasets; ctx.partition in an app); draw: each party draws --party-size examples with replacement (more parties than examples)")
+    party_size: int = Field(6, ge=1, description="'draw' split: examples each party draws uniformly with replacement (default_rng(seed).integers(0, N, (parties, size)))")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration for 'dirichlet' and 'quantity' (smaller = more skewed)")
     classes_per_party: int = Field(2, ge=1, description="classes per party for the 'shards' split")
     sizes: str | None = Field(None, description="'sizes' split: exact examples per party '500,300,200', or proportions of all data '5:3:2'")
@@ -44,7 +45,7 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    model: str | None = Field(None, description="model name (default: chosen from the dataset): fedavg_cnn, cifar_cnn, small_cnn, mlp, logreg")
+    model: str | None = Field(None, description="model name (default: chosen from the dataset): fedavg_cnn, cifar_cnn, small_cnn, emnist_cnn, emnist_cnn_dropout, mlp, logreg")
     augmentation: str = Field("none", description="training augmentation: none, cifar")
 
 
@@ -67,19 +68,24 @@ class FederationConfig(_Section):
     round_timeout: float | None = Field(None, gt=0, description="seconds to wait for replies before dropping stragglers")
     eval_every: int = Field(1, ge=1, description="evaluate the global model on the test set every N rounds")
     fed_eval_every: int = Field(0, ge=0, description="federated evaluation on parties' held-out splits every N rounds (0: only after the last round)")
+    fed_eval_parties: int = Field(1000, ge=1, description="federated evaluation asks at most this many parties, drawn by the run seed (all of them when fewer exist)")
+    stream_aggregate: Literal["auto", "on", "off"] = Field("auto", description="fold each update into a running sum as it arrives instead of holding all of them (auto: when a round's updates together exceed 256 MB; needs a mean-based aggregator)")
 
 
 class StrategyConfig(_Section):
     """Strategy, server optimizer, asynchronous mode and per-round schedules (docs/strategies.md)."""
 
-    name: str = Field("fedavg", description="aggregation strategy: fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad, scaffold, fednova, fedbn, fedper, fedbuff, fedasync (and robust ones)")
+    name: str = Field("fedavg", description="aggregation strategy: fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad, scaffold, fednova, fedbn, fedper, pfedme, ditto, fedbuff, fedasync (and robust ones)")
     server_lr: float | None = Field(None, gt=0, description="server learning rate (default per strategy: 1.0; 0.01 for fedadam/fedyogi/fedadagrad; 0.6 for fedasync's mixing α)")
     proximal_mu: float | None = Field(None, ge=0, description="FedProx proximal term μ (default 0.01 for fedprox; set it to add the term to any strategy)")
     server_momentum: float = Field(0.9, ge=0, lt=1, description="fedavgm server momentum β")
     beta1: float = Field(0.9, ge=0, lt=1, description="fedadam/fedyogi/fedadagrad first-moment decay β1")
     beta2: float = Field(0.99, ge=0, lt=1, description="fedadam/fedyogi second-moment decay β2")
     tau: float = Field(1e-3, gt=0, description="fedadam/fedyogi/fedadagrad adaptivity τ")
-    local_layers: str | None = Field(None, description="fedper: comma-separated module names kept on each party (default: the last layer)")
+    local_layers: str | None = Field(None, description="fedper: comma-separated module names kept on each party (default: the last layer); fedbn: normalisation layers kept local besides BatchNorm (e.g. layer_norm)")
+    personal_lambda: float | None = Field(None, ge=0, description="pfedme / ditto: λ, the pull between a party's personal model and the global one (default: 15 for pfedme, 0.1 for ditto)")
+    personal_lr: float | None = Field(None, gt=0, description="pfedme / ditto: learning rate of the personal model (default: --lr)")
+    personal_steps: int = Field(5, ge=1, le=100, description="pfedme: K, gradient steps on the personal model per mini-batch")
     async_buffer: int = Field(10, ge=1, description="fedbuff: updates K buffered per server step")
     async_concurrency: int | None = Field(None, ge=1, description="fedbuff/fedasync: parties training at once (default: parties per round)")
     max_staleness: int = Field(20, ge=0, description="fedbuff/fedasync: discard updates staler than this many server steps")
@@ -195,8 +201,12 @@ class AttackConfig(_Section):
 class SimulationConfig(_Section):
     """Virtual parties on this machine."""
 
-    backend: Literal["inline", "process"] = Field("inline", description="inline: one process, all cores per party; process: a pool of worker processes")
-    workers: int | None = Field(None, ge=1, description="worker processes for the process backend (default: cores)")
+    backend: Literal["inline", "process", "ray"] = Field("inline", description="inline: one process, all cores per party; process: a pool of worker processes; ray: Ray actors on this machine or a cluster (needs the 'ray' extra)")
+    workers: int | None = Field(None, ge=1, description="worker processes (process backend) or Ray actors (ray backend) (default: cores, or the cluster's CPUs / --party-cpus)")
+    party_cpus: float = Field(1.0, gt=0, description="ray: CPUs each party task (actor) reserves; fractions allowed")
+    party_gpus: float = Field(0.0, ge=0, description="ray: GPUs each party task (actor) reserves; fractions allowed (0.25: four actors share a GPU)")
+    ray_address: str | None = Field(None, description="ray: an existing cluster to join (HOST:PORT of its head, or 'auto'); default: start a local Ray for this run and stop it after")
+    party_cache: int | None = Field(None, ge=1, description="simulated parties (data and state) kept in memory per process; the others' state waits on disk (default: 4 × parties per round, at least 256)")
     threads: int | None = Field(None, ge=1, description="torch threads per training process (default: cores, or 1 per worker)")
 
 

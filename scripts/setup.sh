@@ -3,7 +3,8 @@
 # and the Fashion-MNIST data the default job trains on.
 #
 #   bash scripts/setup.sh          # runtime (+ plots, scikit-learn data sets)
-#   bash scripts/setup.sh --dev    # everything the tests need (opacus, tenseal, grpcio-tools, pytest, ...)
+#   bash scripts/setup.sh --dev    # everything the tests need (opacus, tenseal, grpcio-tools, pytest, espeak-ng, ...)
+#   bash scripts/setup.sh --speech # the speech example's extra (transformers, peft) and espeak-ng
 #   bash scripts/setup.sh --no-data
 #
 # Environment: PYTHON (default python3.11 or python3), VENV (default .venv).
@@ -12,12 +13,14 @@ cd "$(dirname "$0")/.."
 
 extras="plot,tabular,metrics"
 want_data=1
+want_speech=0
 for arg in "$@"; do
   case "$arg" in
-    --dev) extras="dev,all" ;;
+    --dev) extras="dev,all"; want_speech=1 ;;
+    --speech) extras="$extras,speech"; want_speech=1 ;;
     --no-data) want_data=0 ;;
     -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
-    *) echo "setup.sh: unknown option $arg (use --dev, --no-data)" >&2; exit 2 ;;
+    *) echo "setup.sh: unknown option $arg (use --dev, --speech, --no-data)" >&2; exit 2 ;;
   esac
 done
 
@@ -52,6 +55,16 @@ if [ "$want_data" = 1 ] && [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then
   else
     echo "setup.sh: this is not a Debian system, so Fashion-MNIST cannot be installed with apt." >&2
     echo "          Download train/t10k images and labels (IDX format) and pass --data-dir DIR to pollen." >&2
+  fi
+fi
+# The speech example synthesises its spoken commands with espeak-ng (a Debian package, no download).
+if [ "$want_speech" = 1 ] && ! command -v espeak-ng >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing espeak-ng (Debian package) for the speech example"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null
+  else
+    echo "setup.sh: the speech example needs espeak-ng, which is missing. Install it with:" >&2
+    echo "          sudo apt-get install espeak-ng   (Debian/Ubuntu; dnf install espeak-ng on Fedora, brew install espeak-ng on macOS)" >&2
   fi
 fi
 echo "==> ready: $VENV/bin/pollen --help"

@@ -17,12 +17,13 @@ import torch
 
 from pollen.client.data import PartyData, Shard
 from pollen.client.trainer import GradHook, Trainer
-from pollen.errors import ConfigError, PollenError
+from pollen.errors import ConfigError, ModelError, PollenError
 from pollen.transforms.base import Pipeline, StepContext, empty_pipeline
 from pollen.types import EvalResult, ModelState, Reply, Task, Update
 
 
 Handler = Callable[["LocalParty", Task], Reply]
+PERSONAL_KEY = "personal"  # LocalParty.state: a personalisation strategy's own model (Ditto, pFedMe)
 
 
 class ClientHook:
@@ -37,6 +38,11 @@ class ClientHook:
         """Before training: the state to train from (server extras removed) and gradient hooks."""
         return state, ()
 
+    def fit(self, party: "LocalParty", task: Task, state: ModelState, generator: torch.Generator) -> Update | None:
+        """Train in place of the local loop (pFedMe's bi-level steps) and return the update, or None
+        to train as usual."""
+        return None
+
     def finish(self, party: "LocalParty", task: Task, update: Update) -> Update:
         """After training: a new update (extra tensors added, party state advanced)."""
         return update
@@ -50,14 +56,18 @@ class PartyTables:
     Attributes:
         task_handlers: extra task kinds (secure-aggregation stages, HE decryption) → handler.
         client_hooks: hook name (as round configs list them) → the strategy's party side.
-        durable_keys: keys of ``LocalParty.state`` small enough to go into every simulation
-            checkpoint, because losing them on ``--resume`` would be wrong rather than merely slower
-            (privacy accountants). Large state (residuals, control variates) restarts empty.
+        durable_keys: keys of ``LocalParty.state`` whose loss on ``--resume`` would be wrong rather
+            than merely slower (privacy accountants). Simulated parties keep all their state in a
+            ``PartyStateStore`` on disk; these keys are what a caller without one should keep.
+        volatile_keys: keys of ``LocalParty.state`` that must never be written to disk (a round's
+            secure-aggregation secrets, an HE secret key): the party-state store keeps them in
+            memory only.
     """
 
     task_handlers: Mapping[str, Handler] = field(default_factory=dict)
     client_hooks: Mapping[str, ClientHook] = field(default_factory=dict)
     durable_keys: frozenset[str] = frozenset()
+    volatile_keys: frozenset[str] = frozenset()
 
     def hooks(self, names: object) -> list[ClientHook]:
         """The hooks ``names`` lists.
@@ -188,33 +198,45 @@ class LocalParty:
         for hook in hooks:
             start_state, more = hook.prepare(self, task, start_state)
             grad_hooks += more
+        self._check_frozen(task.config.extra.get("frozen_digest"))
         shared = task.config.shared_names
         private = self.state.get("private")
         if shared is not None and private:
             # FedBN / FedPer: this party's own copies of the tensors that are not shared.
             start_state = {**start_state, **private}
-        if task.config.extra.get("dp_sgd"):
+        update = None
+        for hook in hooks:  # a strategy whose local step is not the usual loop (pFedMe)
+            update = update or hook.fit(self, task, start_state, gen)
+        if update is None and task.config.extra.get("dp_sgd"):
             from pollen.privacy.dpsgd import dp_fit  # record-level DP (needs the 'dp' extra)
 
             update = dp_fit(self.trainer, start_state, self.data.train, task.config, gen, self.state)
-        else:
+        elif update is None:
             update = self.trainer.fit(start_state, self.data.train, task.config, gen, grad_hooks, self.context)
-        for hook in hooks:
-            update = hook.finish(self, task, update)
-        if shared is not None:
-            keep = set(shared)
+        if shared is not None:  # before the hooks' finish, which may train the model further (Ditto)
+            keep = set(shared) | set(self.trainer.frozen_names())  # frozen tensors: model() rebuilds them
             own = self.trainer.model.state_dict()
             self.state["private"] = {k: own[k].detach().cpu().numpy().copy() for k in own if k not in keep}
+        for hook in hooks:
+            update = hook.finish(self, task, update)
         ctx = StepContext(self.party_id, task.round, np.random.default_rng(seed), self.state, task.state,
                           task.config.extra)
         return self.pipeline.encode(update, ctx)
 
+    def _check_frozen(self, digest: str | None) -> None:
+        """Refuse to train when this party's frozen base differs from the coordinator's (the frozen
+        tensors never travel, so an adapter trained on another base would be meaningless)."""
+        if digest is not None and digest != self.trainer.frozen_digest():
+            raise ModelError("this party's frozen tensors (requires_grad=False, never sent) differ from the "
+                             "coordinator's: every party's model() must build the same frozen base (load the same "
+                             "pre-trained weights, and freeze the same tensors)")
+
     def evaluate(self, task: Task):
         """Evaluate the given model on the held-out split (no examples when the party holds none out)."""
         state = task.state
-        private = self.state.get("private")
-        if task.config.extra.get("personalized") and private:
-            state = {**task.state, **private}  # FedPer/FedBN: evaluate the personalised model
+        if task.config.extra.get("personalized"):
+            # FedPer/FedBN: the tensors this party keeps; Ditto/pFedMe: its whole personal model
+            state = {**task.state, **self.state.get("private", {}), **self.state.get(PERSONAL_KEY, {})}
         data = self.data.eval_source()
         if data is None:  # nothing held out: this party adds no weight to federated evaluation
             return EvalResult(float("nan"), None, 0)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Mapping
+import hashlib
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -49,6 +50,23 @@ def load_numpy_state(model: nn.Module, state: Mapping[str, np.ndarray], strict: 
             if tuple(target.shape) != tuple(value.shape):
                 raise ModelError(f"tensor {name!r}: model has shape {tuple(target.shape)}, state has {value.shape}")
             target.copy_(torch.from_numpy(np.asarray(value)))
+
+
+def frozen_names(model: nn.Module) -> tuple[str, ...]:
+    """State names of ``model``'s parameters that do not train (``requires_grad=False``), in order."""
+    return tuple(k for k, v in model.state_dict(keep_vars=True).items()
+                 if isinstance(v, nn.Parameter) and not v.requires_grad)
+
+
+def digest_of(state: Mapping[str, object]) -> str:
+    """A BLAKE2b digest of tensors' names, shapes, dtypes and bytes (in name order)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(state):
+        a = np.ascontiguousarray(state[name].detach().cpu().numpy() if isinstance(state[name], torch.Tensor)
+                                 else np.asarray(state[name]))
+        h.update(f"{name}|{a.shape}|{a.dtype}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -172,6 +190,8 @@ class Trainer:
             metrics = resolve_metrics(["accuracy"] if loss is None else [])
         self.metrics = dict(metrics)
         self.app_train, self.app_evaluate, self.context = app_train, app_evaluate, context
+        self._frozen: tuple[str, ...] | None = None
+        self._frozen_digest: str | None = None
 
     # ------------------------------------------------------------ fit
     def fit(
@@ -215,7 +235,6 @@ class Trainer:
         opt = make_optimizer(params, config)
         mu = config.proximal_mu
         anchors = [p.detach().clone() for p in params] if mu > 0 else None
-        bs = config.batch_size
         track_accuracy = self.default_loss  # cross-entropy on class targets: accuracy comes for free
         total_loss = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -243,6 +262,28 @@ class Trainer:
                 correct += (outputs.detach().argmax(1) == yb).sum()
             seen += b
 
+        for xb, yb in self.batches(data, config, generator):
+            step(xb, yb)
+        if seen == 0:
+            raise ModelError("cannot train on an empty dataset (the data gave no batches)")
+        n = len(data) if not isinstance(data, LoaderSource) or data.sized else seen // max(config.epochs, 1)
+        loss_avg = float(total_loss) / max(seen, 1)
+        if not math.isfinite(loss_avg):
+            raise ModelError(f"local training diverged (loss {loss_avg}); lower the learning rate")
+        metrics = {"train_loss": loss_avg, "steps": float(steps)}
+        if track_accuracy:
+            metrics["train_accuracy"] = int(correct) / max(seen, 1)
+        return metrics, n
+
+    def batches(self, data: Source, config: RoundConfig, generator: torch.Generator) -> Iterator[tuple[object, torch.Tensor]]:
+        """``config.epochs`` epochs of shuffled, augmented training batches ``(inputs, targets)`` on the
+        trainer's device: slices of one permutation per epoch for in-memory tensors (no DataLoader),
+        a seeded DataLoader otherwise. Local loops of strategies (pFedMe) iterate the same batches.
+
+        Raises:
+            ModelError: the data is empty.
+        """
+        device, bs = self.device, config.batch_size
         if isinstance(data, Shard):
             x, y = data.tensors()
             x, y = to_device(x, device), to_device(y, device)
@@ -255,29 +296,32 @@ class Trainer:
                     idx = order[start : start + bs]
                     if idx.device != x.device:
                         idx = idx.to(x.device)
-                    xb, yb = x[idx], y[idx]
-                    if self.augment is not None:
-                        xb = self.augment(xb, generator)
-                    step(xb, yb)
-        else:
-            if isinstance(data, LoaderSource) and data.sized and len(data) == 0:
-                raise ModelError("cannot train on an empty dataset")
-            for _ in range(config.epochs):
-                for xb, yb in iter_batches(data, bs, generator):
-                    xb, yb = to_device(xb, device), to_device(yb, device)
-                    if self.augment is not None and isinstance(xb, torch.Tensor):
-                        xb = self.augment(xb, generator)
-                    step(xb, yb)
-            if seen == 0:
-                raise ModelError("cannot train on an empty dataset (the data gave no batches)")
-            n = len(data) if not isinstance(data, LoaderSource) or data.sized else seen // max(config.epochs, 1)
-        loss_avg = float(total_loss) / max(seen, 1)
-        if not math.isfinite(loss_avg):
-            raise ModelError(f"local training diverged (loss {loss_avg}); lower the learning rate")
-        metrics = {"train_loss": loss_avg, "steps": float(steps)}
-        if track_accuracy:
-            metrics["train_accuracy"] = int(correct) / max(seen, 1)
-        return metrics, n
+                    xb = x[idx]
+                    yield (self.augment(xb, generator) if self.augment is not None else xb), y[idx]
+            return
+        if isinstance(data, LoaderSource) and data.sized and len(data) == 0:
+            raise ModelError("cannot train on an empty dataset")
+        for _ in range(config.epochs):
+            for xb, yb in iter_batches(data, bs, generator):
+                xb, yb = to_device(xb, device), to_device(yb, device)
+                if self.augment is not None and isinstance(xb, torch.Tensor):
+                    xb = self.augment(xb, generator)
+                yield xb, yb
+
+    def frozen_names(self) -> tuple[str, ...]:
+        """Names of the model's frozen parameters (``requires_grad=False``): no party trains them, so
+        they never travel; every party builds them with ``model()`` (a pre-trained base)."""
+        if self._frozen is None:
+            self._frozen = frozen_names(self.model)
+        return self._frozen
+
+    def frozen_digest(self) -> str:
+        """A digest of the frozen parameters' values (they never change), to check that a party's
+        ``model()`` built the same frozen base as the coordinator's."""
+        if self._frozen_digest is None:
+            own = self.model.state_dict()
+            self._frozen_digest = digest_of({k: own[k] for k in self.frozen_names()})
+        return self._frozen_digest
 
     def _fit_app(self, data: Source, config: RoundConfig, grad_hooks: tuple[GradHook, ...],
                  context: object) -> tuple[dict[str, float], int]:

@@ -146,7 +146,17 @@ def load_emnist(data_dir: Path | None, split: str = "digits") -> Dataset:
 
 
 def load_femnist(data_dir: Path | None, split: str = "digits") -> Dataset:
-    """EMNIST ``split`` with ``groups_train`` set to the writer id of every training example."""
+    """EMNIST split by writer (``groups_train``: the writer of every training example), from LEAF's
+    JSON files, TensorFlow Federated's ``.h5`` files (``pollen.data.femnist``), or EMNIST's IDX
+    files plus a writer-id file; the folder's contents say which."""
+    if data_dir is not None:
+        from pollen.data import femnist
+
+        kind = femnist.detect(Path(data_dir))
+        if kind == "leaf":
+            return femnist.load_leaf(Path(data_dir))
+        if kind == "tff":
+            return femnist.load_tff(Path(data_dir), only_digits=None)
     stem = f"emnist-{split}-train-writers-idx1-ubyte"
     (writers_file,) = _emnist_files(
         data_dir, split, (stem,), "FEMNIST writer ids",

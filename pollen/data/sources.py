@@ -12,8 +12,10 @@
   store every image transposed; images are returned upright and standardised with the training
   pixels' mean and std. ``letters`` labels 1..26 become 0..25.
 - ``femnist``: EMNIST plus the writer of every training example, for the ``natural``
-  partitioner (the FEMNIST setting of LEAF, Caldas et al., 2018). The official EMNIST files
-  carry no writer ids, so this source needs one more file,
+  partitioner (the FEMNIST setting of LEAF, Caldas et al., 2018): LEAF's JSON folders
+  (``train/``, ``test/``) or TensorFlow Federated's ``fed_emnist_{train,test}.h5`` (see
+  ``pollen.data.femnist``), or the IDX route: the official EMNIST files
+  carry no writer ids, so this route needs one more file,
   ``emnist-<split>-train-writers-idx1-ubyte[.gz]``: an IDX integer vector with one writer id
   per training example (write it with :func:`pollen.data.idx.write_idx`). Without it loading
   fails and says so.

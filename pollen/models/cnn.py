@@ -5,6 +5,10 @@
 - ``cifar_cnn``: the seed's "FederatedCNN" for CIFAR-10: two conv blocks with BatchNorm and a
   512-unit classifier with dropout.
 - ``small_cnn``: a small CNN for tiny images (8×8 digits) used in fast tests.
+- ``emnist_cnn``: the TFF EMNIST tutorial's CNN (the seed's): conv3x3 32 → pool → FC 128 → FC.
+- ``emnist_cnn_dropout``: the CNN with dropout of Reddi et al. 2021, "Adaptive Federated
+  Optimization" (ICLR), TFF's ``create_conv_dropout_model``: conv3x3 32 → conv3x3 64 → pool →
+  dropout 0.25 → FC 128 → dropout 0.5 → FC.
 """
 
 from __future__ import annotations
@@ -82,3 +86,38 @@ def cifar_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
 
 def small_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return SmallCNN(*_image_shape("small_cnn", input_shape), num_classes)
+
+
+class EmnistCNN(nn.Module):
+    """The TFF tutorial's CNN: Conv(32, 3×3, valid) ReLU MaxPool2 · FC 128 ReLU · FC."""
+
+    def __init__(self, in_channels: int, height: int, width: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(in_channels, 32, 3), nn.ReLU(), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(nn.Linear(32 * ((height - 2) // 2) * ((width - 2) // 2), 128), nn.ReLU(),
+                                        nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))  # (B, classes)
+
+
+class EmnistDropoutCNN(nn.Module):
+    """Reddi et al.'s EMNIST CNN: Conv(32) Conv(64) MaxPool2 Dropout(0.25) · FC 128 Dropout(0.5) · FC."""
+
+    def __init__(self, in_channels: int, height: int, width: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(in_channels, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(),
+                                      nn.MaxPool2d(2), nn.Dropout(0.25))
+        self.classifier = nn.Sequential(nn.Linear(64 * ((height - 4) // 2) * ((width - 4) // 2), 128), nn.ReLU(),
+                                        nn.Dropout(0.5), nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))  # (B, classes)
+
+
+def emnist_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return EmnistCNN(*_image_shape("emnist_cnn", input_shape), num_classes)
+
+
+def emnist_cnn_dropout(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return EmnistDropoutCNN(*_image_shape("emnist_cnn_dropout", input_shape), num_classes)

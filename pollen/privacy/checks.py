@@ -24,6 +24,12 @@ def _strategy(cfg):
     return build_strategy(cfg)
 
 
+def _round_one(cfg):
+    """What parties are told in round 1, before any filter on tensor names (FedBN's and FedPer's
+    filters need the model's real names, which no check has)."""
+    return _strategy(cfg).client.configure(1, None)
+
+
 def _dp_needs_delta(cfg) -> str | None:
     p = cfg.privacy
     users = [name for name, on in (("--dp-sgd", p.dp_sgd), (f"--client-dp {p.client_dp}", p.client_dp != "off")) if on]
@@ -69,9 +75,19 @@ def _adaptive_clip_is_central(cfg) -> str | None:
 
 
 def _dp_sgd_without_proximal_term(cfg) -> str | None:
-    if cfg.privacy.dp_sgd and _strategy(cfg).configure(1, ["w"]).proximal_mu > 0:
+    if cfg.privacy.dp_sgd and _round_one(cfg).proximal_mu > 0:
         return (f"strategy {cfg.strategy.name!r} adds a proximal term to the loss, which DP-SGD's per-example "
                 "clipping would silently drop; use fedavg/fedadam/… with --dp-sgd")
+    return None
+
+
+def _dp_sgd_owns_the_local_loop(cfg) -> str | None:
+    if not cfg.privacy.dp_sgd:
+        return None
+    hooks = set(_round_one(cfg).extra.get("client_hooks") or ()) & {"pfedme", "ditto"}
+    if hooks:
+        return (f"strategy {cfg.strategy.name!r} trains a personal model in its own local steps, which DP-SGD's "
+                "per-example clipping and accounting do not cover; use fedavg/fedper/fedbn/… with --dp-sgd")
     return None
 
 
@@ -99,7 +115,8 @@ def _client_dp_steps_build(cfg) -> str | None:
 
 # Every rule, in the order its reason is reported.
 CHECKS: tuple[Rule, ...] = (_dp_needs_delta, _dp_needs_noise, _dp_sgd_needs_opacus, _prv_is_for_dp_sgd,
-                            _adaptive_clip_is_central, _dp_sgd_without_proximal_term, _noise_needs_a_mean,
+                            _adaptive_clip_is_central, _dp_sgd_without_proximal_term, _dp_sgd_owns_the_local_loop,
+                            _noise_needs_a_mean,
                             _client_dp_steps_build)
 
 

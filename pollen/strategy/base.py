@@ -9,7 +9,7 @@ All parts are pure: they return new values and never mutate their inputs. Random
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -268,7 +268,23 @@ class Strategy:
     server_optimizer: ServerOptimizer
     share: NameFilter = field(default_factory=NameFilter)
     asynchronous: "AsyncSpec | None" = None  # FedBuff / FedAsync: buffered, staleness-weighted
+    frozen: frozenset[str] = frozenset()  # tensors no party trains (a frozen pre-trained base): never sent
+    frozen_digest: str | None = None  # their values' digest, which every party checks against its own
+
+    def with_frozen(self, names: Sequence[str], digest: str | None) -> "Strategy":
+        """This strategy with the model's frozen tensors (``requires_grad=False``) left out of every
+        message both ways: each party builds them itself with ``model()`` and checks ``digest``."""
+        return replace(self, frozen=frozenset(names), frozen_digest=digest if names else None)
 
     def configure(self, round: int, names: Sequence[str]) -> RoundConfig:
         """The round config every sampled party receives."""
-        return self.client.configure(round, self.share.shared(names))
+        if not self.frozen:
+            return self.client.configure(round, self.share.shared(names))
+        trainable = [n for n in names if n not in self.frozen]
+        cfg = self.client.configure(round, self.share.shared(trainable))
+        shared = cfg.shared_names if cfg.shared_names is not None else tuple(trainable)
+        return cfg.with_(shared_names=shared, extra={**cfg.extra, "frozen_digest": self.frozen_digest})
+
+    def payload(self, state: Mapping[str, np.ndarray]) -> ModelState:
+        """What a task carries of ``state``: all of it but the frozen tensors."""
+        return dict(state) if not self.frozen else {k: v for k, v in state.items() if k not in self.frozen}

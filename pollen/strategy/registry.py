@@ -12,6 +12,7 @@ from dataclasses import replace
 from pollen.errors import ConfigError
 from pollen.strategy.base import ClientConfig, Sampler, Strategy
 from pollen.strategy.byzantine import ROBUST_STRATEGIES
+from pollen.strategy.ditto import ditto
 from pollen.strategy.fedasync import Staleness
 from pollen.strategy.fedavg import fedavg
 from pollen.strategy.fedavgm import fedavgm
@@ -21,6 +22,7 @@ from pollen.strategy.fednova import fednova
 from pollen.strategy.fedopt import fedopt
 from pollen.strategy.fedper import fedper
 from pollen.strategy.fedprox import fedprox
+from pollen.strategy.pfedme import pfedme
 from pollen.strategy.scaffold import scaffold
 from pollen.strategy.schedule import LrSchedule, load_config_hook, parse_epochs_schedule
 
@@ -66,6 +68,10 @@ def _layers(text: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (text or "").split(",") if p.strip())
 
 
+def _lambda(cfg, default: float) -> float:
+    return cfg.strategy.personal_lambda if cfg.strategy.personal_lambda is not None else default
+
+
 # name -> builder(run_config, sampler, client_config) -> Strategy
 _BUILDERS: dict[str, Builder] = {
     "fedavg": lambda cfg, sampler, client: fedavg(sampler, client, _lr(cfg)),
@@ -77,8 +83,11 @@ _BUILDERS: dict[str, Builder] = {
     "fedadagrad": _fedopt("adagrad"),
     "scaffold": lambda cfg, sampler, client: scaffold(sampler, client, _lr(cfg), _participation(cfg, sampler)),
     "fednova": lambda cfg, sampler, client: fednova(sampler, client, _lr(cfg), cfg.train.momentum),
-    "fedbn": lambda cfg, sampler, client: fedbn(sampler, client, _lr(cfg)),
+    "fedbn": lambda cfg, sampler, client: fedbn(sampler, client, _lr(cfg), _layers(cfg.strategy.local_layers)),
     "fedper": lambda cfg, sampler, client: fedper(sampler, client, _lr(cfg), _layers(cfg.strategy.local_layers)),
+    "pfedme": lambda cfg, sampler, client: pfedme(sampler, client, _lr(cfg), _lambda(cfg, 15.0),
+                                                  cfg.strategy.personal_steps, cfg.strategy.personal_lr),
+    "ditto": lambda cfg, sampler, client: ditto(sampler, client, _lr(cfg), _lambda(cfg, 0.1), cfg.strategy.personal_lr),
     "fedbuff": lambda cfg, sampler, client: fedbuff(sampler, client, _async_spec(cfg, cfg.strategy.async_buffer), _lr(cfg)),
     "fedasync": lambda cfg, sampler, client: fedbuff(sampler, client, _async_spec(cfg, 1), _lr(cfg, 0.6), "fedasync"),
     **ROBUST_STRATEGIES,

@@ -100,6 +100,12 @@ Event = RunStarted | RoundStarted | PartyReplied | RoundCompleted | RunCompleted
 Sink = Callable[[Event], None]
 
 
+class StopRun(Exception):
+    """Raised by a callback to end a run after the event in hand (early stopping, a tuner pruning
+    a trial): the one exception the bus passes on. Every round already completed stays in the run
+    folder (history, checkpoints); the run's caller receives this exception."""
+
+
 class EventBus:
     """Delivers events to subscribed sinks, in subscription order."""
 
@@ -118,6 +124,8 @@ class EventBus:
                 continue
             try:
                 sink(event)
+            except StopRun:
+                raise
             except Exception as exc:  # noqa: BLE001 - a sink must never stop the run
                 self._broken.add(i)
                 log.warning("telemetry sink %r failed and is disabled: %s", sink, exc)

@@ -93,6 +93,7 @@ class GrpcTransport(Transport):
         self._closing = False
         self._told_stop: set[str] = set()
         self._cache: tuple[object, Encoded] | None = None
+        self._sink: tuple[Any, int] | None = None  # (running sum, round): fit uploads folded as they arrive
         self._cache_lock = threading.Lock()
         self._monitor = threading.Thread(target=self._watch, name="pollen-heartbeats", daemon=True)
         self._monitor.start()
@@ -139,6 +140,15 @@ class GrpcTransport(Transport):
                         s.forgotten.add(key)
             for key in [k for k in self._open if k[1] <= round]:
                 del self._open[key]
+
+    def fold_into(self, sink: Any, round: int) -> bool:
+        self._sink = None if sink is None else (sink, round)
+        return True
+
+    def sink_for(self, task: Task) -> Any:
+        """The running sum a fit reply to ``task`` is folded into chunk by chunk, or None."""
+        target = self._sink
+        return target[0] if target is not None and task.kind == "fit" and task.round == target[1] else None
 
     def close(self) -> None:
         with self._cond:

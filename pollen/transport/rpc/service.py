@@ -23,6 +23,7 @@ from pollen.transport.rpc import pollen_pb2_grpc as pb_grpc
 from pollen.transport.rpc.framing import PROTOCOL_VERSION, assemble, grpc_options
 from pollen.transport.rpc.hub import GrpcTransport, Session
 from pollen.transport.rpc.messages import check_reply
+from pollen.types import Reply
 from pollen.transport.rpc.tls import ADMIN_NAME, PARTY_PREFIX, RevocationList, read_file, serial_of
 
 log = logging.getLogger("pollen.transport.grpc")
@@ -108,6 +109,8 @@ class FederationService(pb_grpc.FederationServicer):
             yield from self.hub.stream_task(s, task)
 
     def SendReply(self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext) -> pb.Ack:
+        if self.hub._sink is not None:  # a streaming round: fit uploads are folded as they arrive
+            return self._fold_reply(iter(request_iterator), context)
         try:
             msg = assemble(request_iterator, self.max_message_bytes)
         except ProtocolError as exc:
@@ -135,6 +138,66 @@ class FederationService(pb_grpc.FederationServicer):
             self.hub.reject("invalid", f"party {s.party_id} round {rnd}: {exc}", s, (s.party_id, rnd, kind))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         self.hub.deliver(s, reply, msg.wire_bytes)
+        return pb.Ack(accepted=True)
+
+    def _fold_reply(self, chunks: Iterator[pb.Chunk], context: grpc.ServicerContext) -> pb.Ack:
+        """``SendReply`` while a round streams: the same checks, then the upload is folded chunk by
+        chunk into the round's running sum (``fold.py``) instead of being assembled; a reply that is
+        not a plain fit reply is assembled as usual."""
+        from pollen.transport.rpc.fold import FoldingReader
+        from pollen.transport.rpc.framing import MAX_HEADER_BYTES, _chain
+
+        first = next(chunks, None)
+        if first is None or len(first.header_json) > MAX_HEADER_BYTES:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed", "empty reply stream or header too long")
+        try:
+            h = json.loads(first.header_json)
+            rnd, kind = int(h.get("round")), str(h.get("kind"))
+        except (ValueError, TypeError, AttributeError):
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed", "bad reply header")
+        s = self._session(first.session, context)
+        if h.get("party_id") != s.party_id:
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "identity",
+                         f"party {s.party_id} sent a reply claiming to be party {h.get('party_id')!r}")
+        if int(first.total_size) > self.max_message_bytes:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed",
+                         f"message declares {first.total_size} bytes, more than the limit of {self.max_message_bytes}")
+        task = self.hub.open_task(s, s.party_id, rnd, kind)
+        if task == "late":
+            return pb.Ack(accepted=False, reason="the round's deadline passed; reply dropped")
+        if isinstance(task, str):
+            self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, "stale", task)
+        sink = self.hub.sink_for(task)
+        reader = None
+        if sink is not None:
+            try:
+                reader = FoldingReader(h, task, sink, int(first.total_size))
+            except ProtocolError:
+                reader = None  # a failure or an encoded update: assembled and checked the usual way
+        key = (s.party_id, rnd, kind)
+        if reader is None:
+            try:
+                msg = assemble(_chain(first, chunks), self.max_message_bytes)
+                reply = check_reply(msg.header, msg.payload, task)
+            except ProtocolError as exc:
+                self.hub.reject("invalid", f"party {s.party_id} round {rnd}: {exc}", s, key)
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            self.hub.deliver(s, reply, msg.wire_bytes)
+            return pb.Ack(accepted=True)
+        wire = 0
+        try:
+            for chunk in _chain(first, chunks):
+                wire += chunk.ByteSize()
+                reader.feed(chunk.data)
+            update = reader.finish()
+        except Exception as exc:  # noqa: BLE001 - a bad stream, or the party's connection lost mid-stream
+            if reader.folded:  # part of this update is in the sum: the round cannot be aggregated
+                sink.spoil(f"party {s.party_id}'s upload broke after part of it was folded ({exc})")
+            self.hub.reject("invalid", f"party {s.party_id} round {rnd}: {exc}", s, key)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        reply = Reply(task.party_id, task.kind, task.round, update=update.with_(codec={"folded": True}),
+                      seconds=reader.seconds)
+        self.hub.deliver(s, reply, wire)
         return pb.Ack(accepted=True)
 
     def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.Ack:
