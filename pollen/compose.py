@@ -89,7 +89,8 @@ def with_app(cfg: RunConfig, app: App) -> RunConfig:
 
 
 # What a resumed run may change: how long it runs and where and how it runs, never what it trains.
-RESUMABLE: dict[str, set[str] | None] = {"federation": {"rounds", "round_timeout", "eval_every", "fed_eval_every"},
+RESUMABLE: dict[str, set[str] | None] = {"federation": {"rounds", "round_timeout", "eval_every", "fed_eval_every",
+                                                        "max_empty_rounds"},
                                          "run": {"progress", "device"}, "simulation": None, "network": None}
 
 
@@ -386,7 +387,8 @@ class Assembly:
                            fed_eval=self.cfg.data.holdout > 0 or not self.app.builtin,  # an app may hold out its own
                            fed_eval_every=f.fed_eval_every, min_fit_parties=f.min_fit_parties,
                            round_timeout=f.round_timeout, events=events if events is not None else EventBus(),
-                           checkpointer=checkpointer, primary_metric=self.app.primary_metric[0])
+                           checkpointer=checkpointer, primary_metric=self.app.primary_metric[0],
+                           max_empty_rounds=f.max_empty_rounds)
 
 
 def assemble(cfg: RunConfig, app: Any = None, app_defaults: bool = True) -> Assembly:
