@@ -28,7 +28,7 @@ from pollen.transport.rpc.tls import RevocationList
 
 log = logging.getLogger("pollen.server")
 MAX_WORKERS = 1024  # gRPC worker threads at most, whatever the federation's size
-STOP_NOTICE_SECONDS = 5.0  # how long a stopping coordinator waits for its parties to hear it
+STOP_NOTICE_SECONDS = 10.0  # how long a stopping coordinator waits for its parties to hear it
 INSECURE_WARNING = """
 *****************************************************************************************
 *  WARNING: --insecure — no TLS and no authentication. Models and updates travel in the  *
