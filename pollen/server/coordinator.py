@@ -219,6 +219,7 @@ class Coordinator:
                 up += reply.bytes_up  # what crossed the wire, a refused or failed reply's too
             elif reply.ok and reply.update is not None:
                 up += reply.bytes_up or len(reply_to_bytes(reply))  # the process pool measures; inline does not
+            if reply.ok and reply.update is not None:
                 update, failure = self._decode(reply.update, state, asked)
             if update is not None and staleness is not None:  # the async aggregator weights by it
                 update = update.with_(metrics={**update.metrics, STALENESS_KEY: float(staleness[i])})

@@ -19,7 +19,6 @@ import pytest
 from pollen.compose import assemble
 from pollen.config import make_config
 from pollen.server import Checkpointer, Coordinator
-from pollen.server.replies import clean_text, check_evaluation
 from pollen.strategy import ClientConfig, Sampler, fedavg
 from pollen.telemetry import EventBus, RoundCompleted
 from pollen.telemetry.history import HistorySink, read_history
@@ -38,8 +37,8 @@ def _delta(value: float) -> dict[str, np.ndarray]:
 class Liar(Transport):
     """Honest parties 0 and 1; party 2 answers with whatever ``lie(task)`` builds."""
 
-    def __init__(self, lie, evaluation=None):
-        self.lie, self.evaluation = lie, evaluation
+    def __init__(self, lie, evaluation=None, encode=lambda u: u):
+        self.lie, self.evaluation, self.encode = lie, evaluation, encode
         self.queue = []
 
     def available(self):
@@ -57,7 +56,8 @@ class Liar(Transport):
             return Reply(t.party_id, "evaluate", t.round, evaluation=ev)
         if t.party_id == "2":
             return self.lie(t)
-        return Reply(t.party_id, "fit", t.round, update=Update(_delta(HONEST[t.party_id]), 10, {"train_loss": 0.5}))
+        honest = Update(_delta(HONEST[t.party_id]), 10, {"train_loss": 0.5})
+        return Reply(t.party_id, "fit", t.round, update=self.encode(honest))
 
     def pending(self):
         return len(self.queue)
@@ -169,6 +169,13 @@ def _topk(update):
     return _topk_pipeline().encode(update, StepContext("2", 1, np.random.default_rng(0)))
 
 
+def _garbage(part: np.ndarray) -> np.ndarray:
+    """A codec's array with indices far out of range (or values of another length)."""
+    if part.dtype.kind in "iu":
+        return np.full(part.shape, np.iinfo(part.dtype).max, part.dtype)
+    return np.ones(part.size + 7, part.dtype)
+
+
 def test_codec_metadata_is_checked_against_the_model_before_decoding():
     good = _topk(Update(_delta(9.0), 10, {}))
     meta = good.codec["topk"]
@@ -178,10 +185,10 @@ def test_codec_metadata_is_checked_against_the_model_before_decoding():
              "unknown tensor": (good.with_(codec={"topk": unknown}), "did not ask"),
              "another codec": (good.with_(codec={"int8": meta}), "codecs"),
              "no codec": (Update(_delta(9.0), 10, {}), "codecs"),
-             "garbage arrays": (good.with_(delta={k: v.reshape(-1)[:1] if "::" in k else v for k, v in good.delta.items()}),
+             "garbage arrays": (good.with_(delta={k: _garbage(v) if "::" in k else v for k, v in good.delta.items()}),
                                 "refused")}
     for name, (update, why) in cases.items():
-        final, records = _run(Liar(_fit(update)), rounds=1, pipeline=_topk_pipeline())
+        final, records = _run(Liar(_fit(update), encode=_topk), rounds=1, pipeline=_topk_pipeline())
         assert records[0]["parties_failed"] == ["2"] and why in records[0]["failures"]["2"], (name, records[0])
         assert records[0]["parties"] == ["0", "1"], name
 
@@ -205,6 +212,8 @@ def test_a_masked_update_with_a_layout_other_than_the_model_is_refused():
 def test_a_failure_message_cannot_fake_log_lines_or_terminal_output():
     text = "boom\n2026-01-01 INFO pollen: party 0 joined\x1b[2J[/bold] " + "x" * 5000
     final, records = _run(Liar(lambda t: Reply("2", "fit", t.round, failure=text)))
+    from pollen.server.replies import clean_text
+
     reason = records[0]["failures"]["2"]
     assert "\n" not in reason and "\x1b" not in reason and len(reason) <= 300 and reason.startswith("boom")
     assert clean_text("a\tb\x00c") == "a b c"
@@ -221,6 +230,8 @@ def test_a_bad_evaluation_is_left_out(ev):
 
 
 def test_evaluation_allows_an_undefined_metric():
+    from pollen.server.replies import check_evaluation
+
     ev = check_evaluation(EvalResult(0.3, None, 5, {"auc": float("nan")}))
     assert math.isnan(ev.metrics["auc"]) and ev.num_examples == 5
 

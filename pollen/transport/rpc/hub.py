@@ -278,6 +278,15 @@ class GrpcTransport(Transport):
             self._by_token.pop(s.token, None)
         log.info("party %s left", s.party_id, extra={"event": "leave", "party": s.party_id})
 
+    def revoke(self, party_id: str) -> None:
+        """Drop a revoked party's session, if it has one (its open tasks fail at once)."""
+        with self._cond:
+            s = self._sessions.get(party_id)
+            if s is not None and s.alive:
+                self._drop(s, "party revoked")
+                self._by_token.pop(s.token, None)
+                log.warning("party %s is revoked: dropped", party_id, extra={"event": "revoked", "party": party_id})
+
     def next_task(self, s: Session, wait: float, active: Callable[[], bool] | None = None) -> Task | None | str:
         """The party's next task, ``None`` after ``wait`` seconds without one (or once ``active()``
         turns False: the caller went away), ``"stop"`` at the end."""

@@ -84,9 +84,11 @@ class FederationService(pb_grpc.FederationServicer):
             return cn
         if not cn.startswith(PARTY_PREFIX):
             self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "identity", f"certificate {cn!r} may not call this")
-        self._member(cn[len(PARTY_PREFIX):], context)
-        if self.revoked.is_revoked(cn[len(PARTY_PREFIX):], serial):
-            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "revoked", f"party {cn[len(PARTY_PREFIX):]} is revoked")
+        pid = cn[len(PARTY_PREFIX):]
+        self._member(pid, context)
+        if self.revoked.is_revoked(pid, serial):
+            self.hub.revoke(pid)  # out of the federation at once: its open task fails
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "revoked", f"party {pid} is revoked")
         return cn
 
     def _member(self, pid: str, context: grpc.ServicerContext) -> None:
