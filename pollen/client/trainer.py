@@ -111,6 +111,35 @@ def as_source(data: object) -> Source:
     return source(data)
 
 
+class _Gathered:
+    """Evaluation outputs and targets of a whole pass, copied batch by batch into buffers allocated
+    once (when the number of examples is known) or concatenated at the end (when it is not)."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected, self.pos = expected, 0
+        self.out: torch.Tensor | None = None
+        self.y: torch.Tensor | None = None
+        self.parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def add(self, out: torch.Tensor, y: torch.Tensor) -> None:
+        b = int(out.shape[0])
+        if self.expected and self.out is None:
+            self.out = torch.empty((self.expected, *out.shape[1:]), dtype=torch.float32)
+            self.y = torch.empty((self.expected, *y.shape[1:]), dtype=y.dtype)
+        if self.out is not None and self.y is not None and self.pos + b <= self.expected:
+            self.out[self.pos : self.pos + b] = out
+            self.y[self.pos : self.pos + b] = y
+        else:
+            self.parts.append((out.float().cpu(), y.cpu()))
+        self.pos += b
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.out is not None and self.y is not None and not self.parts:
+            return self.out[: self.pos], self.y[: self.pos]
+        head = [(self.out[: self.expected], self.y[: self.expected])] if self.out is not None and self.y is not None else []
+        return torch.cat([o for o, _ in head + self.parts]), torch.cat([t for _, t in head + self.parts])
+
+
 class Trainer:
     """Fits and evaluates one reusable model on a party's data.
 
@@ -285,8 +314,10 @@ class Trainer:
             return self._evaluate_app(data, context or self.context)
         device = self.device
         total_loss, n = 0.0, 0
-        outputs: list[torch.Tensor] = []
-        targets: list[torch.Tensor] = []
+        # Outputs and targets are gathered for the metrics (an AUC needs them all) into one buffer
+        # each, sized once: keeping every batch's small output alive instead fragmented the heap
+        # between the large activations and grew the process by ~25 MB a round on W1.
+        gathered = _Gathered(len(data) if not isinstance(data, LoaderSource) or data.sized else 0)
         if isinstance(data, Shard):
             x, y = data.tensors()
             batches = ((x[s : s + self.eval_batch_size], y[s : s + self.eval_batch_size])
@@ -303,11 +334,10 @@ class Trainer:
                 total_loss += float(self.loss_fn(out, yb)) * b
             n += b
             if self.metrics:
-                outputs.append(out.detach().float().cpu())
-                targets.append(yb.detach().cpu())
+                gathered.add(out.detach(), yb.detach())
         values: dict[str, float] = {}
         if self.metrics and n:
-            out_all, y_all = torch.cat(outputs), torch.cat(targets)
+            out_all, y_all = gathered.result()
             values = {name: float(m.fn(out_all, y_all)) for name, m in self.metrics.items()}  # type: ignore[attr-defined]
         return EvalResult(loss=total_loss / max(n, 1), accuracy=values.get("accuracy"), num_examples=n, metrics=values)
 

@@ -94,6 +94,9 @@ def test_insecure_party_at_a_tls_coordinator_is_told_to_drop_insecure(serve, cer
     assert "requires TLS" in why and "drop --insecure" in why
     # the same details once the party had joined: the coordinator went away
     assert "connection to the coordinator was lost" in explain_unreachable(exc.code(), exc.details(), opts, joined=True)
+    # a coordinator that stops cancels the call in flight: after joining, that is the same loss
+    assert "connection to the coordinator was lost" in explain_unreachable(grpc.StatusCode.CANCELLED, "CANCELLED",
+                                                                          opts, joined=True)
 
 
 def test_party_certificate_from_another_ca_is_named(serve, certs, foreign_certs, tmp_path):

@@ -106,6 +106,7 @@ def build_party(opts: PartyOptions, welcome: dict[str, Any]) -> LocalParty:
             app builds a model that differs from the coordinator's (the differences named). The data
             is read before the models are compared: a shard of another dataset is named as such.
     """
+    from pollen.app import AppError
     from pollen.client.trainer import state_to_numpy
     from pollen.compose import assemble
     from pollen.config import make_config
@@ -116,7 +117,13 @@ def build_party(opts: PartyOptions, welcome: dict[str, Any]) -> LocalParty:
                           f"run the same app on both sides (drop --app here, or start the coordinator with --app)")
     cfg = make_config(given)
     # None: the app the coordinator names (built-in datasets, or its path); the coordinator's config is the run's
-    assembly = assemble(cfg, opts.app, app_defaults=False)
+    try:
+        assembly = assemble(cfg, opts.app, app_defaults=False)
+    except AppError as exc:
+        if opts.app or not cfg.app.path:
+            raise
+        raise AppError(f"the coordinator runs the app {cfg.app.path}, which this machine cannot load ({exc}); give "
+                       "this party its own copy with --app PATH") from exc
     assembly.use_device(opts.device)
     ctx = assembly.context(opts.party_id, "party", opts.data_path)
     trainer = assembly.trainer(ctx=ctx)
@@ -235,6 +242,9 @@ def explain_unreachable(code: grpc.StatusCode, details: str, opts: PartyOptions,
                     f"[{cause}]")
         return ("the coordinator closed the connection during the TLS handshake: it does not accept this party's "
                 f"certificate (party-{opts.party_id}.pem from another CA than the coordinator's?) [{cause}]")
+    if code == grpc.StatusCode.CANCELLED and joined:
+        # a coordinator that stops cancels the calls in flight (its long-poll for the next task)
+        return f"the connection to the coordinator was lost (it stopped or restarted?) [{cause}]"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"no answer in time (a firewall dropping packets, or the wrong address?) [{cause}]"
     return f"{code.name}: {details}"
