@@ -16,6 +16,7 @@ unauthenticated connections, measured in the same script, variants alternated.
 
     python benchmarks/bench_flood.py --reps 3                 # the issue's benchmark (10 rounds)
     python benchmarks/bench_flood.py --reps 1 --rounds 3      # a quick look
+    python benchmarks/bench_flood.py --profile-seconds 20     # CPU of an idle coordinator and of the flood
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -49,6 +51,16 @@ def peak_rss(pid: int) -> int:
         return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process (``/proc/<pid>/stat``), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def run(root: Path, rounds: int, tag: str, flood: dict | None) -> dict:
     """One W4 run (as bench_w4_grpc.run_grpc), optionally under a flood; its measurements."""
     port = free_port()
@@ -69,9 +81,9 @@ def run(root: Path, rounds: int, tag: str, flood: dict | None) -> dict:
                                      str(root / "data" / f"party{i}"), "--certs-dir", str(root / "certs"),
                                      "--threads", "1"], stdout=plog, stderr=subprocess.STDOUT)
                    for i in range(PARTIES)]
-        peak = 0
+        peak, cpu = 0, 0.0
         while server.poll() is None:
-            peak = max(peak, peak_rss(server.pid))
+            peak, cpu = max(peak, peak_rss(server.pid)), max(cpu, cpu_seconds(server.pid))
             time.sleep(0.2)
         wall = time.perf_counter() - t0
         if flooder is not None:
@@ -83,7 +95,7 @@ def run(root: Path, rounds: int, tag: str, flood: dict | None) -> dict:
         raise RuntimeError(f"server failed, see {log_path}")
     hist = history(root / "runs" / tag)
     text = log_path.read_text(errors="replace")
-    out = {"wall": wall, "round_seconds": [h["seconds"] for h in hist], "peak_rss": peak,
+    out = {"wall": wall, "round_seconds": [h["seconds"] for h in hist], "peak_rss": peak, "server_cpu_seconds": cpu,
            "log_bytes": len(text.encode()), "log_lines": text.count("\n"),
            "handshake_lines": sum("refused" in ln or "handshake" in ln.lower() for ln in text.splitlines()),
            "accuracy": hist[-1].get("accuracy")}
@@ -131,8 +143,42 @@ def flood_child(address: str, ca: str, seconds: float, threads: int, out: str) -
         w.join(timeout=10)
     elapsed = time.perf_counter() - t0
     total = sum(counts.values())
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     Path(out).write_text(json.dumps({**counts, "seconds": elapsed, "connections": total,
+                                     "cpu_seconds": usage.ru_utime + usage.ru_stime,
                                      "per_second": total / max(elapsed, 1e-9)}))
+
+
+def profile(root: Path, seconds: float, threads: int, nice: int) -> dict:
+    """Where a flood's CPU goes: a coordinator waiting for its parties (no training) under a flood of
+    ``seconds``; CPU seconds per wall second of the coordinator and of the flooding process."""
+    port = free_port()
+    with open(root / "profile.server.log", "w") as log:
+        server = subprocess.Popen([*PY, "server", *W1, "--rounds", "1", "--min-parties", str(PARTIES), "--host",
+                                   "127.0.0.1", "--port", str(port), "--certs-dir", str(root / "certs"),
+                                   "--runs-dir", str(root / "runs"), "--name", "profile"],
+                                  stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while "listening" not in (root / "profile.server.log").read_text():
+                if server.poll() is not None:
+                    raise RuntimeError(f"server failed, see {root / 'profile.server.log'}")
+                time.sleep(0.2)
+            before, t0 = cpu_seconds(server.pid), time.perf_counter()
+            subprocess.run([sys.executable, __file__, "--flood-child", f"127.0.0.1:{port}", str(root / "certs" / "ca.pem"),
+                            str(seconds), str(threads), str(root / "profile.flood.json")],
+                           preexec_fn=lambda: os.nice(nice), check=True)
+            wall, server_cpu = time.perf_counter() - t0, cpu_seconds(server.pid) - before
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+    fl = json.loads((root / "profile.flood.json").read_text())
+    out = {"nice": nice, "seconds": wall, "connections_per_second": fl["per_second"],
+           "coordinator_cores": server_cpu / wall, "flooder_cores": fl["cpu_seconds"] / wall,
+           "coordinator_ms_per_connection": 1000 * server_cpu / max(fl["connections"], 1)}
+    print(f"profile nice {nice}: {fl['per_second']:.0f} connections/s; coordinator {out['coordinator_cores']:.2f} "
+          f"cores ({out['coordinator_ms_per_connection']:.3f} ms per connection), flooder {out['flooder_cores']:.2f} "
+          f"cores", flush=True)
+    return out
 
 
 def main() -> None:
@@ -144,6 +190,8 @@ def main() -> None:
     ap.add_argument("--flood-nice", type=int, nargs="+", default=[19, 0],
                     help="niceness of the flooding process; one flood variant per value")
     ap.add_argument("--out", help="write the raw results here (JSON)")
+    ap.add_argument("--profile-seconds", type=float, default=0.0,
+                    help="only profile: CPU of an idle coordinator and of the flood over this many seconds")
     ap.add_argument("--flood-child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.flood_child:
@@ -155,6 +203,13 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="flood-"))
     make_certs(root / "certs", [str(i) for i in range(PARTIES)])
     subprocess.run([*PY, "partition", "--out", str(root / "data"), *SPLIT_FLAGS], check=True, stdout=subprocess.DEVNULL)
+    if args.profile_seconds:
+        prof = [profile(root, args.profile_seconds, args.flood_threads, n) for n in args.flood_nice]
+        out = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "profile": prof}
+        path = Path(args.out) if args.out else root / "flood-profile.json"
+        path.write_text(json.dumps(out, indent=1))
+        print(f"raw results: {path}")
+        return
     variants = [("quiet", None)] + [(f"flood-nice{n}", {"seconds": args.flood_seconds, "threads": args.flood_threads,
                                                         "nice": n}) for n in args.flood_nice]
     results: dict[str, list[dict]] = {name: [] for name, _ in variants}

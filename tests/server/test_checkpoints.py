@@ -194,3 +194,34 @@ def test_the_empty_round_limit_is_a_flag_and_can_be_resumed():
     assert make_config({}).federation.max_empty_rounds == 5
     assert make_config({"federation": {"max_empty_rounds": 0}}).federation.max_empty_rounds == 0
     assert "max_empty_rounds" in RESUMABLE["federation"]
+
+
+# ---------------------------------------------------------------- the coordinator's own privacy ledger
+def test_the_central_dp_ledger_is_in_the_checkpoint_and_a_cut_round_is_charged_once(digits_cfg, monkeypatch):
+    from pollen.simulation import simulate
+
+    privacy = {"client_dp": "central", "client_noise_multiplier": 1.0, "clip_norm": 0.5, "delta": 1e-5}
+    full = simulate(digits_cfg(run={"name": "full"}, privacy=privacy))
+
+    class Killed(Exception):
+        pass
+
+    real = Checkpointer.save
+
+    def killed_before_round_3_is_saved(self, rnd, *args, **kwargs):
+        if rnd == 3:  # round 3 aggregated (its noise drawn, the ledger charged); the process dies here
+            raise Killed
+        return real(self, rnd, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpointer, "save", killed_before_round_3_is_saved)
+    with pytest.raises(Killed):
+        simulate(digits_cfg(run={"name": "cut"}, privacy=privacy))
+    monkeypatch.setattr(Checkpointer, "save", real)
+    run_dir = full.run_dir.parent / "cut"
+    saved = json.loads((run_dir / "checkpoints" / "round-000002" / "meta.json").read_text())["extra"]["pipeline"]
+    (ledger,) = [v["accountant"] for v in saved.values() if "accountant" in v]
+    assert sum(n for _, _, n in ledger) == 2  # the ledger of the rounds the checkpoint holds, no more
+    resumed = simulate(digits_cfg(run={"name": "cut"}, privacy=privacy), resume=run_dir)
+    assert [r["round"] for r in resumed.history] == [1, 2, 3]
+    assert resumed.history[-1]["epsilon"] == pytest.approx(full.history[-1]["epsilon"])  # round 3 charged once
+    assert resumed.history[-1]["epsilon"] > resumed.history[1]["epsilon"] > 0
