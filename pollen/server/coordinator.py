@@ -35,6 +35,7 @@ from pollen.serialization import reply_to_bytes, task_to_bytes
 from pollen.server.checkpoint import Checkpointer
 from pollen.server.replies import (Expected, check_combined, check_decoded, check_evaluation, check_update, clean_text,
                                    expected, party_metrics, round_fields)
+from pollen.server.shutdown import deferred_signals
 from pollen.strategy.base import Strategy
 from pollen.strategy.fedbuff import STALENESS_KEY
 from pollen.telemetry.events import EventBus, PartyReplied, RoundCompleted, RoundStarted, RunCompleted, RunStarted
@@ -176,10 +177,12 @@ class Coordinator:
             outcome, opt_state = self.run_round(rnd, state, opt_state)
             state = outcome.state
             last = outcome.record
-            if self.checkpointer is not None:
-                self.checkpointer.save(rnd, state, opt_state, outcome.record, {"pipeline": self.pipeline.state_dict()})
-            # After the checkpoint: history never runs ahead of what `--resume` can continue from.
-            self.events.emit(RoundCompleted(rnd, outcome.record))
+            with deferred_signals():  # a SIGTERM meanwhile stops the run once both are written
+                if self.checkpointer is not None:
+                    self.checkpointer.save(rnd, state, opt_state, outcome.record,
+                                           {"pipeline": self.pipeline.state_dict()})
+                # After the checkpoint: history never runs ahead of what `--resume` can continue from.
+                self.events.emit(RoundCompleted(rnd, outcome.record))
             empty = [] if outcome.record.get("aggregated", True) else [*empty, outcome.record]
             if self.max_empty_rounds and len(empty) >= self.max_empty_rounds:
                 raise RunError(no_progress(empty))

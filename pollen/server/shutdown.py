@@ -1,8 +1,9 @@
 """Stopping a coordinator cleanly: SIGTERM and SIGINT, and the disk errors an operator can fix.
 
 ``pollen server`` installs :func:`stop_on_signals`: SIGTERM (``kill``, ``docker stop``, Kubernetes)
-and SIGINT (Ctrl-C) then raise :class:`Stopped` in the main thread, except while a checkpoint is
-being written (:func:`deferred_signals`), where the stop waits until the checkpoint is in place.
+and SIGINT (Ctrl-C) then raise :class:`Stopped` in the main thread, except while a round's checkpoint
+and history line are being written (:func:`deferred_signals`), where the stop waits until both are
+in place.
 The round in progress is abandoned (its redo after ``--resume`` is the same, sampling and
 randomness deriving from (seed, round)); the server tells its parties and exits.
 
