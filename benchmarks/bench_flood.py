@@ -153,15 +153,16 @@ def profile(root: Path, seconds: float, threads: int, nice: int) -> dict:
     """Where a flood's CPU goes: a coordinator waiting for its parties (no training) under a flood of
     ``seconds``; CPU seconds per wall second of the coordinator and of the flooding process."""
     port = free_port()
-    with open(root / "profile.server.log", "w") as log:
+    log_path = root / f"profile-nice{nice}.server.log"
+    with open(log_path, "w") as log:
         server = subprocess.Popen([*PY, "server", *W1, "--rounds", "1", "--min-parties", str(PARTIES), "--host",
                                    "127.0.0.1", "--port", str(port), "--certs-dir", str(root / "certs"),
-                                   "--runs-dir", str(root / "runs"), "--name", "profile"],
+                                   "--runs-dir", str(root / "runs"), "--name", f"profile-nice{nice}"],
                                   stdout=log, stderr=subprocess.STDOUT)
         try:
-            while "listening" not in (root / "profile.server.log").read_text():
+            while "listening" not in log_path.read_text():
                 if server.poll() is not None:
-                    raise RuntimeError(f"server failed, see {root / 'profile.server.log'}")
+                    raise RuntimeError(f"server failed, see {log_path}")
                 time.sleep(0.2)
             before, t0 = cpu_seconds(server.pid), time.perf_counter()
             subprocess.run([sys.executable, __file__, "--flood-child", f"127.0.0.1:{port}", str(root / "certs" / "ca.pem"),
