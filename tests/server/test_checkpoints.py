@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,30 +199,31 @@ def test_the_empty_round_limit_is_a_flag_and_can_be_resumed():
 
 # ---------------------------------------------------------------- the coordinator's own privacy ledger
 def test_the_central_dp_ledger_is_in_the_checkpoint_and_a_cut_round_is_charged_once(digits_cfg, monkeypatch):
+    from pollen.privacy.accountant import epsilon_for
     from pollen.simulation import simulate
 
-    privacy = {"client_dp": "central", "client_noise_multiplier": 1.0, "clip_norm": 0.5, "delta": 1e-5}
-    full = simulate(digits_cfg(run={"name": "full"}, privacy=privacy))
+    cfg = digits_cfg(data={"dataset": "digits", "parties": 6}, federation={"rounds": 2, "parties_per_round": 3},
+                     privacy={"client_dp": "central", "client_noise_multiplier": 1.0, "clip_norm": 0.5, "delta": 1e-5})
 
     class Killed(Exception):
         pass
 
     real = Checkpointer.save
 
-    def killed_before_round_3_is_saved(self, rnd, *args, **kwargs):
-        if rnd == 3:  # round 3 aggregated (its noise drawn, the ledger charged); the process dies here
+    def killed_before_round_2_is_saved(self, rnd, *args, **kwargs):
+        if rnd == 2:  # round 2 aggregated (its noise drawn, the ledger charged); the process dies here
             raise Killed
         return real(self, rnd, *args, **kwargs)
 
-    monkeypatch.setattr(Checkpointer, "save", killed_before_round_3_is_saved)
+    monkeypatch.setattr(Checkpointer, "save", killed_before_round_2_is_saved)
     with pytest.raises(Killed):
-        simulate(digits_cfg(run={"name": "cut"}, privacy=privacy))
+        simulate(cfg)
     monkeypatch.setattr(Checkpointer, "save", real)
-    run_dir = full.run_dir.parent / "cut"
-    saved = json.loads((run_dir / "checkpoints" / "round-000002" / "meta.json").read_text())["extra"]["pipeline"]
+    run_dir = Path(cfg.run.runs_dir) / cfg.run.name
+    saved = json.loads((run_dir / "checkpoints" / "round-000001" / "meta.json").read_text())["extra"]["pipeline"]
     (ledger,) = [v["accountant"] for v in saved.values() if "accountant" in v]
-    assert sum(n for _, _, n in ledger) == 2  # the ledger of the rounds the checkpoint holds, no more
-    resumed = simulate(digits_cfg(run={"name": "cut"}, privacy=privacy), resume=run_dir)
-    assert [r["round"] for r in resumed.history] == [1, 2, 3]
-    assert resumed.history[-1]["epsilon"] == pytest.approx(full.history[-1]["epsilon"])  # round 3 charged once
-    assert resumed.history[-1]["epsilon"] > resumed.history[1]["epsilon"] > 0
+    assert sum(n for _, _, n in ledger) == 1  # the ledger of the rounds the checkpoint holds, no more
+    resumed = simulate(cfg, resume=run_dir)
+    assert [r["round"] for r in resumed.history] == [1, 2]
+    # 6 parties, 3 sampled per round (q = 0.5): two rounds charged, round 2 once (the uninterrupted run's ε)
+    assert resumed.history[-1]["epsilon"] == pytest.approx(epsilon_for(0.5, 0.5, 2, 1e-5, sampling="without_replacement"))
