@@ -115,7 +115,8 @@ def partition_rows(cfg: Any, n: int, labels: Any, groups: Any = None) -> list:
     from pollen.data import Dataset, partition
 
     d = cfg.data
-    key = (n, id(labels), id(groups), d.partition, d.parties, d.alpha, d.classes_per_party, d.sizes, cfg.run.seed)
+    key = (n, id(labels), id(groups), d.partition, d.parties, d.alpha, d.classes_per_party, d.sizes, d.party_size,
+           cfg.run.seed)
     hit = _PARTS_CACHE.get(key)
     if hit is not None and hit[1] is labels and hit[2] is groups:
         return hit[0]
@@ -130,7 +131,7 @@ def partition_rows(cfg: Any, n: int, labels: Any, groups: Any = None) -> list:
     ds = Dataset("app", np.zeros((n, 1), np.float32), lab, np.zeros((1, 1), np.float32), np.zeros(1, np.int64),
                  int(lab.max()) + 1 if n else 1, (1,), None if groups is None else np.asarray(groups, np.int64))
     parts = partition(ds, d.partition, d.parties, cfg.run.seed, alpha=d.alpha, classes_per_party=d.classes_per_party,
-                      sizes=d.sizes)
+                      sizes=d.sizes, party_size=d.party_size)
     if len(_PARTS_CACHE) > 8:
         _PARTS_CACHE.clear()
     _PARTS_CACHE[key] = (parts, labels, groups)

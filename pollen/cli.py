@@ -57,7 +57,13 @@ COMMANDS: dict[str, Command] = {
                     "generate CKKS keys for --he: secret.ctx for the parties, public.ctx for the server"),
     "attack": Command("pollen.privacy.cli", "attack_args", "attack_cmd",
                       "run a privacy attack on a finished run: membership inference or gradient inversion"),
+    "ui": Command("pollen.ui.watch", "ui_args", "ui_cmd",
+                  "serve the web dashboard of a runs folder: watch, compare and start runs (needs the 'ui' extra)"),
     "completion": Command("pollen.cli", "completion_args", "completion_cmd", "print a shell completion script (bash, zsh)"),
+    "tune": Command("pollen.tuning.cli", "tune_args", "tune_cmd",
+                    "tune hyper-parameters with many short federated runs (Optuna TPE + Hyperband; resumable)"),
+    "vertical": Command("pollen.vertical.cli", "vertical_args", "vertical_cmd",
+                        "vertical federated learning: PSI, hetero logistic regression, split learning"),
 }
 
 # The config sections (and, where not all, keys) each command offers as flags.
@@ -78,10 +84,10 @@ CENTRALIZED_SECTIONS: dict[str, set[str] | None] = {
     "app": ALL, "data": ALL, "model": ALL, "train": ALL,
     "federation": {"rounds", "fraction", "parties_per_round", "eval_every"}, "simulation": {"threads"}, "run": ALL}
 PARTITION_SECTIONS: dict[str, set[str] | None] = {
-    "data": {"dataset", "data_dir", "parties", "partition", "alpha", "classes_per_party", "sizes"}, "run": {"seed"}}
+    "data": {"dataset", "data_dir", "parties", "partition", "alpha", "classes_per_party", "sizes", "party_size"}, "run": {"seed"}}
 
 
-LONG_USAGE = {"simulate", "centralized", "server", "client", "partition"}  # too many flags for a usage line
+LONG_USAGE = {"simulate", "centralized", "server", "client", "partition", "tune"}  # too many flags for a usage line
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -166,6 +172,9 @@ def simulate_args(p: argparse.ArgumentParser) -> None:
                    "a finished run trains on to round N")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in runs/<name> (default: refuse)")
     p.add_argument("--with-centralized", action="store_true", help="also train on pooled data and compare in the report")
+    from pollen.ui.watch import add_watch_flags
+
+    add_watch_flags(p)
     add_config_flags(p, SIMULATE_SECTIONS)
 
 
@@ -173,10 +182,12 @@ def simulate_cmd(args: argparse.Namespace) -> int:
     from pollen.compose import resume_config
     from pollen.simulation import centralized, simulate
 
-    if args.resume:
-        result = simulate(resume_config(Path(args.resume), explicit_flags(args)), resume=Path(args.resume))
-    else:
-        result = simulate(config_from_args(args), overwrite=args.overwrite)
+    from pollen.ui.watch import watching
+
+    cfg = resume_config(Path(args.resume), explicit_flags(args)) if args.resume else config_from_args(args)
+    with watching(args, cfg) as watch:  # --ui-port, --track
+        result = simulate(cfg, resume=args.resume and Path(args.resume), overwrite=args.overwrite,
+                          callbacks=watch.callbacks, control=watch.control)
     runs = [result.run_dir]
     if args.with_centralized:
         from pollen.config import load_toml, make_config

@@ -148,7 +148,8 @@ def party_tables(cfg: RunConfig) -> Any:
 
         handlers.update(he_handlers())
     return PartyTables(task_handlers=handlers, client_hooks={"scaffold": ScaffoldClient()},
-                       durable_keys=frozenset({DP_SGD_KEY, PARTICIPATIONS_KEY}))
+                       durable_keys=frozenset({DP_SGD_KEY, PARTICIPATIONS_KEY}),
+                       volatile_keys=frozenset({"secagg", "ckks_secret"}))  # round secrets never go to disk
 
 
 def build_pipeline(cfg: RunConfig, aggregator: Any) -> Any:
@@ -221,9 +222,11 @@ class Assembly:
 
     # -------------------------------------------------------- who and where
     @property
-    def party_ids(self) -> list[str]:
-        """The simulated parties' ids, ``"0" … "N-1"``."""
-        return [str(i) for i in range(self.cfg.data.parties)]
+    def party_ids(self) -> Sequence[str]:
+        """The simulated parties' ids, ``"0" … "N-1"`` (a sequence, not a list of N strings)."""
+        from pollen.client.pool import PartyIds
+
+        return PartyIds(self.cfg.data.parties)
 
     @property
     def device(self) -> Any:
@@ -327,6 +330,32 @@ class Assembly:
         return {pid: self.party(pid, trainer_of(pid), self.simulation_path(pid), strict=strict)
                 for pid in (ids if ids is not None else self.party_ids)}
 
+    def party_pool(self, trainer: Any, ids: Sequence[str] | None = None, state_dir: str | Path | None = None,
+                   resume_round: int | None = None, strict: bool = False) -> Any:
+        """The simulated parties ``ids`` (all when None) as a :class:`~pollen.client.pool.PartyPool`:
+        each built when a task first names it, at most ``--party-cache`` of them in memory, their
+        state in a :class:`~pollen.client.state_store.PartyStateStore` under ``state_dir`` (None:
+        in memory only). Every simulation backend holds one (inline, each worker, each Ray actor)."""
+        from pollen.client.pool import PartyPool
+        from pollen.client.state_store import PartyStateStore
+
+        ids = ids if ids is not None else self.party_ids
+        capacity = self.party_cache()
+        store = PartyStateStore(state_dir, capacity, self.tables.volatile_keys, resume_round)
+        trainer_of = self._attack_trainers(trainer)
+        return PartyPool(ids, lambda pid: self.party(pid, trainer_of(pid), self.simulation_path(pid), strict=strict),
+                         store, capacity)
+
+    def party_cache(self) -> int:
+        """Parties (data and state) a simulation keeps in memory: ``--party-cache``, by default
+        four times the parties of a round and the federated evaluation, at least 256."""
+        n = self.cfg.data.parties
+        per_round = self.strategy.sampler.sample_size(n)
+        spec = self.strategy.asynchronous
+        if spec is not None:
+            per_round = max(per_round, spec.in_flight(per_round))
+        return self.cfg.simulation.party_cache or max(256, 4 * per_round, min(n, self.cfg.federation.fed_eval_parties))
+
     def _attack_trainers(self, trainer: Any) -> Callable[[str], Any]:
         from pollen.attacks import Collusion, MaliciousTrainer, select_malicious, spec_from_config
 
@@ -376,18 +405,24 @@ class Assembly:
         return evaluate
 
     def coordinator(self, transport: Any, events: Any = None, checkpointer: Any = None,
-                    evaluate: Callable[[Any], Any] | None = None) -> Any:
-        """The coordinator that drives ``transport`` through the configured rounds."""
+                    evaluate: Callable[[Any], Any] | None = None, control: Any = None) -> Any:
+        """The coordinator that drives ``transport`` through the configured rounds (``control``: a
+        ``pollen.server.control.Control`` whose commands it applies between rounds)."""
         from pollen.server.coordinator import Coordinator
         from pollen.telemetry.events import EventBus
 
         f = self.cfg.federation
+        events = events if events is not None else EventBus()
+        if control is not None:
+            transport = control.bind(self.cfg, transport, events)
         return Coordinator(strategy=self.strategy, transport=transport, rounds=f.rounds, pipeline=self.pipeline,
                            evaluate=evaluate, eval_every=f.eval_every,
                            fed_eval=self.cfg.data.holdout > 0 or not self.app.builtin,  # an app may hold out its own
-                           fed_eval_every=f.fed_eval_every, min_fit_parties=f.min_fit_parties,
+                           fed_eval_every=f.fed_eval_every, fed_eval_parties=f.fed_eval_parties,
+                           stream_aggregate=f.stream_aggregate,
+                           min_fit_parties=f.min_fit_parties,
                            round_timeout=f.round_timeout, events=events if events is not None else EventBus(),
-                           checkpointer=checkpointer, primary_metric=self.app.primary_metric[0],
+                           checkpointer=checkpointer, primary_metric=self.app.primary_metric[0], control=control,
                            max_empty_rounds=f.max_empty_rounds)
 
 
@@ -413,6 +448,12 @@ def assemble(cfg: RunConfig, app: Any = None, app_defaults: bool = True) -> Asse
     strategy = build_strategy(cfg)
     pipeline = build_pipeline(cfg, strategy.aggregator)
     _check_app(cfg, loaded, strategy)
+    if cfg.federation.stream_aggregate == "on":
+        from pollen.server.streaming import can_stream
+
+        why_not = can_stream(strategy.aggregator, pipeline, strategy.asynchronous)
+        if why_not is not None:
+            raise ConfigError(f"--stream-aggregate on cannot work here: {why_not}; use --stream-aggregate auto or off")
     return Assembly(cfg, loaded, strategy, pipeline, party_tables(cfg))
 
 
@@ -463,7 +504,7 @@ def open_run(assembly: Assembly, *, kind: str = "", run_dir: str | Path | None =
             there is nothing to resume.
     """
     from pollen.server.checkpoint import Checkpointer
-    from pollen.telemetry.events import EventBus
+    from pollen.telemetry.events import EventBus, RunOpened
     from pollen.telemetry.history import HistorySink
     from pollen.telemetry.progress import ProgressSink
 
@@ -488,6 +529,7 @@ def open_run(assembly: Assembly, *, kind: str = "", run_dir: str | Path | None =
         bus.subscribe(ProgressSink(title=title or path.name, metric=assembly.app.primary_metric[0]))
     for cb in callbacks:
         bus.subscribe(cb)
+    bus.emit(RunOpened(str(path), assembly.cfg.to_dict(), path.name))  # sinks learn where the run writes
     return RunFolder(path, bus, checkpointer, point)
 
 
@@ -520,6 +562,7 @@ def finish_run(folder: RunFolder, assembly: Assembly, state: Mapping[str, np.nda
     """
     from safetensors.numpy import save_file
 
+    from pollen.telemetry.events import RunFinished
     from pollen.telemetry.history import read_history
     from pollen.telemetry.report import write_report
 
@@ -537,6 +580,7 @@ def finish_run(folder: RunFolder, assembly: Assembly, state: Mapping[str, np.nda
                    model=_model_spec(assembly, state, parties), **(extra or {}))
     summary_path.write_text(json.dumps(summary, indent=2))
     write_report(path)
+    folder.events.emit(RunFinished(str(path), summary))  # the model and report exist now (tracking artifacts)
     history = read_history(path)
     if history and not any(r.get("aggregated", True) for r in history):
         reasons = sorted({str(r.get("reason", "?")) for r in history})

@@ -36,7 +36,8 @@ class DataConfig(_Section):
     dataset: str | None = Field(None, description="built-in dataset (without --app): fmnist, mnist, emnist, femnist, cifar10, digits, breast_cancer, wine, synthetic (default: fmnist)")
     data_dir: str | None = Field(None, description="built-in dataset: its files' directory; app: each party's data path in simulation ('{party}' is replaced by the party id)")
     parties: int = Field(100, ge=1, le=1_000_000, description="number of parties")
-    partition: Literal["iid", "dirichlet", "shards", "quantity", "natural", "sizes"] = Field("iid", description="how data held in one place is split across parties (the built-in datasets; ctx.partition in an app)")
+    partition: Literal["iid", "dirichlet", "shards", "quantity", "natural", "sizes", "draw"] = Field("iid", description="how data held in one place is split across parties (the built-in datasets; ctx.partition in an app); draw: each party draws --party-size examples with replacement (more parties than examples)")
+    party_size: int = Field(6, ge=1, description="'draw' split: examples each party draws uniformly with replacement (default_rng(seed).integers(0, N, (parties, size)))")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration for 'dirichlet' and 'quantity' (smaller = more skewed)")
     classes_per_party: int = Field(2, ge=1, description="classes per party for the 'shards' split")
     sizes: str | None = Field(None, description="'sizes' split: exact examples per party '500,300,200', or proportions of all data '5:3:2'")
@@ -68,6 +69,8 @@ class FederationConfig(_Section):
     eval_every: int = Field(1, ge=1, description="evaluate the global model on the test set every N rounds")
     fed_eval_every: int = Field(0, ge=0, description="federated evaluation on parties' held-out splits every N rounds (0: only after the last round)")
     max_empty_rounds: int = Field(5, ge=0, description="stop the run (non-zero exit, with the reason) after this many rounds in a row aggregated nothing (0: never)")
+    fed_eval_parties: int = Field(1000, ge=1, description="federated evaluation asks at most this many parties, drawn by the run seed (all of them when fewer exist)")
+    stream_aggregate: Literal["auto", "on", "off"] = Field("auto", description="fold each update into a running sum as it arrives instead of holding all of them (auto: when a round's updates together exceed 256 MB; needs a mean-based aggregator)")
 
 
 class StrategyConfig(_Section):
@@ -197,8 +200,12 @@ class AttackConfig(_Section):
 class SimulationConfig(_Section):
     """Virtual parties on this machine."""
 
-    backend: Literal["inline", "process"] = Field("inline", description="inline: one process, all cores per party; process: a pool of worker processes")
-    workers: int | None = Field(None, ge=1, description="worker processes for the process backend (default: cores)")
+    backend: Literal["inline", "process", "ray"] = Field("inline", description="inline: one process, all cores per party; process: a pool of worker processes; ray: Ray actors on this machine or a cluster (needs the 'ray' extra)")
+    workers: int | None = Field(None, ge=1, description="worker processes (process backend) or Ray actors (ray backend) (default: cores, or the cluster's CPUs / --party-cpus)")
+    party_cpus: float = Field(1.0, gt=0, description="ray: CPUs each party task (actor) reserves; fractions allowed")
+    party_gpus: float = Field(0.0, ge=0, description="ray: GPUs each party task (actor) reserves; fractions allowed (0.25: four actors share a GPU)")
+    ray_address: str | None = Field(None, description="ray: an existing cluster to join (HOST:PORT of its head, or 'auto'); default: start a local Ray for this run and stop it after")
+    party_cache: int | None = Field(None, ge=1, description="simulated parties (data and state) kept in memory per process; the others' state waits on disk (default: 4 × parties per round, at least 256)")
     threads: int | None = Field(None, ge=1, description="torch threads per training process (default: cores, or 1 per worker)")
 
 

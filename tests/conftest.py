@@ -67,7 +67,7 @@ def run_over_grpc():
             records = []
             asm = assemble(cfg)
             coord = Coordinator(asm.strategy, hub, cfg.federation.rounds, pipeline=asm.pipeline,
-                                round_timeout=round_timeout)
+                                round_timeout=round_timeout, stream_aggregate=cfg.federation.stream_aggregate)
             coord.events.subscribe(lambda e: records.append(e.record) if isinstance(e, RoundCompleted) else None)
             state = coord.run(asm.initial_state())
         finally:

@@ -50,14 +50,18 @@ class PartyTables:
     Attributes:
         task_handlers: extra task kinds (secure-aggregation stages, HE decryption) → handler.
         client_hooks: hook name (as round configs list them) → the strategy's party side.
-        durable_keys: keys of ``LocalParty.state`` small enough to go into every simulation
-            checkpoint, because losing them on ``--resume`` would be wrong rather than merely slower
-            (privacy accountants). Large state (residuals, control variates) restarts empty.
+        durable_keys: keys of ``LocalParty.state`` whose loss on ``--resume`` would be wrong rather
+            than merely slower (privacy accountants). Simulated parties keep all their state in a
+            ``PartyStateStore`` on disk; these keys are what a caller without one should keep.
+        volatile_keys: keys of ``LocalParty.state`` that must never be written to disk (a round's
+            secure-aggregation secrets, an HE secret key): the party-state store keeps them in
+            memory only.
     """
 
     task_handlers: Mapping[str, Handler] = field(default_factory=dict)
     client_hooks: Mapping[str, ClientHook] = field(default_factory=dict)
     durable_keys: frozenset[str] = frozenset()
+    volatile_keys: frozenset[str] = frozenset()
 
     def hooks(self, names: object) -> list[ClientHook]:
         """The hooks ``names`` lists.

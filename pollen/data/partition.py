@@ -12,6 +12,9 @@ party. The schemes follow the usual federated benchmarks:
 - ``natural``: whole natural groups (e.g. FEMNIST writers) per party.
 - ``sizes``: chosen party sizes, exact (``"500,300,200"``) or proportional (``"5:3:2"``, every
   example used, largest-remainder rounding); content IID.
+- ``draw``: each party draws ``party_size`` examples uniformly with replacement
+  (``default_rng(seed).integers(0, N, (parties, party_size))``): federations with more parties than
+  examples (BENCHMARKS.md W7 beyond 10,000 parties). Parties may share examples.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import numpy as np
 from pollen.data.dataset import Dataset
 from pollen.errors import DataError
 
-PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "quantity", "natural", "sizes")
+PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "quantity", "natural", "sizes")  # disjoint splits
+DRAW = "draw"  # with replacement: parties may share examples
 MAX_DIRICHLET_TRIES = 1000
 
 
@@ -69,6 +73,25 @@ def iid(n: int, parties: int, seed: int) -> list[np.ndarray]:
     n = _check_count(n, "n", 1)
     parties = _check_count(parties, "parties", 1, n)
     return _as_parts(np.array_split(np.random.default_rng(seed).permutation(n), parties))
+
+
+def draw(n: int, parties: int, party_size: int, seed: int) -> list[np.ndarray]:
+    """Each party draws ``party_size`` of ``n`` examples uniformly with replacement.
+
+    Args:
+        n: Number of training examples.
+        parties: Number of parties (any number: examples are shared, never copied).
+        party_size: Examples per party.
+        seed: Generator seed.
+
+    Returns:
+        One index array per party: rows of one ``(parties, party_size)`` array (views, no copies).
+    """
+    n = _check_count(n, "n", 1)
+    parties = _check_count(parties, "parties", 1)
+    party_size = _check_count(party_size, "party_size", 1)
+    rows = np.random.default_rng(seed).integers(0, n, (parties, party_size))  # (parties, party_size)
+    return list(rows)
 
 
 def dirichlet(labels: np.ndarray, parties: int, alpha: float, seed: int,
@@ -322,7 +345,7 @@ def _sizes_scheme(n: int, parties: int, seed: int,
     return sizes(n, counts, seed, proportional)
 
 
-# each takes (dataset, parties, seed, alpha, classes_per_party, sizes)
+# each takes (dataset, parties, seed, alpha, classes_per_party, sizes); "draw" is handled in partition()
 _SCHEMES: dict[str, Callable[..., list[np.ndarray]]] = {
     "iid": lambda d, p, s, a, k, z: iid(len(d.y_train), p, s),
     "dirichlet": lambda d, p, s, a, k, z: dirichlet(d.y_train, p, a, s),
@@ -342,18 +365,19 @@ def _groups(dataset: Dataset) -> np.ndarray:
 
 def partition(dataset: Dataset, scheme: str, parties: int, seed: int, alpha: float = 0.5,
               classes_per_party: int = 2,
-              sizes: str | Sequence[int] | None = None) -> list[np.ndarray]:
+              sizes: str | Sequence[int] | None = None, party_size: int = 6) -> list[np.ndarray]:
     """Splits ``dataset``'s training set among ``parties`` by ``scheme``.
 
     Args:
         dataset: The dataset whose training indices are split.
-        scheme: One of ``PARTITION_SCHEMES``.
+        scheme: One of ``PARTITION_SCHEMES``, or ``"draw"``.
         parties: Number of parties, ``1 <= parties <= len(dataset.y_train)``.
         seed: Generator seed; the same seed gives the same split.
         alpha: Dirichlet concentration for ``dirichlet`` and ``quantity``.
         classes_per_party: Shards per party for ``shards``.
         sizes: Party sizes for ``sizes``: text for :func:`parse_sizes` (``"500,300,200"`` or
             ``"5:3:2"``) or a list of exact counts; one size per party.
+        party_size: Examples each party draws for ``draw``.
 
     Returns:
         One int64 index array into the training set per party.
@@ -361,9 +385,11 @@ def partition(dataset: Dataset, scheme: str, parties: int, seed: int, alpha: flo
     Raises:
         DataError: Unknown scheme or invalid arguments.
     """
+    if scheme == DRAW:
+        return draw(len(dataset.y_train), parties, party_size, seed)
     if scheme not in _SCHEMES:
         raise DataError(f"unknown partition scheme {scheme!r}; valid schemes: "
-                        f"{', '.join(PARTITION_SCHEMES)}")
+                        f"{', '.join((*PARTITION_SCHEMES, DRAW))}")
     _check_count(parties, "parties", 1, len(dataset.y_train))
     return _SCHEMES[scheme](dataset, parties, seed, alpha, classes_per_party, sizes)
 

@@ -41,16 +41,16 @@ def dataset(cfg: Any) -> Dataset:
 
 @lru_cache(maxsize=2)
 def _parts(name: str, data_dir: str | None, scheme: str, parties: int, seed: int, alpha: float, k: int,
-           sizes: str | None) -> tuple[np.ndarray, ...]:
+           sizes: str | None, party_size: int) -> tuple[np.ndarray, ...]:
     return tuple(partition(_dataset(name, data_dir)[0], scheme, parties, seed, alpha=alpha, classes_per_party=k,
-                           sizes=sizes))
+                           sizes=sizes, party_size=party_size))
 
 
 def parts(cfg: Any) -> tuple[np.ndarray, ...]:
     """Training-set indices of every party under the configured scheme (computed once per process)."""
     d = cfg.data
     return _parts(dataset_name(cfg), d.data_dir, d.partition, d.parties, cfg.run.seed, d.alpha, d.classes_per_party,
-                  d.sizes)
+                  d.sizes, d.party_size)
 
 
 def _is_shard(path: Path | None) -> bool:

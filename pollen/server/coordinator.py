@@ -25,13 +25,13 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from pollen.errors import PollenError, RunError
-from pollen.serialization import reply_to_bytes, task_to_bytes
+from pollen.serialization import reply_nbytes, task_to_bytes
 from pollen.server.checkpoint import Checkpointer
 from pollen.server.replies import (Expected, check_combined, check_decoded, check_evaluation, check_update, clean_text,
                                    expected, party_metrics, round_fields)
@@ -54,8 +54,13 @@ class RoundOutcome:
     record: dict[str, Any]
 
 
-def collect(transport: Transport, tasks: Sequence[Task], timeout: float | None) -> tuple[list[Reply], list[str]]:
+def collect(transport: Transport, tasks: Sequence[Task], timeout: float | None,
+            on_reply: Callable[[Reply], Reply] | None = None) -> tuple[list[Reply], list[str]]:
     """Submit ``tasks`` and gather their replies until all came or ``timeout`` seconds passed.
+
+    Args:
+        on_reply: called with each reply of the round as it arrives; what it returns is kept (a
+            streaming sum folds the update and keeps the reply without it).
 
     Returns:
         (replies of this round, ids of parties that did not reply in time).
@@ -79,7 +84,7 @@ def collect(transport: Transport, tasks: Sequence[Task], timeout: float | None) 
         if reply.round != rnd or reply.kind != kind or reply.party_id not in waiting:
             continue  # a late reply from an earlier round, or a duplicate
         waiting.discard(reply.party_id)
-        replies.append(reply)
+        replies.append(reply if on_reply is None else on_reply(reply))
     if waiting:
         transport.forget(rnd)
     return replies, sorted(waiting)
@@ -137,6 +142,8 @@ class Coordinator:
         eval_every: evaluate on the server every this many rounds (and after the last).
         fed_eval: run federated evaluation on the parties' held-out splits.
         fed_eval_every: federated evaluation every this many rounds (0: after the last round only).
+        fed_eval_parties: federated evaluation asks at most this many parties (a seeded sample).
+        stream_aggregate: ``auto``/``on``/``off``: fold updates as they arrive (``streaming.py``).
         min_fit_parties: fewest successful replies for a round to be aggregated.
         round_timeout: seconds to wait for replies (None waits for all).
         events: where the loop's events go.
@@ -144,6 +151,8 @@ class Coordinator:
         primary_metric: the app's headline metric (federated evaluation records it per party).
         max_empty_rounds: stop the run (``RunError``) after this many rounds in a row aggregated
             nothing (0: never).
+        control: pause / resume / stop / reconfigure / remove-party commands, applied between
+            rounds (``pollen.server.control``).
     """
 
     strategy: Strategy
@@ -154,12 +163,15 @@ class Coordinator:
     eval_every: int = 1
     fed_eval: bool = False
     fed_eval_every: int = 0
+    fed_eval_parties: int | None = None
+    stream_aggregate: str = "auto"
     min_fit_parties: int = 1
     round_timeout: float | None = None
     events: EventBus = field(default_factory=EventBus)
     checkpointer: Checkpointer | None = None
     primary_metric: str = "accuracy"
     max_empty_rounds: int = 0
+    control: Any = None  # pollen.server.control.Control: commands applied between rounds (None: none)
     _in_flight: dict[str, int] = field(default_factory=dict, init=False, repr=False)  # async: party -> version
     _dispatched: int = field(default=0, init=False, repr=False)
 
@@ -174,6 +186,8 @@ class Coordinator:
         last: dict[str, Any] = {}
         empty: list[dict[str, Any]] = []  # the rounds in a row that aggregated nothing
         for rnd in range(start_round, self.rounds + 1):
+            if self.control is not None and not self.control.between_rounds(self, rnd):
+                break  # stopped by a control command, after the last round's checkpoint
             outcome, opt_state = self.run_round(rnd, state, opt_state)
             state = outcome.state
             last = outcome.record
@@ -200,11 +214,23 @@ class Coordinator:
         asked = expected(payload, config, self.pipeline)  # what a reply may contain
         staleness: list[int] | None = None
         info: dict[str, Any] = {}
+        stream = None  # a running sum, or None: hold the round's updates
         if self.strategy.asynchronous is None:
             chosen = self.strategy.sampler.select(rnd, self.transport.available())
+            stream = self._stream(state, len(chosen))
             self.events.emit(RoundStarted(rnd, tuple(chosen)))
             tasks = [Task(pid, "fit", rnd, sent, config) for pid in chosen]
-            replies, late = collect(self.transport, tasks, self.round_timeout)
+            chunked = stream is not None and not any(s.stage == "compress" for s in self.pipeline.steps)
+            chunked = chunked and self.transport.fold_into(stream, rnd)  # e.g. gRPC folds chunk by chunk
+            try:
+                checked = lambda u, ref: self._decode(u, ref, asked)  # noqa: E731
+                replies, late = collect(self.transport, tasks, self.round_timeout,
+                                        None if stream is None else lambda r: fold(stream, r, checked, state))
+            finally:
+                if chunked:
+                    self.transport.fold_into(None, rnd)
+                if stream is not None:
+                    stream.close()  # an upload still being folded now spoils the sum (it says whose)
             # Aggregate in party order, not arrival order: float sums then do not depend on timing.
             replies.sort(key=lambda r: _id_key(r.party_id))
         else:  # FedBuff / FedAsync: K arrivals from the tasks in flight
@@ -217,16 +243,20 @@ class Coordinator:
         failed: list[str] = list(late)
         reasons: dict[str, str] = {pid: "no reply before the round's deadline" for pid in late}
         for i, reply in enumerate(replies):
-            update, failure = None, None if reply.failure is None else clean_text(reply.failure)
-            if self.transport.measures_bytes:
-                up += reply.bytes_up  # what crossed the wire, a refused or failed reply's too
+            update, failure, sent = None, None if reply.failure is None else clean_text(reply.failure), 0
+            if reply.ok and reply.update is not None and stream is not None:
+                sent = reply.bytes_up  # folded already (streaming.fold measured it)
+                update = reply.update
             elif reply.ok and reply.update is not None:
-                up += reply.bytes_up or len(reply_to_bytes(reply))  # the process pool measures; inline does not
-            if reply.ok and reply.update is not None:
+                sent = reply.bytes_up or reply_nbytes(reply)  # transports that measure set bytes_up
                 update, failure = self._decode(reply.update, state, asked)
+            elif self.transport.measures_bytes:
+                sent = reply.bytes_up  # what crossed the wire, a refused or failed reply's too
+            up += sent
             if update is not None and staleness is not None:  # the async aggregator weights by it
                 update = update.with_(metrics={**update.metrics, STALENESS_KEY: float(staleness[i])})
-            self.events.emit(PartyReplied(rnd, reply.party_id, "fit", reply.seconds, failure))
+            reported = dict(update.metrics) if update is not None else {}  # checked, never the raw reply's
+            self.events.emit(PartyReplied(rnd, reply.party_id, "fit", reply.seconds, failure, reported, sent))
             if update is not None:
                 ok.append(reply)
                 updates.append(update)
@@ -236,15 +266,24 @@ class Coordinator:
         record: dict[str, Any] = {"round": rnd, "parties": [r.party_id for r in ok], "parties_failed": sorted(failed), **info}
         if reasons:
             record["failures"] = {pid: reasons[pid] for pid in sorted(reasons, key=_id_key)}
-        raw_up = sum(state_nbytes(u.delta) for u in updates)
+        raw_up = stream.raw_bytes if stream is not None else sum(state_nbytes(u.delta) for u in updates)
         record.update(compression_up=raw_up / up if up else None,
                       compression_down=state_nbytes(state) * len(tasks) / down if down else None)
-        combined, why = self._combine(updates, ok, rnd, asked) if len(ok) >= max(self.min_fit_parties, 1) else (None, None)
+        combined, why = None, None
+        if stream is not None and stream.spoiled:
+            why = f"streamed aggregate spoiled: {stream.spoiled}"
+        elif len(ok) >= max(self.min_fit_parties, 1):
+            combined, why = (updates, None) if stream is not None else self._combine(updates, ok, rnd, asked)
         if combined is not None:
             updates = combined
-            delta = self.strategy.aggregator.aggregate(updates)
+            delta = stream.finish() if stream is not None else self.strategy.aggregator.aggregate(updates)
             delta = self.pipeline.after_aggregate(delta, rnd, len(updates))
-            state, opt_state = self.strategy.server_optimizer.step(state, delta, opt_state)
+            if stream is not None:  # the new model written into the running sum's buffers
+                from pollen.server.streaming import step as stream_step
+
+                state, opt_state = stream_step(self.strategy.server_optimizer, state, delta, opt_state)
+            else:
+                state, opt_state = self.strategy.server_optimizer.step(state, delta, opt_state)
             record.update(aggregated=True, num_examples=sum(u.num_examples for u in updates), **round_fields(updates, asked))
             report = self.pipeline.report(rnd)
             up += int(report.pop("bytes_up", 0))  # messages a step exchanged in combine (secure aggregation)
@@ -334,6 +373,15 @@ class Coordinator:
             self._dispatched += 1
         return tasks
 
+    def _stream(self, state: ModelState, parties: int) -> Any:
+        """A running sum for a round of ``parties`` when it streams (``--stream-aggregate``), else None."""
+        from pollen.server.streaming import StreamingMean, can_stream, streaming_wanted
+
+        why_not = can_stream(self.strategy.aggregator, self.pipeline, self.strategy.asynchronous)
+        if not streaming_wanted(self.stream_aggregate, state, why_not, parties):
+            return None
+        return StreamingMean(state, getattr(self.strategy.aggregator, "weighted", True))
+
     def _decode(self, update: Update, reference: ModelState, asked: Expected) -> tuple[Update | None, str | None]:
         """One party's update checked against what it was asked for (``pollen.server.replies``) and
         through the pipeline's decoders; a message that does not fit costs that party its round
@@ -366,7 +414,8 @@ class Coordinator:
         periodic = self.fed_eval_every and rnd % self.fed_eval_every == 0 and self.strategy.asynchronous is None
         if self.fed_eval and (last or periodic):  # async: only at the end (before, tasks are in flight)
             cfg = self.strategy.configure(rnd, list(state)).with_(extra={"personalized": True})
-            tasks = [Task(pid, "evaluate", rnd, state, cfg) for pid in self.transport.available()]
+            asked = eval_sample(self.transport.available(), self.fed_eval_parties, self.strategy.sampler.seed, rnd)
+            tasks = [Task(pid, "evaluate", rnd, state, cfg) for pid in asked]
             replies, _ = collect(self.transport, tasks, self.round_timeout)
             good = _checked_evaluations(replies)
             res = weighted_eval([r.evaluation for r in good])
@@ -407,6 +456,33 @@ def _checked_evaluations(replies: Sequence[Reply]) -> list[Reply]:
         if ev.num_examples > 0:
             good.append(Reply(r.party_id, r.kind, r.round, evaluation=ev, seconds=r.seconds))
     return good
+
+
+def eval_sample(available: Sequence[str], limit: int | None, seed: int, rnd: int) -> Sequence[str]:
+    """The parties federated evaluation asks: all of them, or ``limit`` drawn by (seed, round), so
+    that its cost does not grow with the parties that exist."""
+    if limit is None or len(available) <= limit:
+        return available
+    rng = np.random.default_rng([seed, rnd, 0xE7A1])
+    return [available[i] for i in np.sort(rng.choice(len(available), limit, replace=False))]
+
+
+def fold(stream: Any, reply: Reply, decode: Callable[[Update, ModelState], tuple[Update | None, str | None]],
+         reference: ModelState) -> Reply:
+    """Decode a fit reply's update and fold it into the round's running sum as it arrives; the
+    reply is kept without its delta (a failed decode keeps the reply as a failure)."""
+    if not reply.ok or reply.update is None:
+        return reply
+    if reply.update.codec.get("folded"):  # the transport folded it chunk by chunk as it arrived
+        return replace(reply, update=reply.update.with_(codec={}))
+    up = reply.bytes_up or reply_nbytes(reply)
+    update, failure = decode(reply.update, reference)
+    if update is None:
+        return replace(reply, update=None, failure=failure, bytes_up=up)
+    try:
+        return replace(reply, update=stream.add(update), bytes_up=up)
+    except PollenError as exc:  # checked before anything is folded: the sum is untouched
+        return replace(reply, update=None, failure=f"aggregate: {exc}", bytes_up=up)
 
 
 def _id_key(party_id: str) -> tuple[int, int | str]:

@@ -1,7 +1,8 @@
 """The process-pool transport: parties live in worker processes, one torch thread each.
 
-Party ``i`` lives in worker ``i mod W`` for the whole run, so per-party state (control variates,
-error-feedback residuals) persists between rounds. Tasks and replies cross the process boundary
+Party ``i`` lives in worker ``i mod W`` for the whole run; its state (control variates,
+error-feedback residuals, ledgers) is kept in the run's party-state store on disk, with an LRU in
+the worker's memory, and its data is loaded only when it is sampled. Tasks and replies cross the process boundary
 as safetensors bytes (raw tensor buffers + JSON header), never pickled objects. Each worker
 imports the app by its reference and assembles its parties with ``pollen.compose.assemble``,
 like every other mode (loading and partitioning are deterministic).
@@ -21,7 +22,8 @@ from pollen.transport.base import Transport
 from pollen.types import Reply, Task
 
 
-def _worker(conn: Connection, cfg_dict: dict[str, Any], app_ref: str, ids: list[str], threads: int) -> None:
+def _worker(conn: Connection, cfg_dict: dict[str, Any], app_ref: str, ids: list[str], threads: int,
+            state_dir: str | None, resume_round: int | None) -> None:
     import torch
 
     from pollen.compose import assemble
@@ -29,7 +31,7 @@ def _worker(conn: Connection, cfg_dict: dict[str, Any], app_ref: str, ids: list[
 
     torch.set_num_threads(threads)
     assembly = assemble(make_config(cfg_dict), app_ref)
-    parties = assembly.parties(assembly.trainer(), ids)
+    parties = assembly.party_pool(assembly.trainer(), ids, state_dir, resume_round)
     conn.send_bytes(b"ready")
     while True:
         try:
@@ -39,7 +41,7 @@ def _worker(conn: Connection, cfg_dict: dict[str, Any], app_ref: str, ids: list[
         if data == b"stop":
             return
         task = task_from_bytes(data)
-        conn.send_bytes(reply_to_bytes(parties[task.party_id].handle(task)))
+        conn.send_bytes(reply_to_bytes(parties.handle(task)))
 
 
 class ProcessPoolTransport(Transport):
@@ -50,12 +52,15 @@ class ProcessPoolTransport(Transport):
             config and app reference.
         workers: number of worker processes.
         threads: torch threads per worker.
+        state_dir: the run's party-state store (None: each worker's memory only).
+        resume_round: the round a resumed run starts at (parties read the state saved before it).
 
     Raises:
         ConfigError: the app was given as an object no other process can import.
     """
 
-    def __init__(self, assembly: Any, workers: int, threads: int = 1) -> None:
+    def __init__(self, assembly: Any, workers: int, threads: int = 1, state_dir: Any = None,
+                 resume_round: int | None = None) -> None:
         app_ref = assembly.app.reference
         if app_ref is None:
             raise ConfigError("worker processes import the app by name: give it as a .py file or a module name")
@@ -71,7 +76,8 @@ class ProcessPoolTransport(Transport):
             for pid in mine:
                 self._owner[pid] = w
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, cfg_dict, app_ref, mine, threads), daemon=True)
+            proc = ctx.Process(target=_worker, daemon=True, args=(child, cfg_dict, app_ref, mine, threads,
+                                                                  None if state_dir is None else str(state_dir), resume_round))
             proc.start()
             child.close()
             self._conns.append(parent)

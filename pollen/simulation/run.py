@@ -73,7 +73,7 @@ def resolve_config(config: Any = None, overrides: Mapping[str, Any] | None = Non
 
 
 def simulate(config: Any = None, *, app: Any = None, resume: str | Path | None = None, overwrite: bool = False,
-             callbacks: Sequence[Callable[[Any], None]] = (), **overrides: Any) -> RunResult:
+             callbacks: Sequence[Callable[[Any], None]] = (), control: Any = None, **overrides: Any) -> RunResult:
     """Run a federated simulation and write its run folder.
 
     ::
@@ -89,6 +89,8 @@ def simulate(config: Any = None, *, app: Any = None, resume: str | Path | None =
             ``config`` is None; ``rounds=`` may extend a finished run).
         overwrite: replace a run already in the folder ``--name`` points to.
         callbacks: functions called with every event of the run (``pollen.RoundCompleted``, …).
+        control: a ``pollen.server.control.Control`` to pause, stop or reconfigure the run between
+            rounds (the dashboard's control API).
         **overrides: flag-style settings (``rounds=10``, ``parties_per_round=5``, ``lr=0.1``).
 
     Raises:
@@ -102,61 +104,76 @@ def simulate(config: Any = None, *, app: Any = None, resume: str | Path | None =
         cfg = resolve_config(config, overrides)
     assembly = assemble(cfg, app)
     with torch_threads(assembly.cfg.simulation.threads):
-        return _simulate(assembly, None if resume is None else Path(resume), overwrite, callbacks)
+        return _simulate(assembly, None if resume is None else Path(resume), overwrite, callbacks, control)
 
 
 def _simulate(assembly: Assembly, resume: Path | None, overwrite: bool,
-              callbacks: Sequence[Callable[[Any], None]]) -> RunResult:
+              callbacks: Sequence[Callable[[Any], None]], control: Any = None) -> RunResult:
     from pollen.simulation.clock import with_simulated_clock
     from pollen.transport.base import Transport
     from pollen.transport.inprocess import InProcessTransport
 
     cfg = assembly.cfg
-    inline = cfg.simulation.backend != "process"
-    if not inline and assembly.app.reference is None:
-        raise ConfigError("the process backend starts fresh Python processes, which import your app by name: give "
+    backend = cfg.simulation.backend
+    if backend != "inline" and assembly.app.reference is None:
+        raise ConfigError(f"the {backend} backend starts fresh Python processes, which import your app by name: give "
                           "the app as a .py file or a module name (or use --backend inline)")
+    if backend == "ray":  # before the run folder is made: a missing extra leaves nothing behind
+        from pollen.simulation.ray_backend import require_ray
+
+        require_ray()
     trainer = assembly.trainer()
-    parties = assembly.parties(trainer, strict=True) if inline else None
-    party_state = None if parties is None else (
-        lambda: {"parties": {pid: st for pid, p in parties.items() if (st := p.durable_state())}})
-    folder = open_run(assembly, run_dir=resume, resume=resume is not None, overwrite=overwrite,
-                      callbacks=callbacks, party_state=party_state)
-    state, start, opt_state = _starting_point(assembly, folder, parties)
+    folder = open_run(assembly, run_dir=resume, resume=resume is not None, overwrite=overwrite, callbacks=callbacks)
+    state, start, opt_state = _starting_point(assembly, folder)
+    # Parties' state (control variates, residuals, ledgers, private layers) lives on disk in the run
+    # folder, an LRU of it in memory: every backend reads and writes the same store.
+    state_dir, resume_round = folder.path / "party_state", (start if folder.resume is not None else None)
+    parties = None
     transport: Transport
-    if parties is None:
+    if backend == "inline":
+        parties = assembly.party_pool(trainer, state_dir=state_dir, resume_round=resume_round, strict=True)
+        _restore_old_checkpoint(folder, parties)
+        transport = InProcessTransport(parties)
+    elif backend == "process":
         from pollen.simulation.process_pool import ProcessPoolTransport
 
-        transport = ProcessPoolTransport(assembly, cfg.simulation.workers or cores(), cfg.simulation.threads or 1)
+        transport = ProcessPoolTransport(assembly, cfg.simulation.workers or cores(), cfg.simulation.threads or 1,
+                                         state_dir=state_dir, resume_round=resume_round)
     else:
-        transport = InProcessTransport(parties)
+        from pollen.simulation.ray_backend import RayTransport
+
+        transport = RayTransport(assembly, folder.path, state_dir=state_dir, resume_round=resume_round)
     transport = with_simulated_clock(transport, cfg)  # --party-speed / --dropout: virtual time
-    coordinator = assembly.coordinator(transport, folder.events, folder.checkpointer, assembly.evaluator(trainer))
+    coordinator = assembly.coordinator(transport, folder.events, folder.checkpointer, assembly.evaluator(trainer),
+                                       control=control)
     try:
         with transport:
             state = coordinator.run(state, start_round=start, optimizer_state=opt_state)
     except KeyboardInterrupt:
         raise RunInterrupted(folder.path) from None
+    loaded = parties.loaded() if parties is not None else None
     from pollen.attacks import describe_attack  # simulated malicious parties, if any, go in summary.json
 
     finish_run(folder, assembly, state, method=assembly.strategy.name, extra=describe_attack(cfg, assembly.party_ids),
-               data_size=data_bytes(assembly, parties), parties=parties)
+               data_size=data_bytes(assembly, loaded), parties=loaded)
     return _result(folder.path, state)
 
 
-def _starting_point(assembly: Assembly, folder: RunFolder, parties: Mapping[str, Any] | None) -> tuple[ModelState, int, Any]:
+def _starting_point(assembly: Assembly, folder: RunFolder) -> tuple[ModelState, int, Any]:
     """(global model, first round, server optimizer state): round 0, or the checkpoint on resume."""
     point = folder.resume
     if point is None:
         return assembly.initial_state(), 1, None
-    for pid, saved in point.extra.get("parties", {}).items():
-        if parties is not None and pid in parties:
-            parties[pid].restore_state(saved)
-    p = assembly.cfg.privacy
-    if parties is None and (p.dp_sgd or p.client_dp == "local"):
-        log.warning("resuming with the process backend: the parties' own privacy accountants restart at zero "
-                    "(their state lives in the worker processes); use the inline backend to resume DP runs")
     return point.state, point.start, point.optimizer_state
+
+
+def _restore_old_checkpoint(folder: RunFolder, parties: Any) -> None:
+    """A checkpoint written before the party-state store kept parties' ledgers in its metadata."""
+    point = folder.resume
+    for pid, saved in ({} if point is None else point.extra.get("parties", {})).items():
+        if pid in parties:
+            parties[pid].restore_state(saved)
+            parties.store.save(pid, parties[pid].state, point.start - 1)
 
 
 def _result(run_dir: Path, state: ModelState) -> RunResult:

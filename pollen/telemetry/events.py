@@ -41,6 +41,8 @@ class PartyReplied:
     kind: str
     seconds: float
     failure: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)  # what the party reported (train loss, ε, …)
+    bytes_up: int = 0  # bytes of its reply as received
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,50 @@ class RunCompleted:
     record: dict[str, Any]
 
 
-Event = RunStarted | RoundStarted | PartyReplied | RoundCompleted | RunCompleted
+@dataclass(frozen=True)
+class RunOpened:
+    """A run folder was opened (``pollen.compose.open_run``): where the run writes, and its config."""
+
+    path: str
+    config: dict[str, Any]
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    """The run folder is complete (``pollen.compose.finish_run``): model, summary and report written."""
+
+    path: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ControlApplied:
+    """A control command took effect between rounds (``pollen.server.control``).
+
+    Attributes:
+        round: the round it applies before (the last completed round + 1).
+        command: pause, resume, stop, reconfigure, remove or readmit.
+        args: the command's arguments (the new settings, the party id).
+        by: who made it (the token's name and the caller's address).
+        at: wall-clock time the command was made (seconds since the epoch).
+    """
+
+    round: int
+    command: str
+    args: dict[str, Any]
+    by: str
+    at: float
+
+
+Event = RunStarted | RoundStarted | PartyReplied | RoundCompleted | RunCompleted | RunOpened | RunFinished | ControlApplied
 Sink = Callable[[Event], None]
+
+
+class StopRun(Exception):
+    """Raised by a callback to end a run after the event in hand (early stopping, a tuner pruning
+    a trial): the one exception the bus passes on. Every round already completed stays in the run
+    folder (history, checkpoints); the run's caller receives this exception."""
 
 
 class EventBus:
@@ -80,6 +124,8 @@ class EventBus:
                 continue
             try:
                 sink(event)
+            except StopRun:
+                raise
             except Exception as exc:  # noqa: BLE001 - a sink must never stop the run
                 self._broken.add(i)
                 log.warning("telemetry sink %r failed and is disabled: %s", sink, exc)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pollen.errors import RunError
-from pollen.telemetry.events import Event, RoundCompleted
+from pollen.telemetry.events import ControlApplied, Event, RoundCompleted
 
 
 def _clean(v: Any) -> Any:
@@ -20,12 +20,18 @@ def _clean(v: Any) -> Any:
 
 class HistorySink:
     """Appends each ``RoundCompleted`` record to ``history.jsonl`` and flushes it at once, so a
-    crash loses nothing already reported. On resume, lines past the resumed round are dropped."""
+    crash loses nothing already reported. On resume, lines past the resumed round are dropped.
+
+    Control commands (``ControlApplied``: pause, stop, new settings, a removed party) go into the
+    next round's line as ``control`` (who, what, when) and, at once, into ``control.jsonl``.
+    """
 
     def __init__(self, path: str | Path, resume_after: int | None = None,
                  restore: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.control_path = self.path.parent / "control.jsonl"
+        self._control: list[dict[str, Any]] = []
         if resume_after is not None:
             keep = [r for r in read_history(self.path) if r.get("round", 0) <= resume_after] if self.path.exists() else []
             if restore and restore.get("round") == resume_after and not any(r.get("round") == resume_after for r in keep):
@@ -33,10 +39,19 @@ class HistorySink:
             self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
         else:
             self.path.write_text("")
+            self.control_path.unlink(missing_ok=True)  # a replaced run's commands are not this run's
 
     def __call__(self, event: Event) -> None:
-        if isinstance(event, RoundCompleted):
-            line = json.dumps({k: _clean(v) for k, v in event.record.items()})
+        if isinstance(event, ControlApplied):
+            entry = {"round": event.round, "command": event.command, "args": event.args, "by": event.by, "at": event.at}
+            self._control.append(entry)
+            with self.control_path.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+        elif isinstance(event, RoundCompleted):
+            record = {k: _clean(v) for k, v in event.record.items()}
+            if self._control:
+                record["control"], self._control = self._control, []
+            line = json.dumps(record)
             with self.path.open("a") as f:
                 f.write(line + "\n")
 

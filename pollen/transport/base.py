@@ -61,6 +61,12 @@ class Transport(ABC):
     def forget(self, round: int) -> None:
         """Discard tasks of ``round`` (and earlier) not yet started (stragglers past a deadline)."""
 
+    def fold_into(self, sink: object, round: int) -> bool:
+        """Optional: fold the fit replies of ``round`` into ``sink`` (a running sum) as their bytes
+        arrive, instead of assembling them (``None`` stops). Returns True when this transport does;
+        the replies then come back with their update already folded. Default: it does not."""
+        return False
+
     def close(self) -> None:
         """Release resources."""
 

@@ -23,6 +23,9 @@ def server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-json", action="store_true", help="structured logs: one JSON object per line on stderr")
     p.add_argument("--num-parties", type=int, metavar="N",
                    help="parties in the federation: wait for N to connect before round 1 (sets --min-parties and --parties)")
+    from pollen.ui.watch import add_watch_flags
+
+    add_watch_flags(p)
     add_config_flags(p, SERVER_SECTIONS)
 
 
@@ -53,8 +56,11 @@ def server_cmd(args: argparse.Namespace) -> int:
     restore = stop_on_signals()  # SIGTERM/SIGINT: stop after the checkpoint in progress, tell the parties
     try:
         from pollen.transport.rpc.serve import run_server
+        from pollen.ui.watch import watching
 
-        result = run_server(cfg, resume=resume, overwrite=args.overwrite)
+        with watching(args, cfg, deployed=True) as watch:  # --ui-port, --track
+            result = run_server(cfg, resume=resume, overwrite=args.overwrite, callbacks=watch.callbacks,
+                                control=watch.control, on_start=watch.on_start)
     finally:
         restore()
         capture.stop()

@@ -18,11 +18,12 @@ class InProcessTransport(Transport):
     """Runs each submitted task on its ``LocalParty`` when ``poll`` is called.
 
     Args:
-        parties: party id → party runtime.
+        parties: party id → party runtime (a ``PartyPool`` builds them as tasks name them and keeps
+            their state in its store).
     """
 
     def __init__(self, parties: Mapping[str, LocalParty]) -> None:
-        self.parties = dict(parties)
+        self.parties = parties if hasattr(parties, "handle") else dict(parties)
         self._queue: deque[Task] = deque()
 
     def available(self) -> list[str]:
@@ -35,10 +36,10 @@ class InProcessTransport(Transport):
         if not self._queue:
             return None
         task = self._queue.popleft()
-        party = self.parties.get(task.party_id)
-        if party is None:
+        if task.party_id not in self.parties:
             return Reply(task.party_id, task.kind, task.round, failure="unknown party")
-        return party.handle(task)
+        pool_handle = getattr(self.parties, "handle", None)
+        return pool_handle(task) if pool_handle is not None else self.parties[task.party_id].handle(task)
 
     def pending(self) -> int:
         return len(self._queue)

@@ -45,3 +45,20 @@ def test_truncated_payload_is_a_protocol_error():
     blob = state_to_bytes(_state())
     with pytest.raises(ProtocolError):
         state_from_bytes(blob[: len(blob) - 10])
+
+
+def test_reply_nbytes_is_the_serialised_length_without_serialising():
+    import numpy as np
+
+    from pollen.serialization import reply_nbytes, reply_to_bytes
+    from pollen.types import EvalResult, Reply, Update
+
+    rng = np.random.default_rng(0)
+    delta = {"conv.weight": rng.normal(size=(4, 3, 3)).astype(np.float32), "n": np.array(7, np.int64),
+             "fc.b": rng.normal(size=3).astype(np.float16)}
+    replies = [Reply("3", "fit", 1, update=Update(delta, 12, {"loss": 0.25, "acc": 1 / 3})),
+               Reply("12345", "fit", 22, update=Update(delta, 1, {'we"ird\\key': 1e-300}, {"codec": "x\ny"}), seconds=3.5),
+               Reply("7", "evaluate", 2, evaluation=EvalResult(0.5, 0.75, 10, {"auc": float("nan")})),
+               Reply("é", "fit", 3, failure='boom "quoted" \\ ✓'), Reply("0", "fit", 1, update=Update({}, 3))]
+    for reply in replies * 2:  # the second pass uses the cached layouts
+        assert reply_nbytes(reply) == len(reply_to_bytes(reply))

@@ -183,3 +183,12 @@ def test_fmnist_benchmark_shapes():
     parts = partition(data, "dirichlet", 100, seed=0, alpha=0.5)
     assert_disjoint_cover(parts, 60000, 100)
     assert min(len(p) for p in parts) >= 10
+
+
+def test_draw_gives_each_party_its_own_draws_with_replacement():
+    from pollen.data.partition import draw
+
+    parts = draw(60_000, 100_000, 6, 0)  # BENCHMARKS.md W7 beyond 10,000 parties
+    assert len(parts) == 100_000 and all(len(p) == 6 for p in parts[:100])
+    np.testing.assert_array_equal(np.stack(parts[:50]), np.random.default_rng(0).integers(0, 60_000, (100_000, 6))[:50])
+    assert parts[7].base is parts[8].base  # rows of one array: views, no copies

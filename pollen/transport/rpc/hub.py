@@ -110,6 +110,7 @@ class GrpcTransport(Transport):
         self._closing = False
         self._told_stop: set[str] = set()
         self._cache: tuple[object, Encoded] | None = None
+        self._sink: tuple[Any, int] | None = None  # (running sum, round): fit uploads folded as they arrive
         self._cache_lock = threading.Lock()
         self._monitor = threading.Thread(target=self._watch, name="pollen-heartbeats", daemon=True)
         self._monitor.start()
@@ -186,6 +187,15 @@ class GrpcTransport(Transport):
                 del self._open[key]
             for key in [k for k in self._down if k[1] < round]:  # byte counts nobody will ask for any more
                 del self._down[key]
+
+    def fold_into(self, sink: Any, round: int) -> bool:
+        self._sink = None if sink is None else (sink, round)
+        return True
+
+    def sink_for(self, task: Task) -> Any:
+        """The running sum a fit reply to ``task`` is folded into chunk by chunk, or None."""
+        target = self._sink
+        return target[0] if target is not None and task.kind == "fit" and task.round == target[1] else None
 
     def close(self, reason: str | None = None, resumable: bool = False) -> None:
         """End the run for the parties: each is told ``stop`` at its next poll, with ``reason`` and

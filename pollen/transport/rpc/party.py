@@ -14,6 +14,7 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -330,9 +331,10 @@ class GrpcParty:
         opts: connection options.
     """
 
-    def __init__(self, opts: PartyOptions) -> None:
+    def __init__(self, opts: PartyOptions, build: Callable[[PartyOptions, dict[str, Any]], Any] | None = None) -> None:
         split_address(opts.server)  # a host without a port is refused before anything starts
         self.opts = opts
+        self._build = build or build_party  # another kind of party (pollen.vertical) brings its own builder
         self.party: LocalParty | None = None
         self.broken: str | None = None  # why this party cannot train (told to the coordinator with each task)
         self.session = ""
@@ -448,12 +450,13 @@ class GrpcParty:
         opts = self.opts
         where = f"party {opts.party_id} joined the federation at {opts.server}"
         try:
-            self.party = build_party(opts, welcome)
+            self.party = self._build(opts, welcome)
         except PollenError as exc:  # told to the coordinator with every task, so its operator sees it
             self.broken = one_line(f"{type(exc).__name__}: {exc}")
             log.error("%s but cannot train: %s", where, self.broken, extra={"event": "broken", "reason": self.broken})
             return
-        log.info("%s; training with %s on %s (%d examples)", where, describe_app(opts, welcome), describe_data(opts),
+        app = describe_app(opts, welcome) if self._build is build_party else f"app {opts.app or 'built-in'}"
+        log.info("%s; training with %s on %s (%d examples)", where, app, describe_data(opts),
                  self.party.num_examples, extra={"event": "join", "party": opts.party_id})
 
     def stop(self) -> None:

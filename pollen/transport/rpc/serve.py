@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,9 @@ def transport_stats(hub: GrpcTransport) -> dict:
             "rejected": dict(s.rejected), "dropped": s.dropped}
 
 
-def run_server(cfg: RunConfig, app: Any = None, resume: Path | None = None, overwrite: bool = False) -> RunResult:
+def run_server(cfg: RunConfig, app: Any = None, resume: Path | None = None, overwrite: bool = False,
+               callbacks: Sequence[Callable[[Any], None]] = (), control: Any = None,
+               on_start: Callable[[GrpcTransport], None] | None = None) -> RunResult:
     """Serve a federation until its last round; write the run folder like simulation does.
 
     Args:
@@ -114,6 +117,9 @@ def run_server(cfg: RunConfig, app: Any = None, resume: Path | None = None, over
             its ``model()`` and, for evaluation, its ``server_data(ctx)`` — never a party's data.
         resume: a run folder to continue from its last checkpoint.
         overwrite: replace a run already in the folder ``--name`` points to.
+        callbacks: functions called with every event of the run (the dashboard's live feed, tracking).
+        control: a ``pollen.server.control.Control`` (the control API's commands, between rounds).
+        on_start: called with the transport once the port is open (the dashboard reads its parties).
 
     Raises:
         RunError: too few parties joined within ``--join-timeout``, nothing to resume, or no round
@@ -125,13 +131,15 @@ def run_server(cfg: RunConfig, app: Any = None, resume: Path | None = None, over
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
         log.warning("running without TLS or authentication (--insecure)")
     with torch_threads(assembly.cfg.simulation.threads):
-        return _serve(assembly, resume, overwrite)
+        return _serve(assembly, resume, overwrite, callbacks, control, on_start)
 
 
-def _serve(assembly: Assembly, resume: Path | None, overwrite: bool) -> RunResult:
+def _serve(assembly: Assembly, resume: Path | None, overwrite: bool, callbacks: Sequence[Callable[[Any], None]],
+           control: Any, on_start: Callable[[GrpcTransport], None] | None) -> RunResult:
     cfg = assembly.cfg
     net = cfg.network
-    folder = open_run(assembly, kind="-grpc", run_dir=resume, resume=resume is not None, overwrite=overwrite)
+    folder = open_run(assembly, kind="-grpc", run_dir=resume, resume=resume is not None, overwrite=overwrite,
+                      callbacks=callbacks)
     trainer = assembly.trainer()
     state, start, opt_state = assembly.initial_state(), 1, None
     if folder.resume is not None:
@@ -155,13 +163,16 @@ def _serve(assembly: Assembly, resume: Path | None, overwrite: bool) -> RunResul
                                 workers=worker_threads(service.guard, len(members)))
     print(f"coordinator listening on {listen_address(net.host, port)}; waiting for {net.min_parties} parties "
           f"(run directory {folder.path})", file=sys.stderr, flush=True)
+    if on_start is not None:
+        on_start(hub)
     completed = False
     try:
         if not hub.wait_for_parties(net.min_parties, net.join_timeout):
             raise RunError(f"only {len(hub.connected())} of --min-parties={net.min_parties} parties joined within "
                            f"{net.join_timeout:g} s (--join-timeout; missing: {hub.missing()}); start more parties "
                            "or lower --min-parties")
-        coordinator = assembly.coordinator(hub, folder.events, folder.checkpointer, assembly.evaluator(trainer))
+        coordinator = assembly.coordinator(hub, folder.events, folder.checkpointer, assembly.evaluator(trainer),
+                                           control=control)
         state = coordinator.run(state, start_round=start, optimizer_state=opt_state)
         completed = True
     except Stopped as exc:  # SIGTERM / SIGINT: every finished round is checkpointed; the parties wait for --resume

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -26,6 +27,7 @@ from pollen.transport.rpc.framing import PROTOCOL_VERSION, grpc_options, read_he
 from pollen.transport.rpc.guard import FIRST_CHUNK_SECONDS, MIN_RATE, Call, Guard, Refused
 from pollen.transport.rpc.hub import GrpcTransport, Session
 from pollen.transport.rpc.messages import check_reply
+from pollen.types import Reply, Task
 from pollen.transport.rpc.tls import ADMIN_NAME, PARTY_PREFIX, RevocationList, read_file, serial_of
 
 log = logging.getLogger("pollen.transport.grpc")
@@ -204,6 +206,11 @@ class FederationService(pb_grpc.FederationServicer):
             limit = min(self.max_message_bytes, self.hub.reply_limit(task))
             stop_at = time.monotonic() + min(int(first.total_size), limit) / MIN_RATE + self.guard.idle
             call.progress(stop_at)
+            sink = self.hub.sink_for(task)  # a streaming round: a plain fit upload is folded as it arrives
+            if sink is not None:
+                folded = self._fold_reply(first, h, chunks, task, sink, s, limit, call, stop_at, context)
+                if folded is not None:
+                    return folded
             try:
                 msg = read_payload(first, h, chunks, limit, on_chunk=lambda n: call.progress(stop_at))
             except ProtocolError as exc:
@@ -219,6 +226,40 @@ class FederationService(pb_grpc.FederationServicer):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             self.hub.deliver(s, reply, msg.wire_bytes)
             return pb.Ack(accepted=True)
+
+    def _fold_reply(self, first: pb.Chunk, h: dict, chunks: Iterator[pb.Chunk], task: Task, sink: Any, s: Session,
+                    limit: int, call: Call, stop_at: float, context: grpc.ServicerContext) -> pb.Ack | None:
+        """A fit upload of a streaming round, folded chunk by chunk into the round's running sum
+        (``fold.py``) instead of being assembled; None for a reply that is not a plain fit reply (the
+        caller assembles and checks it the usual way)."""
+        from pollen.transport.rpc.fold import FoldingReader
+        from pollen.transport.rpc.framing import _chain
+
+        key = (s.party_id, task.round, task.kind)
+        if int(first.total_size) > limit:
+            detail = f"party {s.party_id} round {task.round}: message declares {first.total_size} bytes, more than the limit of {limit}"
+            self.hub.reject("oversized", detail, s, key)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail)
+        try:
+            reader = FoldingReader(h, task, sink, int(first.total_size))
+        except ProtocolError:
+            return None
+        wire = 0
+        try:
+            for chunk in _chain(first, chunks):
+                wire += chunk.ByteSize()
+                reader.feed(chunk.data)
+                call.progress(stop_at)
+            update = reader.finish()
+        except Exception as exc:  # noqa: BLE001 - a bad stream, a stall cut by the guard, or a lost connection
+            if reader.folded:  # part of this update is in the sum: the round cannot be aggregated
+                sink.spoil(f"party {s.party_id}'s upload broke after part of it was folded ({exc})")
+            self.hub.reject("invalid", f"party {s.party_id} round {task.round}: {exc}", s, key)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        reply = Reply(task.party_id, task.kind, task.round, update=update.with_(codec={"folded": True}),
+                      seconds=reader.seconds)
+        self.hub.deliver(s, reply, wire)
+        return pb.Ack(accepted=True)
 
     def _identify(self, call: Call, caller: str, context: grpc.ServicerContext) -> None:
         """Move an anonymous call to ``caller``'s share (``--insecure``: known from its session)."""

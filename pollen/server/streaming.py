@@ -1,0 +1,192 @@
+"""Streaming aggregation: fold each update into one running sum as it arrives (FedJAX style).
+
+The round loop otherwise holds every party's decoded update until all have come, which for a
+model of gigabytes is N × its size. With streaming the coordinator holds one accumulator in the
+model's dtype (plus the update being folded): ``Σ wᵢ Δᵢ`` and ``Σ wᵢ``, divided when the round's
+replies are in. What is streamable:
+
+- ``WeightedMean`` (FedAvg, FedProx, FedAvgM, FedAdam/FedYogi/FedAdagrad, SCAFFOLD's unweighted mean):
+  the server optimizer then steps on the mean exactly as before;
+- SecAgg+'s masked sum already folds each masked vector into its ring accumulator as it arrives
+  (``pollen.privacy.secagg.protocol``), so it runs its own path (``combine``);
+- rules that need every update at once (median, trimmed mean, Krum, …) cannot stream: they keep the
+  in-memory path, and ``--stream-aggregate on`` with them is refused at start-up.
+
+Sums are folded in arrival order, in the model's dtype (float32): they may differ from the
+in-memory path (which sums in party order) in the last bits, which is why small models keep the
+in-memory path under ``--stream-aggregate auto``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from pollen.errors import ConfigError, StrategyError
+from pollen.types import ModelState, Update, is_float, state_nbytes
+
+AUTO_BYTES = 256 * 1024 * 1024  # --stream-aggregate auto streams when a round's updates would exceed this
+FOLDED = "folded"  # Update.codec key of an update a transport already folded chunk by chunk
+
+
+def can_stream(aggregator: Any, pipeline: Any, asynchronous: Any = None) -> str | None:
+    """None when this strategy and pipeline can fold updates as they arrive, else why not."""
+    from pollen.strategy.base import WeightedMean
+
+    if asynchronous is not None:
+        return "an asynchronous strategy weights each update by its staleness in its own buffer"
+    if type(aggregator) is not WeightedMean:
+        return f"aggregator {getattr(aggregator, 'name', aggregator)!r} needs every update at once"
+    combining = [s.name for s in pipeline.steps if type(s).combine is not _base_combine()]
+    if combining:
+        return f"{combining[0]!r} combines the round's updates itself (its own streaming sum)"
+    return None
+
+
+def _base_combine() -> Any:
+    from pollen.transforms.base import UpdateStep
+
+    return UpdateStep.combine
+
+
+def streaming_wanted(mode: str, state: Mapping[str, np.ndarray], why_not: str | None, parties: int = 1) -> bool:
+    """Whether a round of ``parties`` updates folds them as they arrive (``--stream-aggregate``):
+    ``auto`` streams when holding them all would take more than ``AUTO_BYTES``.
+
+    Raises:
+        ConfigError: ``on`` with a strategy or pipeline that cannot stream.
+    """
+    if mode == "off":
+        return False
+    if mode == "on":
+        if why_not is not None:
+            raise ConfigError(f"--stream-aggregate on cannot work here: {why_not}; use --stream-aggregate auto or off")
+        return True
+    return why_not is None and state_nbytes(state) * parties > AUTO_BYTES
+
+
+class StreamingMean:
+    """``Σ wᵢ Δᵢ / Σ wᵢ`` folded one update (or one piece of an update) at a time.
+
+    Args:
+        like: the global model: names, shapes and dtypes of the deltas (float tensors sum in their
+            own dtype, integer buffers in float64 and are rounded back, as ``WeightedMean`` does).
+        weighted: weight by examples (FedAvg) or uniformly (SCAFFOLD).
+    """
+
+    def __init__(self, like: Mapping[str, np.ndarray], weighted: bool = True) -> None:
+        self.like = {k: (v.shape, v.dtype) for k, v in like.items()}
+        self.weighted = weighted
+        self.sum: dict[str, np.ndarray] = {}
+        self.weight = 0.0
+        self.count = 0
+        self.raw_bytes = 0
+        self.lock = threading.Lock()  # a transport may fold several uploads at once
+        self.spoiled: str | None = None  # why part of an update is in the sum without the rest
+        self.closed = False
+        self._open: set[str] = set()  # uploads folded in part, not yet committed
+
+    def spoil(self, reason: str) -> None:
+        """Record that a stream broke after part of it was folded: the round cannot be aggregated."""
+        self.spoiled = self.spoiled or reason
+
+    def weight_of(self, num_examples: int) -> float:
+        """The weight an update with ``num_examples`` gets."""
+        return float(num_examples) if self.weighted else 1.0
+
+    def _acc(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        acc = self.sum.get(name)
+        if acc is None:
+            want = self.like.get(name, (shape, dtype))[1]
+            acc = np.zeros(shape, dtype=want if np.issubdtype(want, np.floating) else np.float64)
+            self.sum[name] = acc
+        return acc
+
+    def add(self, update: Update) -> Update:
+        """Fold a whole update; returns it without its delta (what the round loop keeps)."""
+        w = self.weight_of(update.num_examples)
+        for name, v in update.delta.items():  # every shape checked before anything is folded
+            shape = self.sum[name].shape if name in self.sum else self.like.get(name, (v.shape,))[0]
+            if tuple(shape) != v.shape:
+                raise StrategyError(f"tensor {name!r}: update of shape {v.shape}, the model has {tuple(shape)}")
+        for name, v in update.delta.items():
+            acc = self._acc(name, v.shape, v.dtype)
+            acc += v * w if is_float(v) and v.dtype == acc.dtype else v.astype(acc.dtype) * w
+        self.commit(w, state_nbytes(update.delta))
+        return update.with_(delta={})
+
+    def add_piece(self, name: str, start: int, values: np.ndarray, weight: float, shape: tuple[int, ...],
+                  who: str = "") -> None:
+        """Fold ``values`` into the flat elements ``[start, start + len)`` of tensor ``name``
+        (an update arriving chunk by chunk, from ``who``); ``commit`` once the whole update is in.
+
+        Raises:
+            StrategyError: the round no longer takes updates (its deadline passed).
+        """
+        with self.lock:
+            if self.closed:
+                raise StrategyError("the round's running sum is closed (its deadline passed)")
+            self._open.add(who)
+            acc = self._acc(name, shape, values.dtype).reshape(-1)
+            part = acc[start : start + values.size]
+            part += values * weight if values.dtype == part.dtype else values.astype(part.dtype) * weight
+
+    def commit(self, weight: float, nbytes: int, who: str = "") -> None:
+        """Count one whole update of ``weight`` (after ``add_piece`` of all its pieces)."""
+        with self.lock:
+            if self.closed and who:
+                raise StrategyError("the round's running sum is closed (its deadline passed)")
+            self._open.discard(who)
+            self.weight += weight
+            self.count += 1
+            self.raw_bytes += nbytes
+
+    def close(self) -> None:
+        """Take no more pieces; an upload folded in part by then spoils the sum."""
+        with self.lock:
+            self.closed = True
+            if self._open:
+                self.spoil(f"the uploads of {sorted(self._open)[:5]} were cut after part of them was folded")
+
+    def finish(self) -> ModelState:
+        """The mean, in place of the sums (integer entries rounded back to their dtype).
+
+        Raises:
+            StrategyError: nothing was folded.
+        """
+        self.close()
+        if self.count == 0 or self.weight <= 0:
+            raise StrategyError("cannot average zero updates")
+        out: ModelState = {}
+        for name, acc in self.sum.items():
+            acc /= self.weight
+            target = self.like.get(name, (acc.shape, acc.dtype))[1]
+            out[name] = acc if np.issubdtype(target, np.floating) else np.rint(acc).astype(target)
+        self.sum = {}
+        return out
+
+
+def step(optimizer: Any, state: ModelState, mean: ModelState, opt_state: Mapping[str, np.ndarray]) -> tuple[ModelState, dict[str, np.ndarray]]:
+    """The server step on a streamed mean. The plain step ``x + lr·Δ`` is written into the mean's own
+    buffers (the running sum, which nothing else holds), so a big model costs no third copy; other
+    optimizers step as usual."""
+    from pollen.strategy.base import ServerOptimizer
+
+    if type(optimizer) is not ServerOptimizer:
+        return optimizer.step(state, mean, opt_state)
+    new = dict(state)
+    for k, d in mean.items():
+        x = state[k]
+        if is_float(x) and d.dtype == x.dtype and d.shape == x.shape and d.flags.writeable:
+            if optimizer.lr != 1.0:
+                d *= optimizer.lr
+            d += x
+            new[k] = d
+        else:
+            from pollen.strategy.base import apply_delta
+
+            new[k] = apply_delta(x, d, optimizer.lr)
+    return new, dict(opt_state)
