@@ -72,7 +72,7 @@ def run_cell(cfg_dict: dict) -> dict:
         "final_accuracy": evals[-1]["accuracy"] if evals else None,
         "best_accuracy": max((r["accuracy"] for r in evals), default=None),
         "curve": {r["round"]: round(r["accuracy"], 4) for r in evals},
-        "malicious_share_mean": sum(r.get("malicious", 0.0) for r in result.history) / len(result.history),
+        "malicious_share_mean": sum(r.get("party_metrics", {}).get("malicious", 0.0) for r in result.history) / len(result.history),
         "wall_seconds": time.perf_counter() - t0, "config": cfg.to_dict(),
     }
 

@@ -386,14 +386,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"pollen {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full, read-only or unwritable disk: one line (pollen.server.shutdown)
+        from pollen.server.shutdown import disk_error, is_disk_error
+
+        if args.verbose or not is_disk_error(exc):
+            raise
+        print(f"pollen {args.command}: error: {disk_error(exc, exc.filename or 'the run folder', 'a file')}",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt as exc:
-        where = getattr(exc, "run_dir", None)
+        import signal
+
+        where, signum = getattr(exc, "run_dir", None), getattr(exc, "signum", None)
+        how = f"stopped by {signal.Signals(signum).name}" if signum else "interrupted"
         if where is not None:
-            print(f"\ninterrupted: every finished round is saved in {where}/; continue with "
+            print(f"\n{how}: every finished round is saved in {where}/; continue with "
                   f"'pollen {args.command} --resume {where}'", file=sys.stderr)
         else:
-            print("\ninterrupted", file=sys.stderr)
-        return 130
+            print(f"\n{how}", file=sys.stderr)
+        return 128 + signum if signum else 130
 
 
 if __name__ == "__main__":

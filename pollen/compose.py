@@ -90,7 +90,8 @@ def with_app(cfg: RunConfig, app: App) -> RunConfig:
 
 
 # What a resumed run may change: how long it runs and where and how it runs, never what it trains.
-RESUMABLE: dict[str, set[str] | None] = {"federation": {"rounds", "round_timeout", "eval_every", "fed_eval_every"},
+RESUMABLE: dict[str, set[str] | None] = {"federation": {"rounds", "round_timeout", "eval_every", "fed_eval_every",
+                                                        "max_empty_rounds"},
                                          "run": {"progress", "device"}, "simulation": None, "network": None}
 
 
@@ -476,7 +477,8 @@ class Assembly:
                            stream_aggregate=f.stream_aggregate,
                            min_fit_parties=f.min_fit_parties,
                            round_timeout=f.round_timeout, events=events if events is not None else EventBus(),
-                           checkpointer=checkpointer, primary_metric=self.app.primary_metric[0], control=control)
+                           checkpointer=checkpointer, primary_metric=self.app.primary_metric[0], control=control,
+                           max_empty_rounds=f.max_empty_rounds)
 
 
 def assemble(cfg: RunConfig, app: Any = None, app_defaults: bool = True) -> Assembly:

@@ -69,6 +69,7 @@ class FederationConfig(_Section):
     round_timeout: float | None = Field(None, gt=0, description="seconds to wait for replies before dropping stragglers")
     eval_every: int = Field(1, ge=1, description="evaluate the global model on the test set every N rounds")
     fed_eval_every: int = Field(0, ge=0, description="federated evaluation on parties' held-out splits every N rounds (0: only after the last round)")
+    max_empty_rounds: int = Field(5, ge=0, description="stop the run (non-zero exit, with the reason) after this many rounds in a row aggregated nothing (0: never)")
     fed_eval_parties: int = Field(1000, ge=1, description="federated evaluation asks at most this many parties, drawn by the run seed (all of them when fewer exist)")
     stream_aggregate: Literal["auto", "on", "off"] = Field("auto", description="fold each update into a running sum as it arrives instead of holding all of them (auto: when a round's updates together exceed 256 MB; needs a mean-based aggregator)")
 
@@ -178,7 +179,8 @@ class NetworkConfig(_Section):
     host: str = Field("0.0.0.0", description="address the coordinator listens on (127.0.0.1 keeps it on this machine)")
     port: int = Field(9394, ge=1, le=65535, description="TCP port of the coordinator's gRPC service")
     min_parties: int = Field(1, ge=1, description="parties that must be connected before a round starts (a round waits for them)")
-    join_timeout: float | None = Field(None, gt=0, description="seconds to wait for --min-parties: before round 1 the run then fails, later rounds go on with fewer (default: wait for ever)")
+    join_timeout: float | None = Field(3600.0, gt=0, description="seconds to wait for --min-parties before round 1; then the run fails with the parties missing named")
+    quorum_timeout: float | None = Field(300.0, gt=0, description="seconds a later round waits for --min-parties (logged every 30 s with the parties missing); then it goes on with those connected")
     heartbeat_interval: float = Field(5.0, gt=0, le=3600, description="seconds between party heartbeats; a party silent for two intervals is dropped")
     certs_dir: str = Field("certs", description="folder with ca.pem, server.pem/key and party-<id>.pem/key (made by 'pollen certs')")
     revoked: str | None = Field(None, description="file of revoked party ids or certificate serials, one per line (default: <certs-dir>/revoked.txt)")

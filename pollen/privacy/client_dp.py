@@ -171,6 +171,8 @@ class GaussianNoiseStep(UpdateStep):
         self.clip, self.mode, self.z = clip, mode, float(noise_multiplier)
         self.z_update = corrected_noise_multiplier(self.z, clip.count_stddev) if clip.adaptive else self.z
         self.sample_rate, self.per_round, self.delta, self.headline = sample_rate, per_round, delta, headline
+        # local DP: each party accounts its own ε and reports it; the coordinator lifts it into the round
+        self.party_privacy = frozenset({"epsilon", "epsilon_party"}) if mode == "local" else frozenset()
         self.accountant = RDPAccountant("without_replacement")  # server side (central, distributed)
 
     def _std(self, clip_norm: float) -> float:

@@ -30,9 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from pollen.errors import PollenError
+from pollen.errors import PollenError, RunError
 from pollen.serialization import reply_nbytes, task_to_bytes
 from pollen.server.checkpoint import Checkpointer
+from pollen.server.replies import (Expected, check_combined, check_decoded, check_evaluation, check_update, clean_text,
+                                   expected, party_metrics, round_fields)
+from pollen.server.shutdown import deferred_signals
 from pollen.strategy.base import Strategy
 from pollen.strategy.fedbuff import STALENESS_KEY
 from pollen.telemetry.events import EventBus, PartyReplied, RoundCompleted, RoundStarted, RunCompleted, RunStarted
@@ -122,17 +125,8 @@ def weighted_eval(results: Sequence[EvalResult]) -> EvalResult | None:
 
 
 def mean_metrics(updates: Sequence[Update]) -> dict[str, float]:
-    """Example-weighted mean of the numeric metrics parties reported; the largest value for
-    privacy spent (keys starting with ``epsilon``: the guarantee is the worst party's)."""
-    n = sum(u.num_examples for u in updates) or 1
-    keys = {k for u in updates for k, v in u.metrics.items() if isinstance(v, (int, float))}
-    out = {}
-    for k in sorted(keys):
-        if k.startswith("epsilon"):
-            out[k] = max(float(u.metrics[k]) for u in updates if k in u.metrics)
-        else:
-            out[k] = sum(float(u.metrics.get(k, 0.0)) * u.num_examples for u in updates) / n
-    return out
+    """Example-weighted mean of the parties' metrics (``pollen.server.replies.party_metrics``)."""
+    return party_metrics(updates)
 
 
 @dataclass
@@ -155,6 +149,8 @@ class Coordinator:
         events: where the loop's events go.
         checkpointer: saves the state after every round (None disables).
         primary_metric: the app's headline metric (federated evaluation records it per party).
+        max_empty_rounds: stop the run (``RunError``) after this many rounds in a row aggregated
+            nothing (0: never).
         control: pause / resume / stop / reconfigure / remove-party commands, applied between
             rounds (``pollen.server.control``).
     """
@@ -174,6 +170,7 @@ class Coordinator:
     events: EventBus = field(default_factory=EventBus)
     checkpointer: Checkpointer | None = None
     primary_metric: str = "accuracy"
+    max_empty_rounds: int = 0
     control: Any = None  # pollen.server.control.Control: commands applied between rounds (None: none)
     _in_flight: dict[str, int] = field(default_factory=dict, init=False, repr=False)  # async: party -> version
     _dispatched: int = field(default=0, init=False, repr=False)
@@ -187,16 +184,22 @@ class Coordinator:
         self.events.emit(RunStarted(self.rounds, start_round, len(self.transport.available())))
         started = time.perf_counter()
         last: dict[str, Any] = {}
+        empty: list[dict[str, Any]] = []  # the rounds in a row that aggregated nothing
         for rnd in range(start_round, self.rounds + 1):
             if self.control is not None and not self.control.between_rounds(self, rnd):
                 break  # stopped by a control command, after the last round's checkpoint
             outcome, opt_state = self.run_round(rnd, state, opt_state)
             state = outcome.state
             last = outcome.record
-            if self.checkpointer is not None:
-                self.checkpointer.save(rnd, state, opt_state, outcome.record, {"pipeline": self.pipeline.state_dict()})
-            # After the checkpoint: history never runs ahead of what `--resume` can continue from.
-            self.events.emit(RoundCompleted(rnd, outcome.record))
+            with deferred_signals():  # a SIGTERM meanwhile stops the run once both are written
+                if self.checkpointer is not None:
+                    self.checkpointer.save(rnd, state, opt_state, outcome.record,
+                                           {"pipeline": self.pipeline.state_dict()})
+                # After the checkpoint: history never runs ahead of what `--resume` can continue from.
+                self.events.emit(RoundCompleted(rnd, outcome.record))
+            empty = [] if outcome.record.get("aggregated", True) else [*empty, outcome.record]
+            if self.max_empty_rounds and len(empty) >= self.max_empty_rounds:
+                raise RunError(no_progress(empty))
         self.events.emit(RunCompleted({**last, "wall_seconds": time.perf_counter() - started}))
         return state
 
@@ -209,6 +212,7 @@ class Coordinator:
         # the model (+ SCAFFOLD's c), less the frozen tensors every party builds itself
         payload = self.strategy.payload(self.strategy.server_optimizer.broadcast(state, opt_state))
         sent = self.pipeline.encode_model(payload, config)  # downlink compression (identity by default)
+        asked = expected(payload, config, self.pipeline)  # what a reply may contain
         staleness: list[int] | None = None
         info: dict[str, Any] = {}
         stream = None  # a running sum, or None: hold the round's updates
@@ -220,8 +224,9 @@ class Coordinator:
             chunked = stream is not None and not any(s.stage == "compress" for s in self.pipeline.steps)
             chunked = chunked and self.transport.fold_into(stream, rnd)  # e.g. gRPC folds chunk by chunk
             try:
+                checked = lambda u, ref: self._decode(u, ref, asked)  # noqa: E731
                 replies, late = collect(self.transport, tasks, self.round_timeout,
-                                        None if stream is None else lambda r: fold(stream, r, self._decode, state))
+                                        None if stream is None else lambda r: fold(stream, r, checked, state))
             finally:
                 if chunked:
                     self.transport.fold_into(None, rnd)
@@ -232,50 +237,47 @@ class Coordinator:
         else:  # FedBuff / FedAsync: K arrivals from the tasks in flight
             tasks, replies, staleness, info = self._async_collect(rnd, sent, config)
             late = []
-        sizes = task_sizes(tasks)
-        if staleness is None:
-            down = sum(r.bytes_down or sizes[r.party_id] for r in replies) + sum(sizes[p] for p in late)
-        else:
-            down = sum(sizes.values())  # the tasks sent this round (replies may answer older ones)
+        down = self._bytes_down(tasks, replies, late, rnd, staleness is not None)
         up = 0
         ok: list[Reply] = []
         updates: list[Update] = []
         failed: list[str] = list(late)
         reasons: dict[str, str] = {pid: "no reply before the round's deadline" for pid in late}
         for i, reply in enumerate(replies):
-            update, failure, sent = None, reply.failure, 0
+            update, failure, sent = None, None if reply.failure is None else clean_text(reply.failure), 0
             if reply.ok and reply.update is not None and stream is not None:
                 sent = reply.bytes_up  # folded already (streaming.fold measured it)
-                up += sent
                 update = reply.update
             elif reply.ok and reply.update is not None:
                 sent = reply.bytes_up or reply_nbytes(reply)  # transports that measure set bytes_up
-                up += sent
-                update, failure = self._decode(reply.update, state)
+                update, failure = self._decode(reply.update, state, asked)
+            elif self.transport.measures_bytes:
+                sent = reply.bytes_up  # what crossed the wire, a refused or failed reply's too
+            up += sent
             if update is not None and staleness is not None:  # the async aggregator weights by it
                 update = update.with_(metrics={**update.metrics, STALENESS_KEY: float(staleness[i])})
-            reported = dict(reply.update.metrics) if reply.update is not None else {}
+            reported = dict(update.metrics) if update is not None else {}  # checked, never the raw reply's
             self.events.emit(PartyReplied(rnd, reply.party_id, "fit", reply.seconds, failure, reported, sent))
             if update is not None:
                 ok.append(reply)
                 updates.append(update)
             else:
                 failed.append(reply.party_id)
-                reasons[reply.party_id] = str(failure or "no update")[:300]
+                reasons[reply.party_id] = failure or "no update"
         record: dict[str, Any] = {"round": rnd, "parties": [r.party_id for r in ok], "parties_failed": sorted(failed), **info}
         if reasons:
             record["failures"] = {pid: reasons[pid] for pid in sorted(reasons, key=_id_key)}
         raw_up = stream.raw_bytes if stream is not None else sum(state_nbytes(u.delta) for u in updates)
         record.update(compression_up=raw_up / up if up else None,
                       compression_down=state_nbytes(payload) * len(tasks) / down if down else None)
+        combined, why = None, None
         if stream is not None and stream.spoiled:
-            record.update(aggregated=False, reason=f"streamed aggregate spoiled: {stream.spoiled}")
+            why = f"streamed aggregate spoiled: {stream.spoiled}"
         elif len(ok) >= max(self.min_fit_parties, 1):
-            if stream is not None:
-                delta = stream.finish()
-            else:
-                updates = self.pipeline.combine(updates, [r.party_id for r in ok], rnd, self.transport)
-                delta = self.strategy.aggregator.aggregate(updates)
+            combined, why = (updates, None) if stream is not None else self._combine(updates, ok, rnd, asked)
+        if combined is not None:
+            updates = combined
+            delta = stream.finish() if stream is not None else self.strategy.aggregator.aggregate(updates)
             delta = self.pipeline.after_aggregate(delta, rnd, len(updates))
             if stream is not None:  # the new model written into the running sum's buffers
                 from pollen.server.streaming import step as stream_step
@@ -283,18 +285,30 @@ class Coordinator:
                 state, opt_state = stream_step(self.strategy.server_optimizer, state, delta, opt_state)
             else:
                 state, opt_state = self.strategy.server_optimizer.step(state, delta, opt_state)
-            record.update(aggregated=True, num_examples=sum(u.num_examples for u in updates), **mean_metrics(updates))
+            record.update(aggregated=True, num_examples=sum(u.num_examples for u in updates), **round_fields(updates, asked))
             report = self.pipeline.report(rnd)
             up += int(report.pop("bytes_up", 0))  # messages a step exchanged in combine (secure aggregation)
             down += int(report.pop("bytes_down", 0))
             record.update(report)
         else:
-            record.update(aggregated=False, reason=f"{len(ok)} replies < min_fit_parties={self.min_fit_parties}")
+            record.update(aggregated=False, reason=why or f"{len(ok)} replies < min_fit_parties={self.min_fit_parties}")
         if self.transport.clock() is not None and "virtual_seconds" not in record:
             record.update(virtual_seconds=self.transport.clock())
         record.update(self._evaluate(rnd, state))
         record.update(seconds=time.perf_counter() - t0, bytes_up=up, bytes_down=down)
         return RoundOutcome(state, record), opt_state
+
+    def _bytes_down(self, tasks: list[Task], replies: list[Reply], late: list[str], rnd: int, asynchronous: bool) -> int:
+        """Bytes of this round's tasks that were sent: measured by the transport where it can (a task
+        never sent counts 0), else each task's serialised size."""
+        if not self.transport.measures_bytes:
+            sizes = task_sizes(tasks)
+            if asynchronous:
+                return sum(sizes.values())  # the tasks sent this round (replies may answer older ones)
+            return sum(r.bytes_down or sizes[r.party_id] for r in replies) + sum(sizes[p] for p in late)
+        if asynchronous:  # replies may answer tasks of earlier rounds: count what their streams moved
+            return sum(r.bytes_down for r in replies)
+        return sum(r.bytes_down for r in replies) + sum(self.transport.sent_bytes(p, rnd, "fit") or 0 for p in late)
 
     def _async_collect(
         self, rnd: int, sent: ModelState, config: RoundConfig
@@ -369,13 +383,28 @@ class Coordinator:
             return None
         return StreamingMean(state, getattr(self.strategy.aggregator, "weighted", True))
 
-    def _decode(self, update: Update, reference: ModelState) -> tuple[Update | None, str | None]:
-        """One party's update through the pipeline's decoders; a message that fails to decode
-        costs that party its round (``(None, reason)``), not the server its life."""
+    def _decode(self, update: Update, reference: ModelState, asked: Expected) -> tuple[Update | None, str | None]:
+        """One party's update checked against what it was asked for (``pollen.server.replies``) and
+        through the pipeline's decoders; a message that does not fit costs that party its round
+        (``(None, reason)``), not the server its life."""
         try:
-            return self.pipeline.decode(update, reference), None
+            update = check_update(update, asked)
+            return check_decoded(self.pipeline.decode(update, reference), asked), None
         except PollenError as exc:
-            return None, f"decode: {type(exc).__name__}: {exc}"
+            return None, clean_text(f"refused: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a decoder tripping on crafted arrays costs that party only
+            return None, clean_text(f"refused: could not decode ({type(exc).__name__}: {exc})")
+
+    def _combine(self, updates: list[Update], ok: list[Reply], rnd: int,
+                 asked: Expected) -> tuple[list[Update] | None, str | None]:
+        """The pipeline's ``combine`` (secure sum, decryption); a protocol that cannot finish costs the
+        round its aggregation (``(None, reason)``), not the run."""
+        try:
+            combined = self.pipeline.combine(updates, [r.party_id for r in ok], rnd, self.transport)
+            check_combined(combined, asked)
+            return combined, None
+        except PollenError as exc:
+            return None, clean_text(f"{type(exc).__name__}: {exc}", 500)
 
     def _evaluate(self, rnd: int, state: ModelState) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -390,7 +419,7 @@ class Coordinator:
             sent = self.strategy.payload(state)  # less the frozen tensors every party builds itself
             tasks = [Task(pid, "evaluate", rnd, sent, cfg) for pid in asked]
             replies, _ = collect(self.transport, tasks, self.round_timeout)
-            good = [r for r in replies if r.ok and r.evaluation is not None and r.evaluation.num_examples > 0]
+            good = _checked_evaluations(replies)
             res = weighted_eval([r.evaluation for r in good])
             if res is not None:
                 out.update(fed_loss=res.loss, **{f"fed_{k}": v for k, v in res.metrics.items()})
@@ -402,6 +431,33 @@ class Coordinator:
             if isinstance(v, float) and not math.isfinite(v):
                 out[k] = None
         return out
+
+
+def no_progress(records: Sequence[Mapping[str, Any]]) -> str:
+    """Why a run stops after rounds in a row that aggregated nothing: the rounds, the last reason and
+    the parties' failures, and the fix."""
+    first, last = records[0], records[-1]
+    failures = last.get("failures") or {}
+    said = "; ".join(f"party {p}: {why[:160]}" for p, why in list(failures.items())[:3])
+    more = f" (and {len(failures) - 3} more)" if len(failures) > 3 else ""
+    return (f"stopped: rounds {first.get('round')}-{last.get('round')} aggregated nothing ({len(records)} in a row, "
+            f"--max-empty-rounds {len(records)}): {last.get('reason', '?')}" + (f"; {said}{more}" if said else "")
+            + "; fix what the parties report, then continue with --resume (or raise --max-empty-rounds)")
+
+
+def _checked_evaluations(replies: Sequence[Reply]) -> list[Reply]:
+    """The evaluate replies that carry a valid evaluation of at least one example (others are left out)."""
+    good = []
+    for r in replies:
+        if not r.ok or r.evaluation is None:
+            continue
+        try:
+            ev = check_evaluation(r.evaluation)
+        except PollenError:
+            continue
+        if ev.num_examples > 0:
+            good.append(Reply(r.party_id, r.kind, r.round, evaluation=ev, seconds=r.seconds))
+    return good
 
 
 def eval_sample(available: Sequence[str], limit: int | None, seed: int, rnd: int) -> Sequence[str]:

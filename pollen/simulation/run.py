@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run: every finished round is saved in ``run_dir`` (continue with ``--resume``)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, signum: int | None = None) -> None:
         super().__init__(str(run_dir))
         self.run_dir = run_dir
+        self.signum = signum  # the signal that stopped it (SIGTERM), None for Ctrl-C
 
 
 @dataclass

@@ -56,6 +56,16 @@ class HistorySink:
                 f.write(line + "\n")
 
 
+def party_metric(record: Mapping[str, Any], name: str) -> Any:
+    """A metric the parties reported (their example-weighted mean) from a round record: under
+    ``party_metrics``; top-level in runs written before party metrics had their own namespace, and
+    for the coordinator's own records (centralized training's ``train_loss``)."""
+    own = record.get("party_metrics")
+    if isinstance(own, Mapping) and name in own:
+        return own[name]
+    return record.get(name)
+
+
 def read_history(path: str | Path) -> list[dict[str, Any]]:
     """The records of a ``history.jsonl`` file (a torn last line is skipped).
 

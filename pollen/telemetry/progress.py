@@ -127,6 +127,8 @@ class ProgressSink:
 
     def _say(self, text: str) -> None:
         if self._progress is not None:
-            self._progress.console.print(f"[yellow]{text}[/]", highlight=False, markup=True)
+            from rich.markup import escape
+
+            self._progress.console.print(f"[yellow]{escape(text)}[/]", highlight=False, markup=True)  # a party's text is not markup
         else:
             print(f"  {text}", file=self.stream, flush=True)

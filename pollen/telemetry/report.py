@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pollen.errors import RunError
-from pollen.telemetry.history import read_history
+from pollen.telemetry.history import party_metric, read_history
 
 
 def _mb(n: float | None) -> str:
@@ -166,10 +166,10 @@ def write_report(run_dir: str | Path, baseline: dict[str, Any] | None = None) ->
     head = ["round", key, "loss", f"fed. {key}", "train loss", *extra, "parties", "failed", "up", "down", "seconds"]
     lines += ["## Rounds", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in history:
-        loss = r.get("loss")
+        loss, train_loss = r.get("loss"), party_metric(r, "train_loss")
         cells = [str(r.get("round")), _fmt_metric(key, r.get(key)), "—" if loss is None else format(loss, ".4f"),
                  _fmt_metric(key, r.get(f"fed_{key}")),
-                 format(r["train_loss"], ".4f") if r.get("train_loss") is not None else "—",
+                 format(train_loss, ".4f") if isinstance(train_loss, (int, float)) else "—",
                  *(_fmt_metric(k, r.get(k)) for k in extra),
                  str(len(r.get("parties", []))), str(len(r.get("parties_failed", []))), _mb(r.get("bytes_up")),
                  _mb(r.get("bytes_down")), f"{r.get('seconds', 0):.2f}"]
@@ -205,9 +205,9 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "", met
         a1.legend(loc="lower right")
     lv = [r for r in history if isinstance(r.get("loss"), (int, float))]
     a2.plot([r["round"] for r in lv], [r["loss"] for r in lv], marker="o", color="tab:red", label="loss")
-    tl = [r for r in history if r.get("train_loss") is not None]
+    tl = [(r["round"], v) for r in history if isinstance(v := party_metric(r, "train_loss"), (int, float))]
     if tl:
-        a2.plot([r["round"] for r in tl], [r["train_loss"] for r in tl], marker=".", color="tab:orange", label="train loss")
+        a2.plot([t[0] for t in tl], [t[1] for t in tl], marker=".", color="tab:orange", label="train loss")
     a2.set_xlabel("round"), a2.set_ylabel("loss"), a2.grid(alpha=0.3)
     if lv or tl:
         a2.legend(loc="upper right")

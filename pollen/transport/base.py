@@ -23,7 +23,16 @@ from pollen.types import Reply, Task
 
 
 class Transport(ABC):
-    """Carries tasks to parties and their replies back."""
+    """Carries tasks to parties and their replies back.
+
+    Attributes:
+        measures_bytes: True when the transport counts the bytes it actually sends and receives:
+            every reply's ``bytes_down``/``bytes_up`` is then exact (0 for a task never sent), and
+            ``sent_bytes`` answers for tasks that got no reply. Otherwise the coordinator counts
+            each task's serialised size.
+    """
+
+    measures_bytes = False
 
     @abstractmethod
     def available(self) -> list[str]:
@@ -43,6 +52,10 @@ class Transport(ABC):
 
     def clock(self) -> float | None:
         """Virtual seconds elapsed on a simulated clock (``SimulatedClock``); None on real time."""
+        return None
+
+    def sent_bytes(self, party_id: str, round: int, kind: str) -> int | None:
+        """Bytes sent of a task that got no reply (None: this transport does not measure)."""
         return None
 
     def forget(self, round: int) -> None:

@@ -51,6 +51,9 @@ def server_cmd(args: argparse.Namespace) -> int:
     reporter = grpclog.HandshakeReporter(logging.getLogger("pollen.server"))
     capture = grpclog.StderrCapture(grpclog.server_handler(reporter, drop_info=traced))
     capture.start()
+    from pollen.server.shutdown import stop_on_signals
+
+    restore = stop_on_signals()  # SIGTERM/SIGINT: stop after the checkpoint in progress, tell the parties
     try:
         from pollen.transport.rpc.serve import run_server
         from pollen.ui.watch import watching
@@ -59,6 +62,7 @@ def server_cmd(args: argparse.Namespace) -> int:
             result = run_server(cfg, resume=resume, overwrite=args.overwrite, callbacks=watch.callbacks,
                                 control=watch.control, on_start=watch.on_start)
     finally:
+        restore()
         capture.stop()
         reporter.flush()
     from pollen.telemetry.report import compare

@@ -137,4 +137,4 @@ def test_the_apps_own_train_and_evaluate_take_over_the_loop(tmp_path):
     res = run(app, tmp_path, "own", lr=0.5)
     assert sorted(calls["train"])[:3] == [("0", 1), ("0", 2), ("0", 3)] and len(calls["train"]) == 12
     last = res.history[-1]
-    assert last["score"] > 0.9 and last["train_loss"] < 0.5 and calls["evaluate"] >= 4
+    assert last["score"] > 0.9 and last["party_metrics"]["train_loss"] < 0.5 and calls["evaluate"] >= 4

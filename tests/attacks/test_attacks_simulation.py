@@ -24,7 +24,7 @@ def test_median_beats_mean_under_20_percent_signflip(digits_cfg):
     assert acc_median > 0.70
     summary = json.loads((median.run_dir / "summary.json").read_text())
     assert summary["attack"]["attack"] == "signflip" and len(summary["attack"]["malicious_parties"]) == 2
-    assert all(r["malicious"] == pytest.approx(0.2, abs=0.05) for r in median.history)  # example share
+    assert all(r["party_metrics"]["malicious"] == pytest.approx(0.2, abs=0.05) for r in median.history)  # example share
     assert 'attack = "signflip"' in (median.run_dir / "config.toml").read_text()
 
 
@@ -34,5 +34,5 @@ def test_process_pool_simulates_the_same_colluding_attack(digits_cfg):
     # Attackers live in both workers; each worker's colluders recompute the others' benign updates.
     inline = simulate(_cfg(digits_cfg, "inline", "trimmed_mean", rounds=2, **attack))
     pool = simulate(_cfg(digits_cfg, "pool", "trimmed_mean", rounds=2, backend="process", **attack))
-    assert [r["malicious"] for r in pool.history] == pytest.approx([r["malicious"] for r in inline.history])
+    assert [r["party_metrics"]["malicious"] for r in pool.history] == pytest.approx([r["party_metrics"]["malicious"] for r in inline.history])
     assert pool.history[-1]["accuracy"] == pytest.approx(inline.history[-1]["accuracy"], abs=0.02)

@@ -34,7 +34,7 @@ def test_adaptive_clip_norm_survives_resume(digits_cfg):
     privacy = {"client_dp": "central", "client_noise_multiplier": 1.0, "clip_norm": 0.5, "delta": 1e-5,
                "adaptive_clip": True, "clip_count_stddev": 1.0}
     part = simulate(digits_cfg(federation={"rounds": 2}, run={"name": "part"}, privacy=privacy))
-    saved = json.loads((part.run_dir / "checkpoints" / "meta.json").read_text())["extra"]["pipeline"]
+    saved = json.loads((part.run_dir / "checkpoints" / "round-000002" / "meta.json").read_text())["extra"]["pipeline"]
     (current,) = [v["current"] for v in saved.values() if "current" in v]
     assert current != 0.5  # it adapted
     resumed = simulate(digits_cfg(federation={"rounds": 3}, run={"name": "part"}, privacy=privacy), resume=part.run_dir)

@@ -13,7 +13,7 @@ def test_simulation_learns_and_writes_its_run(digits_cfg):
     res = simulate(cfg)
     d = res.run_dir
     for f in ("config.toml", "history.jsonl", "model.safetensors", "report.md", "plot.png", "summary.json",
-              "checkpoints/model.safetensors"):
+              "checkpoints/round-000008/model.safetensors", "checkpoints/round-000007/MANIFEST.json"):
         assert (d / f).exists(), f
     h = res.history
     assert [r["round"] for r in h] == list(range(1, 9))

@@ -79,7 +79,7 @@ def test_server_optimizer_state_survives_resume(tmp_path, name):
 
     straight = simulate(cfg(3, "a")).state
     simulate(cfg(2, "b"))
-    opt = load_file(str(tmp_path / "b" / "checkpoints" / "optimizer.safetensors"))
+    opt = load_file(str(tmp_path / "b" / "checkpoints" / "round-000002" / "optimizer.safetensors"))
     assert opt and all(np.abs(v).max() > 0 for k, v in opt.items() if k.startswith(("m/", "c/")) and "weight" in k)
     resumed = simulate(cfg(3, "b"), resume=tmp_path / "b").state
     if name == "fedadam":

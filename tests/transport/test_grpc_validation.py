@@ -98,11 +98,12 @@ def test_oversized_message_is_refused_and_server_survives(coordinator):
     _open_task(c, stub, session)
     header, payload = _good()
     details = _refused(lambda: _send(stub, session, header, payload, total_size=10**9), grpc.StatusCode.INVALID_ARGUMENT)
-    assert "limit" in details and c.hub.stats.rejected["malformed"] == 1
+    assert "limit" in details and c.hub.stats.rejected["oversized"] == 1
     huge = pb.Chunk(session=session, header_json=json.dumps(header), total_size=GRPC_MESSAGE_LIMIT + 10,
                     data=b"\0" * (GRPC_MESSAGE_LIMIT + 10))  # one chunk over gRPC's own message limit
     _refused(lambda: stub.SendReply(iter([huge]), timeout=10), grpc.StatusCode.RESOURCE_EXHAUSTED)
-    assert _send(stub, session, *_good()).accepted  # the service still answers
+    _refused(lambda: _send(stub, session, *_good()), grpc.StatusCode.FAILED_PRECONDITION)  # the party lost its round
+    assert c.hub.stats.rejected["stale"] == 1  # the service still answers, and the refused round stays closed
     ch.close()
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from pollen.errors import ProtocolError, StrategyError
+from pollen.server.replies import check_metrics
 from pollen.transport.rpc.messages import MAX_EXAMPLES, _model_layout, _number
 from pollen.transport.rpc.tensors import DTYPES, MAX_HEADER
 from pollen.types import Task, Update
@@ -48,7 +49,7 @@ class FoldingReader:
         metrics = header.get("metrics") or {}
         if not isinstance(metrics, dict):
             raise ProtocolError(f"metrics must be an object, got {type(metrics).__name__}")
-        self.metrics = {str(k): _number(v, f"metric {k!r}") for k, v in metrics.items()}
+        self.metrics = check_metrics(metrics)  # the coordinator's rules (names, bounds), before anything is folded
         self.seconds = _number(header.get("seconds", 0.0), "seconds", low=0.0)
         self.weight = sink.weight_of(self.num_examples)
         self._head = bytearray()

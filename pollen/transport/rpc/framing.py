@@ -5,14 +5,15 @@ round, party id, round config, …) and ``payload`` the tensors in the safetenso
 little-endian buffers, dtype and shape in its own JSON header; never pickle; ``tensors.py``). On the wire it is a
 stream of ``Chunk`` messages; the first carries the header and the payload's total size.
 
-Receiving checks the declared size against a limit before allocating, refuses a stream that
-brings more or fewer bytes than declared (truncated), and counts the bytes actually received.
+Receiving checks the declared size against a limit, grows its buffer only with the bytes that
+arrive (a declared size allocates nothing), refuses a stream that brings more or fewer bytes than
+declared (truncated), and counts the bytes actually received.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +85,16 @@ def assemble(chunks: Iterable[pb.Chunk], max_bytes: int) -> Message | None:
     first = next(it, None)
     if first is None:
         return None
-    wire = first.ByteSize()
+    header = read_header(first)
+    return read_payload(first, header, it, max_bytes)
+
+
+def read_header(first: pb.Chunk) -> dict[str, Any]:
+    """The JSON header of a message's first chunk.
+
+    Raises:
+        ProtocolError: too long, not JSON, or not an object.
+    """
     if len(first.header_json) > MAX_HEADER_BYTES:
         raise ProtocolError(f"message header of {len(first.header_json)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
@@ -93,22 +103,42 @@ def assemble(chunks: Iterable[pb.Chunk], max_bytes: int) -> Message | None:
         raise ProtocolError(f"message header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError(f"message header must be a JSON object, got {type(header).__name__}")
+    return header
+
+
+def read_payload(first: pb.Chunk, header: dict[str, Any], rest: Iterator[pb.Chunk], max_bytes: int,
+                 on_chunk: Callable[[int], None] | None = None) -> Message:
+    """The rest of a message whose first chunk (and header) was read: at most ``max_bytes`` declared,
+    and the buffer grows with the bytes that arrive (a declared size alone allocates nothing).
+
+    Args:
+        first: the first chunk.
+        header: its decoded header.
+        rest: the chunks after it.
+        max_bytes: the largest payload accepted.
+        on_chunk: called with the bytes received so far after each chunk (deadlines, progress).
+
+    Raises:
+        ProtocolError: a declared size over ``max_bytes``, or a stream that carries more or fewer
+            bytes than it declared (truncated).
+    """
     total = int(first.total_size)
     if total > max_bytes:
         raise ProtocolError(f"message declares {total} bytes, more than the limit of {max_bytes} "
                             "(raise --max-message-mb on the receiving side if this model is expected)")
-    buf = bytearray(total)
-    pos = 0
-    for chunk in _chain(first, it):
+    buf = bytearray()
+    wire = first.ByteSize()
+    for chunk in _chain(first, rest):
         n = len(chunk.data)
-        if pos + n > total:
+        if len(buf) + n > total:
             raise ProtocolError(f"stream carries more than the {total} bytes it declared")
-        buf[pos : pos + n] = chunk.data
-        pos += n
+        buf += chunk.data
         if chunk is not first:
             wire += chunk.ByteSize()
-    if pos != total:
-        raise ProtocolError(f"truncated stream: {pos} of {total} declared bytes arrived")
+        if on_chunk is not None:
+            on_chunk(len(buf))
+    if len(buf) != total:
+        raise ProtocolError(f"truncated stream: {len(buf)} of {total} declared bytes arrived")
     return Message(header, buf, wire, first.session)
 
 

@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,6 +29,9 @@ from pollen.types import Reply, Task
 
 log = logging.getLogger("pollen.transport.grpc")
 DEAD_AFTER = 1.5  # heartbeat intervals of silence before a party is dropped
+QUORUM_LOG_EVERY = 30.0  # seconds between two lines while a round waits for --min-parties
+REPLY_BYTES_PER_ELEMENT = 16  # a float64 update twice over: plain, top-k (index + value), masked field vectors
+REPLY_SLACK = 1 << 20  # bytes for tensor names, codec metadata and headers
 
 TaskKey = tuple[str, int, str]  # (party id, round, kind)
 
@@ -68,21 +71,35 @@ def _key(task: Task) -> TaskKey:
 class GrpcTransport(Transport):
     """Parties connected over gRPC, as the coordinator sees them.
 
+    Byte counts are measured on the wire (``measures_bytes``): a reply's ``bytes_down`` is what was
+    streamed of its task, 0 for a task never sent.
+
     Args:
         heartbeat_interval: seconds between a party's heartbeats.
         chunk_bytes: payload bytes per streamed chunk.
         min_parties: ``available()`` first waits until this many parties are connected, so a
             round never starts below the quorum (a party that dropped out is waited for).
         quorum_timeout: longest such wait in seconds (None: for ever); after it the round goes
-            on with the parties there are.
+            on with the parties there are. The wait is logged when it starts and every
+            ``QUORUM_LOG_EVERY`` seconds, naming the missing parties.
+        members: the federation's party ids (to name the missing ones), or None.
+        reply_bytes_per_element: the most bytes a reply may carry per element of the model it
+            answers (``reply_limit``; raise it for encodings that expand updates, such as CKKS).
     """
 
+    measures_bytes = True
+
     def __init__(self, heartbeat_interval: float = 5.0, chunk_bytes: int = CHUNK_BYTES, min_parties: int = 0,
-                 quorum_timeout: float | None = None) -> None:
+                 quorum_timeout: float | None = None, members: Sequence[str] | None = None,
+                 reply_bytes_per_element: int = REPLY_BYTES_PER_ELEMENT) -> None:
         self.heartbeat_interval = heartbeat_interval
         self.min_parties = min_parties
         self.quorum_timeout = quorum_timeout
         self.chunk_bytes = chunk_bytes
+        self.members = list(members) if members is not None else None
+        self.reply_bytes_per_element = reply_bytes_per_element
+        self._model_elements = 0  # elements of the largest model a fit task carried (bounds stage replies)
+        self._stop: dict[str, Any] = {"type": "stop"}
         self.stats = NetStats()
         self._sessions: dict[str, Session] = {}  # party id -> its current session
         self._by_token: dict[str, Session] = {}
@@ -100,10 +117,36 @@ class GrpcTransport(Transport):
 
     # ------------------------------------------------------------ Transport interface
     def available(self) -> list[str]:
-        if self.min_parties and not self._closing and not self.wait_for_parties(self.min_parties, self.quorum_timeout):
-            log.warning("fewer than %d parties connected after %s s; going on with %d",
-                        self.min_parties, self.quorum_timeout, len(self.connected()))
+        if self.min_parties and not self._closing and not self._quorum():
+            log.warning("only %d of --min-parties=%d parties connected after %g s (missing: %s); going on with them",
+                        len(self.connected()), self.min_parties, self.quorum_timeout, self.missing(),
+                        extra={"event": "quorum_timeout", "seconds": self.quorum_timeout})
         return self.connected()
+
+    def _quorum(self) -> bool:
+        """Wait for ``min_parties`` (at most ``quorum_timeout``), saying so while it waits."""
+        if len(self.connected()) >= self.min_parties:
+            return True
+        started = time.monotonic()
+        while True:
+            left = None if self.quorum_timeout is None else self.quorum_timeout - (time.monotonic() - started)
+            budget = "for ever (--quorum-timeout)" if left is None else f"at most {max(left, 0):.0f} s more"
+            log.warning("waiting for --min-parties=%d: %d connected (missing: %s); waiting %s",
+                        self.min_parties, len(self.connected()), self.missing(), budget,
+                        extra={"event": "quorum_wait", "seconds": round(time.monotonic() - started, 1)})
+            step = QUORUM_LOG_EVERY if left is None else min(QUORUM_LOG_EVERY, max(left, 0.0))
+            if self.wait_for_parties(self.min_parties, step):
+                return True
+            if self._closing or (left is not None and left <= step):
+                return False
+
+    def missing(self) -> str:
+        """The members not connected, in words."""
+        if self.members is None:
+            return "unknown ids"
+        here = set(self.connected())
+        gone = [p for p in self.members if p not in here]
+        return ", ".join(gone[:10]) + (f" and {len(gone) - 10} more" if len(gone) > 10 else "") if gone else "none"
 
     def connected(self) -> list[str]:
         """Ids of the parties connected and alive now (never waits)."""
@@ -114,6 +157,8 @@ class GrpcTransport(Transport):
         with self._cond:
             key = _key(task)
             self._open[key] = task
+            if task.kind == "fit":
+                self._model_elements = max(self._model_elements, _elements(task))
             s = self._sessions.get(task.party_id)
             if s is None or not s.alive:
                 self._fail(key, "party not connected")
@@ -140,6 +185,8 @@ class GrpcTransport(Transport):
                         s.forgotten.add(key)
             for key in [k for k in self._open if k[1] <= round]:
                 del self._open[key]
+            for key in [k for k in self._down if k[1] < round]:  # byte counts nobody will ask for any more
+                del self._down[key]
 
     def fold_into(self, sink: Any, round: int) -> bool:
         self._sink = None if sink is None else (sink, round)
@@ -150,10 +197,38 @@ class GrpcTransport(Transport):
         target = self._sink
         return target[0] if target is not None and task.kind == "fit" and task.round == target[1] else None
 
-    def close(self) -> None:
+    def close(self, reason: str | None = None, resumable: bool = False) -> None:
+        """End the run for the parties: each is told ``stop`` at its next poll, with ``reason`` and
+        whether the coordinator may be resumed (then parties wait for it instead of leaving)."""
         with self._cond:
+            if not self._closing:
+                self._stop = {"type": "stop", **({"reason": reason} if reason else {}), "resumable": resumable}
             self._closing = True
             self._cond.notify_all()
+
+    def stop_message(self) -> dict[str, Any]:
+        """The header a polling party gets once the run is over (``close``)."""
+        with self._cond:
+            return dict(self._stop)
+
+    def sent_bytes(self, party_id: str, round: int, kind: str) -> int | None:
+        """Bytes streamed of a task that got no reply (a straggler's): 0 for a task never sent."""
+        with self._cond:
+            return self._down.pop((party_id, round, kind), 0)
+
+    def reply_limit(self, task: Task) -> int:
+        """The most payload bytes a reply to ``task`` may declare: ``reply_bytes_per_element`` per
+        element of the model it answers (a fit task's own; a protocol stage's, the round's model),
+        plus ``REPLY_SLACK`` for names and headers."""
+        elements = _elements(task)
+        if task.kind not in ("fit", "evaluate"):
+            with self._cond:
+                elements = max(elements, self._model_elements)
+        return self.reply_bytes_per_element * elements + REPLY_SLACK
+
+    def task_bytes(self, task: Task) -> int:
+        """Bytes of a task's payload (what streaming it must move)."""
+        return int(sum(v.nbytes for v in task.state.values()))
 
     def wait_stopped(self, timeout: float) -> None:
         """After ``close``: wait until every live party was told to stop (at most ``timeout`` s)."""
@@ -213,15 +288,25 @@ class GrpcTransport(Transport):
             self._by_token.pop(s.token, None)
         log.info("party %s left", s.party_id, extra={"event": "leave", "party": s.party_id})
 
-    def next_task(self, s: Session, wait: float) -> Task | None | str:
-        """The party's next task, ``None`` after ``wait`` seconds without one, ``"stop"`` at the end."""
+    def revoke(self, party_id: str) -> None:
+        """Drop a revoked party's session, if it has one (its open tasks fail at once)."""
+        with self._cond:
+            s = self._sessions.get(party_id)
+            if s is not None and s.alive:
+                self._drop(s, "party revoked")
+                self._by_token.pop(s.token, None)
+                log.warning("party %s is revoked: dropped", party_id, extra={"event": "revoked", "party": party_id})
+
+    def next_task(self, s: Session, wait: float, active: Callable[[], bool] | None = None) -> Task | None | str:
+        """The party's next task, ``None`` after ``wait`` seconds without one (or once ``active()``
+        turns False: the caller went away), ``"stop"`` at the end."""
         deadline = time.monotonic() + wait
         with self._cond:
             while not self._closing and s.alive and not s.queued:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or (active is not None and not active()):
                     return None
-                self._cond.wait(timeout=left)
+                self._cond.wait(timeout=min(left, 1.0) if active is not None else left)
             if self._closing:
                 self._told_stop.add(s.party_id)
                 self._cond.notify_all()
@@ -293,7 +378,8 @@ class GrpcTransport(Transport):
     def _fail(self, key: TaskKey, reason: str) -> None:
         task = self._open.pop(key, None)
         if task is not None:
-            self._replies.put(Reply(task.party_id, task.kind, task.round, failure=reason))
+            self._replies.put(Reply(task.party_id, task.kind, task.round, failure=reason,
+                                    bytes_down=self._down.pop(key, 0)))
 
     def _drop(self, s: Session, reason: str) -> None:
         s.alive = False
@@ -316,6 +402,10 @@ class GrpcTransport(Transport):
                                     extra={"event": "dropped", "party": s.party_id, "seconds": round(silent, 2)})
                         self._drop(s, f"party lost: no heartbeat for {silent:.1f} s")
                         self._by_token.pop(s.token, None)
+
+
+def _elements(task: Task) -> int:
+    return int(sum(v.size for v in task.state.values()))
 
 
 def _id_order(party_id: str) -> tuple[int, int | str]:

@@ -390,6 +390,7 @@ class GrpcParty:
                 try:
                     if self._serve(stub, backoff):
                         return self.rounds_done
+                    self._stopping.wait(backoff.next())  # the coordinator stops and may be resumed: wait for it
                 except grpc.RpcError as exc:
                     code = exc.code()
                     if code == grpc.StatusCode.UNAUTHENTICATED:
@@ -412,7 +413,8 @@ class GrpcParty:
             return self.rounds_done
 
     def _serve(self, stub: pb_grpc.FederationStub, backoff: Backoff) -> bool:
-        """Join and answer tasks; True when the coordinator ended the run."""
+        """Join and answer tasks; True when the coordinator ended the run, False when it said it
+        stops and may be resumed (``pollen server`` stopped by a signal or an error)."""
         opts = self.opts
         joined = stub.Join(pb.JoinRequest(protocol_version=PROTOCOL_VERSION, party_id=opts.party_id,
                                           num_examples=0), timeout=30)
@@ -432,6 +434,11 @@ class GrpcParty:
                 if msg is None:
                     continue
                 if msg.header.get("type") == "stop":
+                    if msg.header.get("resumable"):
+                        log.warning("%s; this party waits for it (up to --retry-seconds %g s once it is gone)",
+                                    one_line(str(msg.header.get("reason") or "the coordinator stopped")),
+                                    opts.retry_seconds, extra={"event": "coordinator_stopped"})
+                        return False
                     return True
                 task = task_from_message(msg.header, msg.payload)
                 if self.party is None:

@@ -21,11 +21,15 @@ from pollen.errors import ConfigError, RunError
 from pollen.simulation.run import RunInterrupted, RunResult
 from pollen.telemetry.events import Event, PartyReplied, RoundCompleted, RoundStarted, RunCompleted, RunStarted
 from pollen.telemetry.history import read_history
-from pollen.transport.rpc.hub import GrpcTransport, NetStats
+from pollen.server.shutdown import Stopped
+from pollen.transport.rpc.guard import Guard
+from pollen.transport.rpc.hub import REPLY_BYTES_PER_ELEMENT, GrpcTransport, NetStats
 from pollen.transport.rpc.service import FederationService, listen_address, start_server
 from pollen.transport.rpc.tls import RevocationList
 
 log = logging.getLogger("pollen.server")
+MAX_WORKERS = 1024  # gRPC worker threads at most, whatever the federation's size
+STOP_NOTICE_SECONDS = 10.0  # how long a stopping coordinator waits for its parties to hear it
 INSECURE_WARNING = """
 *****************************************************************************************
 *  WARNING: --insecure — no TLS and no authentication. Models and updates travel in the  *
@@ -83,6 +87,18 @@ def last_failures(run_dir: Path, limit: int = 2) -> str:
     return f"round {last.get('round')}: {text}{more}"
 
 
+def worker_threads(guard: Guard, parties: int) -> int:
+    """gRPC worker threads: every call the guard lets in gets one at once (no call waits in a queue
+    behind a stalled one) — each party's share, the anonymous pool and the admin's share."""
+    return min(guard.per_caller * (parties + 1) + guard.anonymous, MAX_WORKERS)
+
+
+def _tell_parties(hub: GrpcTransport, reason: str, run_dir: Path) -> None:
+    """Tell the connected parties the coordinator stops and may be resumed (they wait for it)."""
+    hub.close(reason=f"{reason} (pollen server --resume {run_dir})", resumable=True)
+    hub.wait_stopped(timeout=STOP_NOTICE_SECONDS)
+
+
 def transport_stats(hub: GrpcTransport) -> dict:
     """The transport counters the Prometheus collector reads."""
     s = hub.stats
@@ -131,7 +147,9 @@ def _serve(assembly: Assembly, resume: Path | None, overwrite: bool, callbacks: 
     state, start, opt_state = assembly.initial_state(), 1, None
     if folder.resume is not None:
         state, start, opt_state = folder.resume.state, folder.resume.start, folder.resume.optimizer_state
-    hub = GrpcTransport(net.heartbeat_interval, min_parties=net.min_parties, quorum_timeout=net.join_timeout)
+    members = assembly.party_ids  # --num-parties N: certificates party-0 … party-(N-1)
+    hub = GrpcTransport(net.heartbeat_interval, min_parties=net.min_parties, quorum_timeout=net.quorum_timeout,
+                        members=members, reply_bytes_per_element=256 if cfg.privacy.he else REPLY_BYTES_PER_ELEMENT)
     folder.events.subscribe(_Progress(hub.stats))
     folder.events.subscribe(_PartyFailures(display=cfg.run.progress))
     if net.metrics_port:
@@ -142,9 +160,10 @@ def _serve(assembly: Assembly, resume: Path | None, overwrite: bool, callbacks: 
         folder.events.subscribe(sink)
     revoked = net.revoked or str(Path(net.certs_dir) / "revoked.txt")
     welcome = {"config": cfg.to_dict(), "signature": assembly.model_signature(state)}
-    service = FederationService(hub, welcome, int(net.max_message_mb * 1e6), net.insecure, RevocationList(revoked))
+    service = FederationService(hub, welcome, int(net.max_message_mb * 1e6), net.insecure, RevocationList(revoked),
+                                members=members)
     server, port = start_server(service, net.host, net.port, None if net.insecure else net.certs_dir,
-                                workers=max(32, 4 * cfg.data.parties + 8))
+                                workers=worker_threads(service.guard, len(members)))
     print(f"coordinator listening on {listen_address(net.host, port)}; waiting for {net.min_parties} parties "
           f"(run directory {folder.path})", file=sys.stderr, flush=True)
     if on_start is not None:
@@ -153,18 +172,27 @@ def _serve(assembly: Assembly, resume: Path | None, overwrite: bool, callbacks: 
     try:
         if not hub.wait_for_parties(net.min_parties, net.join_timeout):
             raise RunError(f"only {len(hub.connected())} of --min-parties={net.min_parties} parties joined within "
-                           f"{net.join_timeout} s; start more parties or lower --min-parties")
+                           f"{net.join_timeout:g} s (--join-timeout; missing: {hub.missing()}); start more parties "
+                           "or lower --min-parties")
         coordinator = assembly.coordinator(hub, folder.events, folder.checkpointer, assembly.evaluator(trainer),
                                            control=control)
         state = coordinator.run(state, start_round=start, optimizer_state=opt_state)
         completed = True
+    except Stopped as exc:  # SIGTERM / SIGINT: every finished round is checkpointed; the parties wait for --resume
+        _tell_parties(hub, f"the coordinator was stopped ({exc.name}); it can be resumed", folder.path)
+        raise RunInterrupted(folder.path, exc.signum) from None
     except KeyboardInterrupt:
+        _tell_parties(hub, "the coordinator was interrupted; it can be resumed", folder.path)
         raise RunInterrupted(folder.path) from None
+    except BaseException as exc:
+        _tell_parties(hub, f"the coordinator stopped: {str(exc)[:200]}", folder.path)
+        raise
     finally:
-        if completed:  # tell the parties the run is over; after a crash they keep retrying for --resume
+        if completed:  # tell the parties the run is over
             hub.close()
             hub.wait_stopped(timeout=5.0)
         server.stop(grace=1.0).wait()
+        service.guard.close()
         hub.close()
     try:
         finish_run(folder, assembly, state, method=assembly.strategy.name, data_size=data_bytes(assembly),

@@ -10,44 +10,61 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from pollen.errors import ProtocolError, TransportError
 from pollen.transport.rpc import pollen_pb2 as pb
 from pollen.transport.rpc import pollen_pb2_grpc as pb_grpc
-from pollen.transport.rpc.framing import PROTOCOL_VERSION, assemble, grpc_options
+from pollen.transport.rpc.framing import PROTOCOL_VERSION, grpc_options, read_header, read_payload
+from pollen.transport.rpc.guard import FIRST_CHUNK_SECONDS, MIN_RATE, Call, Guard, Refused
 from pollen.transport.rpc.hub import GrpcTransport, Session
 from pollen.transport.rpc.messages import check_reply
-from pollen.types import Reply
+from pollen.types import Reply, Task
 from pollen.transport.rpc.tls import ADMIN_NAME, PARTY_PREFIX, RevocationList, read_file, serial_of
 
 log = logging.getLogger("pollen.transport.grpc")
 MAX_POLL_SECONDS = 30.0
+UNARY_SECONDS = 30.0  # deadline of a call that is not a stream (join, heartbeat, status)
+STATUS_CALLER = "\0status"  # --insecure: status calls share their own places, apart from anonymous uploads
 
 
 class FederationService(pb_grpc.FederationServicer):
     """Implements ``pollen.v1.Federation`` on top of a ``GrpcTransport``.
 
+    Every call is checked before anything is spent on it: with TLS, the caller's certificate must
+    name a member of the federation (``party-<id>`` with an id in ``members``; ``admin`` for
+    ``Status`` only) that is not revoked, and it gets a bounded share of concurrent calls with a
+    deadline (``guard.py``); an upload's session and revocation are checked on its first chunk, its
+    declared size is bounded by what its open task can produce, and its buffer grows as its bytes
+    arrive.
+
     Args:
         hub: the transport the coordinator drives.
         run_config: the run's config, sent to each party when it joins.
-        max_message_bytes: the largest reply accepted.
+        max_message_bytes: the largest reply accepted (whatever its task).
         insecure: believe claimed ids (no TLS).
         revoked: the revocation list.
+        members: the party ids of the federation (None: any id a certificate of the CA names).
+        guard: concurrency limits and deadlines (default: ``Guard()``).
     """
 
     def __init__(self, hub: GrpcTransport, run_config: dict, max_message_bytes: int, insecure: bool,
-                 revoked: RevocationList) -> None:
+                 revoked: RevocationList, members: Iterable[str] | None = None, guard: Guard | None = None) -> None:
         self.hub = hub
         self.run_config_json = json.dumps(run_config)
         self.max_message_bytes = max_message_bytes
         self.insecure = insecure
         self.revoked = revoked
+        self.members = None if members is None else frozenset(members)
+        self.guard = guard or Guard()
 
     # ------------------------------------------------------------ identity
     def _identity(self, context: grpc.ServicerContext) -> tuple[str | None, str | None]:
@@ -58,6 +75,28 @@ class FederationService(pb_grpc.FederationServicer):
         cn = (auth.get("x509_common_name") or [b""])[0].decode()
         pem = (auth.get("x509_pem_cert") or [b""])[0]
         return cn, (serial_of(pem) if pem else None)
+
+    def _caller(self, context: grpc.ServicerContext, admin: bool = False) -> str | None:
+        """The caller's identity from its certificate, checked before a byte of its request is used:
+        a member of the federation, not revoked (``admin`` too when ``admin``); None without TLS."""
+        cn, serial = self._identity(context)
+        if cn is None:
+            return None
+        if cn == ADMIN_NAME and admin:
+            return cn
+        if not cn.startswith(PARTY_PREFIX):
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "identity", f"certificate {cn!r} may not call this")
+        pid = cn[len(PARTY_PREFIX):]
+        self._member(pid, context)
+        if self.revoked.is_revoked(pid, serial):
+            self.hub.revoke(pid)  # out of the federation at once: its open task fails
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "revoked", f"party {pid} is revoked")
+        return cn
+
+    def _member(self, pid: str, context: grpc.ServicerContext) -> None:
+        if self.members is not None and pid not in self.members:
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "membership",
+                         f"party {pid[:40]!r} is not a member of this federation ({_describe(self.members)})")
 
     def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, reason: str, detail: str):
         self.hub.reject(reason, detail)
@@ -76,147 +115,189 @@ class FederationService(pb_grpc.FederationServicer):
             self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "revoked", f"party {s.party_id} is revoked")
         return s
 
+    @contextmanager
+    def _slot(self, context: grpc.ServicerContext, caller: str | None, seconds: float) -> Iterator[Call]:
+        """One of ``caller``'s concurrent calls, ending within ``seconds`` (refused when it holds all)."""
+        try:
+            call = self.guard.acquire(caller, context, seconds)
+        except Refused as exc:
+            self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", str(exc))
+        try:
+            yield call
+        finally:
+            self.guard.release(call)
+
     # ------------------------------------------------------------ RPCs
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
-        if request.protocol_version != PROTOCOL_VERSION:
-            self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, "protocol",
-                         f"protocol version mismatch: the coordinator speaks {PROTOCOL_VERSION}, this party "
-                         f"{request.protocol_version}; install the same pollen version on both sides")
-        pid = request.party_id
-        if not pid or len(pid) > 128 or not pid.replace("-", "").replace("_", "").isalnum():
-            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "party_id", f"bad party id {pid[:40]!r}")
-        cn, serial = self._identity(context)
-        if cn is not None and cn != PARTY_PREFIX + pid:
-            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "identity",
-                         f"certificate {cn!r} may not join as party {pid!r}")
-        if self.revoked.is_revoked(pid, serial):
-            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "revoked", f"party {pid} is revoked")
-        s = self.hub.join(pid, context.peer())
-        return pb.JoinReply(session=s.token, run_config_json=self.run_config_json,
-                            heartbeat_interval=self.hub.heartbeat_interval, protocol_version=PROTOCOL_VERSION)
+        caller = self._caller(context)
+        with self._slot(context, caller, UNARY_SECONDS):  # --insecure: anonymous until it has a session
+            if request.protocol_version != PROTOCOL_VERSION:
+                self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, "protocol",
+                             f"protocol version mismatch: the coordinator speaks {PROTOCOL_VERSION}, this party "
+                             f"{request.protocol_version}; install the same pollen version on both sides")
+            if self.hub.closing:  # a stopping coordinator takes no one in (parties retry, then wait for --resume)
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the coordinator is stopping")
+            pid = request.party_id
+            if not pid or len(pid) > 128 or not pid.replace("-", "").replace("_", "").isalnum():
+                self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "party_id", f"bad party id {pid[:40]!r}")
+            if caller is not None and caller != PARTY_PREFIX + pid:
+                self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "identity",
+                             f"certificate {caller!r} may not join as party {pid!r}")
+            self._member(pid, context)
+            if self.revoked.is_revoked(pid, self._identity(context)[1]):
+                self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "revoked", f"party {pid} is revoked")
+            s = self.hub.join(pid, context.peer())
+            return pb.JoinReply(session=s.token, run_config_json=self.run_config_json,
+                                heartbeat_interval=self.hub.heartbeat_interval, protocol_version=PROTOCOL_VERSION)
 
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatReply:
-        self._session(request.session, context)
-        return pb.HeartbeatReply(stop=self.hub.closing)
+        caller = self._caller(context)
+        s = self._session(request.session, context)
+        with self._slot(context, caller or PARTY_PREFIX + s.party_id, UNARY_SECONDS):
+            return pb.HeartbeatReply(stop=self.hub.closing)
 
     def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
+        caller = self._caller(context)
+        if not math.isfinite(request.wait_seconds):
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed",
+                         f"wait_seconds must be a finite number, got {request.wait_seconds}")
         s = self._session(request.session, context)
         wait = min(max(request.wait_seconds, 0.0), MAX_POLL_SECONDS)
-        task = self.hub.next_task(s, wait)
-        if task == "stop":
-            yield pb.Chunk(header_json=json.dumps({"type": "stop"}))
-        elif task is not None:
-            yield from self.hub.stream_task(s, task)
+        with self._slot(context, caller or PARTY_PREFIX + s.party_id, wait + UNARY_SECONDS) as call:
+            task = self.hub.next_task(s, wait, context.is_active)
+            if task == "stop":
+                yield pb.Chunk(header_json=json.dumps(self.hub.stop_message()))
+            elif task is not None:
+                limit = time.monotonic() + self.hub.task_bytes(task) / MIN_RATE + self.guard.idle
+                call.progress(limit)
+                for chunk in self.hub.stream_task(s, task):
+                    yield chunk
+                    call.progress(limit)  # a party that stops reading is cut after IDLE_SECONDS
 
     def SendReply(self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext) -> pb.Ack:
-        if self.hub._sink is not None:  # a streaming round: fit uploads are folded as they arrive
-            return self._fold_reply(iter(request_iterator), context)
-        try:
-            msg = assemble(request_iterator, self.max_message_bytes)
-        except ProtocolError as exc:
-            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed", str(exc))
-        if msg is None:
-            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed", "empty reply stream")
-        s = self._session(msg.session, context)
-        h = msg.header
-        claimed = h.get("party_id")
-        if claimed != s.party_id:
-            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "identity",
-                         f"party {s.party_id} sent a reply claiming to be party {claimed!r}")
-        try:
-            rnd, kind = int(h.get("round")), str(h.get("kind"))
-        except (TypeError, ValueError):
-            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed", f"bad round {h.get('round')!r}")
-        task = self.hub.open_task(s, s.party_id, rnd, kind)
-        if task == "late":
-            return pb.Ack(accepted=False, reason="the round's deadline passed; reply dropped")
-        if isinstance(task, str):
-            self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, "stale", task)
-        try:
-            reply = check_reply(h, msg.payload, task)
-        except ProtocolError as exc:
-            self.hub.reject("invalid", f"party {s.party_id} round {rnd}: {exc}", s, (s.party_id, rnd, kind))
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        self.hub.deliver(s, reply, msg.wire_bytes)
-        return pb.Ack(accepted=True)
-
-    def _fold_reply(self, chunks: Iterator[pb.Chunk], context: grpc.ServicerContext) -> pb.Ack:
-        """``SendReply`` while a round streams: the same checks, then the upload is folded chunk by
-        chunk into the round's running sum (``fold.py``) instead of being assembled; a reply that is
-        not a plain fit reply is assembled as usual."""
-        from pollen.transport.rpc.fold import FoldingReader
-        from pollen.transport.rpc.framing import MAX_HEADER_BYTES, _chain
-
-        first = next(chunks, None)
-        if first is None or len(first.header_json) > MAX_HEADER_BYTES:
-            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed", "empty reply stream or header too long")
-        try:
-            h = json.loads(first.header_json)
-            rnd, kind = int(h.get("round")), str(h.get("kind"))
-        except (ValueError, TypeError, AttributeError):
-            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed", "bad reply header")
-        s = self._session(first.session, context)
-        if h.get("party_id") != s.party_id:
-            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "identity",
-                         f"party {s.party_id} sent a reply claiming to be party {h.get('party_id')!r}")
-        if int(first.total_size) > self.max_message_bytes:
-            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed",
-                         f"message declares {first.total_size} bytes, more than the limit of {self.max_message_bytes}")
-        task = self.hub.open_task(s, s.party_id, rnd, kind)
-        if task == "late":
-            return pb.Ack(accepted=False, reason="the round's deadline passed; reply dropped")
-        if isinstance(task, str):
-            self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, "stale", task)
-        sink = self.hub.sink_for(task)
-        reader = None
-        if sink is not None:
+        caller = self._caller(context)  # with TLS: member, not revoked — before a byte is read
+        with self._slot(context, caller, FIRST_CHUNK_SECONDS) as call:
+            chunks = iter(request_iterator)
+            first = next(chunks, None)
+            if first is None:
+                why = f"no chunk within {FIRST_CHUNK_SECONDS:g} s" if call.expired else "empty reply stream"
+                self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed", why)
+            s = self._session(first.session, context)  # session and revocation, on the first chunk
+            if caller is None:  # --insecure: the session says who it is
+                self._identify(call, PARTY_PREFIX + s.party_id, context)
             try:
-                reader = FoldingReader(h, task, sink, int(first.total_size))
-            except ProtocolError:
-                reader = None  # a failure or an encoded update: assembled and checked the usual way
-        key = (s.party_id, rnd, kind)
-        if reader is None:
+                h = read_header(first)
+            except ProtocolError as exc:
+                self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed", str(exc))
+            claimed = h.get("party_id")
+            if claimed != s.party_id:
+                self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "identity",
+                             f"party {s.party_id} sent a reply claiming to be party {claimed!r}")
             try:
-                msg = assemble(_chain(first, chunks), self.max_message_bytes)
-                reply = check_reply(msg.header, msg.payload, task)
+                rnd, kind = int(h.get("round")), str(h.get("kind"))
+            except (TypeError, ValueError, OverflowError):
+                self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed", f"bad round {str(h.get('round'))[:40]!r}")
+            task = self.hub.open_task(s, s.party_id, rnd, kind)
+            if task == "late":
+                return pb.Ack(accepted=False, reason="the round's deadline passed; reply dropped")
+            if isinstance(task, str):
+                self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, "stale", task)
+            key = (s.party_id, rnd, kind)
+            limit = min(self.max_message_bytes, self.hub.reply_limit(task))
+            stop_at = time.monotonic() + min(int(first.total_size), limit) / MIN_RATE + self.guard.idle
+            call.progress(stop_at)
+            sink = self.hub.sink_for(task)  # a streaming round: a plain fit upload is folded as it arrives
+            if sink is not None:
+                folded = self._fold_reply(first, h, chunks, task, sink, s, limit, call, stop_at, context)
+                if folded is not None:
+                    return folded
+            try:
+                msg = read_payload(first, h, chunks, limit, on_chunk=lambda n: call.progress(stop_at))
+            except ProtocolError as exc:
+                detail = f"party {s.party_id} round {rnd}: " + (
+                    f"the upload stalled (no chunk for {self.guard.idle:g} s, or slower than {MIN_RATE // 1024} KiB/s)"
+                    if call.expired else str(exc))
+                self.hub.reject("oversized" if "limit" in str(exc) else "malformed", detail, s, key)
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail)
+            try:
+                reply = check_reply(h, msg.payload, task)
             except ProtocolError as exc:
                 self.hub.reject("invalid", f"party {s.party_id} round {rnd}: {exc}", s, key)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             self.hub.deliver(s, reply, msg.wire_bytes)
             return pb.Ack(accepted=True)
+
+    def _fold_reply(self, first: pb.Chunk, h: dict, chunks: Iterator[pb.Chunk], task: Task, sink: Any, s: Session,
+                    limit: int, call: Call, stop_at: float, context: grpc.ServicerContext) -> pb.Ack | None:
+        """A fit upload of a streaming round, folded chunk by chunk into the round's running sum
+        (``fold.py``) instead of being assembled; None for a reply that is not a plain fit reply (the
+        caller assembles and checks it the usual way)."""
+        from pollen.transport.rpc.fold import FoldingReader
+        from pollen.transport.rpc.framing import _chain
+
+        key = (s.party_id, task.round, task.kind)
+        if int(first.total_size) > limit:
+            detail = f"party {s.party_id} round {task.round}: message declares {first.total_size} bytes, more than the limit of {limit}"
+            self.hub.reject("oversized", detail, s, key)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail)
+        try:
+            reader = FoldingReader(h, task, sink, int(first.total_size))
+        except ProtocolError:
+            return None
         wire = 0
         try:
             for chunk in _chain(first, chunks):
                 wire += chunk.ByteSize()
                 reader.feed(chunk.data)
+                call.progress(stop_at)
             update = reader.finish()
-        except Exception as exc:  # noqa: BLE001 - a bad stream, or the party's connection lost mid-stream
+        except Exception as exc:  # noqa: BLE001 - a bad stream, a stall cut by the guard, or a lost connection
             if reader.folded:  # part of this update is in the sum: the round cannot be aggregated
                 sink.spoil(f"party {s.party_id}'s upload broke after part of it was folded ({exc})")
-            self.hub.reject("invalid", f"party {s.party_id} round {rnd}: {exc}", s, key)
+            self.hub.reject("invalid", f"party {s.party_id} round {task.round}: {exc}", s, key)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         reply = Reply(task.party_id, task.kind, task.round, update=update.with_(codec={"folded": True}),
                       seconds=reader.seconds)
         self.hub.deliver(s, reply, wire)
         return pb.Ack(accepted=True)
 
+    def _identify(self, call: Call, caller: str, context: grpc.ServicerContext) -> None:
+        """Move an anonymous call to ``caller``'s share (``--insecure``: known from its session)."""
+        try:
+            self.guard.identify(call, caller)
+        except Refused as exc:
+            self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", str(exc))
+
     def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.Ack:
+        caller = self._caller(context)
         s = self._session(request.session, context)
-        self.hub.leave(s)
-        return pb.Ack(accepted=True)
+        with self._slot(context, caller or PARTY_PREFIX + s.party_id, UNARY_SECONDS):
+            self.hub.leave(s)
+            return pb.Ack(accepted=True)
 
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
-        cn, _ = self._identity(context)
-        if cn is not None and cn != ADMIN_NAME and not cn.startswith(PARTY_PREFIX):
-            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "identity", f"certificate {cn!r} may not read status")
-        now, st = time.monotonic(), self.hub.stats
-        p = st.progress
-        parties = [pb.PartyStatus(party_id=s.party_id, alive=s.alive, seconds_since_heartbeat=now - s.last_seen,
-                                  tasks_done=s.tasks_done, peer=s.peer) for s in self.hub.sessions()]
-        return pb.StatusReply(round=p.get("round", 0), rounds=p.get("rounds", 0), phase=p.get("phase", "waiting"),
-                              parties=parties, last_accuracy=p.get("accuracy") or 0.0,
-                              rejected_messages=sum(st.rejected.values()), bytes_in=st.bytes_in,
-                              bytes_out=st.bytes_out, protocol_version=PROTOCOL_VERSION)
+        caller = self._caller(context, admin=True)
+        with self._slot(context, caller or STATUS_CALLER, UNARY_SECONDS):  # --insecure: not the uploads' pool
+            now, st = time.monotonic(), self.hub.stats
+            p = st.progress
+            own = None if caller is None or caller == ADMIN_NAME else caller[len(PARTY_PREFIX):]
+            # a party learns about itself only: no other party's address, activity or the federation's traffic
+            parties = [pb.PartyStatus(party_id=s.party_id, alive=s.alive, seconds_since_heartbeat=now - s.last_seen,
+                                      tasks_done=s.tasks_done, peer=s.peer)
+                       for s in self.hub.sessions() if own is None or s.party_id == own]
+            counters = {} if own is not None else {"rejected_messages": sum(st.rejected.values()),
+                                                  "bytes_in": st.bytes_in, "bytes_out": st.bytes_out}
+            return pb.StatusReply(round=p.get("round", 0), rounds=p.get("rounds", 0), phase=p.get("phase", "waiting"),
+                                  parties=parties, last_accuracy=p.get("accuracy") or 0.0,
+                                  protocol_version=PROTOCOL_VERSION, **counters)
+
+
+def _describe(members: frozenset[str]) -> str:
+    """``ids 0-9 (--num-parties 10)`` or the ids listed."""
+    ids = sorted(members, key=lambda p: (0, int(p)) if p.isdigit() else (1, p))
+    if ids and all(p.isdigit() for p in ids) and ids == [str(i) for i in range(len(ids))]:
+        return f"ids 0-{len(ids) - 1}, --num-parties {len(ids)}"
+    return "ids " + ", ".join(ids[:10]) + (" …" if len(ids) > 10 else "")
 
 
 def listen_address(host: str, port: int) -> str:
@@ -234,7 +315,9 @@ def start_server(service: FederationService, host: str, port: int, certs_dir: st
     Raises:
         TransportError: missing credentials, or the port cannot be bound.
     """
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=grpc_options())
+    # as many calls at once as threads: a call past them is refused at once instead of queueing behind stalled ones
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=grpc_options(),
+                         maximum_concurrent_rpcs=workers)
     pb_grpc.add_FederationServicer_to_server(service, server)
     address = listen_address(host, port)
     try:
