@@ -61,7 +61,7 @@ def test_gradients_equal_the_centralised_models(tmp_path):
             torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-6)
     for got, want in zip(top0.parameters(), model.top.parameters()):
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-6)
-    assert r.history[0]["train_loss"] == pytest.approx(float(loss), rel=1e-5)
+    assert r.history[0]["train_loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
 
 
 def test_split_learning_learns_and_noise_reaches_the_activations(tmp_path):
