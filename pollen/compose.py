@@ -150,10 +150,12 @@ def party_tables(cfg: RunConfig) -> Any:
         from pollen.privacy.he_step import task_handlers as he_handlers
 
         handlers.update(he_handlers())
+    # Round secrets and signing keys never go to the party-state store (a simulated party evicted from
+    # the pool's LRU comes back with a fresh pinned identity).
     return PartyTables(task_handlers=handlers, client_hooks={"scaffold": ScaffoldClient(), "pfedme": PFedMeClient(),
                                                              "ditto": DittoClient()},
                        durable_keys=frozenset({DP_SGD_KEY, PARTICIPATIONS_KEY}),
-                       volatile_keys=frozenset({"secagg", "ckks_secret"}))  # round secrets never go to disk
+                       volatile_keys=frozenset({"secagg", "ckks_secret", "secagg_trust"}))
 
 
 def build_pipeline(cfg: RunConfig, aggregator: Any, audit: Any = None) -> Any:

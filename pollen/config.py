@@ -114,35 +114,35 @@ class PrivacyConfig(_Section):
 
     # --- differential privacy (pollen/privacy: accountant, client_dp, dpsgd, checks) ---
     dp_sgd: bool = Field(False, description="record-level DP: DP-SGD (Opacus) with Poisson batches in each party's local training")
-    noise_multiplier: float | None = Field(None, ge=0, description="DP-SGD noise std / max-grad-norm (default: calibrated from --target-epsilon)")
+    noise_multiplier: float | None = Field(None, ge=0, description="DP-SGD noise std / max-grad-norm (default: from --target-epsilon)")
     max_grad_norm: float = Field(1.0, gt=0, description="DP-SGD per-example gradient clipping norm")
     dp_sample_rate: float | None = Field(None, gt=0, le=1, description="DP-SGD Poisson rate (default: batch/records)")
-    target_epsilon: float | None = Field(None, gt=0, description="privacy budget ε: calibrates the noise for the whole planned run; a party that would exceed it stops")
-    delta: float | None = Field(None, gt=0, lt=1, description="δ of (ε, δ)-DP; required by --dp-sgd and --client-dp (e.g. 1e-5, below 1/records)")
-    accountant: Literal["rdp", "prv"] = Field("rdp", description="privacy accountant: rdp (Rényi DP) or prv (Opacus' PRV, DP-SGD only)")
+    target_epsilon: float | None = Field(None, gt=0, description="privacy budget ε of the whole run (calibrates the noise; a party past it stops)")
+    delta: float | None = Field(None, gt=0, lt=1, description="δ of (ε, δ)-DP for --dp-sgd/--client-dp (e.g. 1e-5 < 1/records)")
+    accountant: Literal["rdp", "prv"] = Field("rdp", description="rdp (Rényi DP), or prv (DP-SGD only)")
     client_dp: Literal["off", "central", "local", "distributed", "ftrl"] = Field("off", description="party-level DP: central, local, distributed (--secagg) or ftrl")
     client_dp_noise: Literal["gaussian", "skellam"] | None = Field(None, description="gaussian, or skellam (default under --secagg)")
-    client_noise_multiplier: float | None = Field(None, ge=0, description="party-level DP noise std / clip norm (default: calibrated from --target-epsilon)")
+    client_noise_multiplier: float | None = Field(None, ge=0, description="party-level DP noise std / clip norm (default: from --target-epsilon)")
     clip_norm: float = Field(1.0, gt=0, description="party-level DP: L2 bound on each party's update (initial value when adaptive)")
     adaptive_clip: bool = Field(False, description="adapt the clip norm to a quantile of update norms (Andrew et al. 2019)")
     target_quantile: float = Field(0.5, gt=0, lt=1, description="adaptive clipping: fraction of updates that should be under the clip norm")
     clip_lr: float = Field(0.2, gt=0, description="adaptive clipping: geometric learning rate of the clip norm")
-    clip_count_stddev: float | None = Field(None, gt=0, description="adaptive clipping: noise std on the count of clipped updates (default: parties per round / 20)")
+    clip_count_stddev: float | None = Field(None, gt=0, description="adaptive clipping: noise std on the clipped count (default: per round / 20)")
 
     audit_canaries: int = Field(0, ge=0, le=100_000, description="one-run audit: canaries inserted (0: off)")
     audit_confidence: float = Field(0.95, gt=0, lt=1, description="the audit's confidence")
 
-    he: bool = Field(False, description="encrypt each party's update with CKKS (TenSEAL); the server sums ciphertexts, a party decrypts only the sum")
+    he: bool = Field(False, description="CKKS-encrypt each update (TenSEAL); the server sums ciphertexts")
     he_keys: str | None = Field(None, description="directory made by 'pollen keys' (public.ctx for the server; parties also need secret.ctx)")
 
     # --- secure aggregation (pollen/privacy/secagg, docs/secure-aggregation.md) ---
     secagg: bool = Field(False, description="secure aggregation (SecAgg+): parties mask their updates; the coordinator learns only the sum")
-    secagg_threshold: float = Field(2 / 3, gt=0, le=1, description="SecAgg+: fraction t/(k+1) of a party's share holders (its k neighbours and itself) needed to rebuild its masks; above 0.5 against a coordinator that lies")
-    secagg_neighbours: int | None = Field(None, ge=2, description="SecAgg+: degree k of the random neighbour graph (rounded up to even; default: all parties of the round, the original SecAgg)")
+    secagg_threshold: float = Field(2 / 3, gt=0, le=1, description="SecAgg+: share holders t/(k+1) needed to unmask (> 0.5)")
+    secagg_neighbours: int | None = Field(None, ge=2, description="SecAgg+: neighbour graph degree k (even; default: all of the round's parties)")
     secagg_bits: Literal[32, 64] = Field(32, description="SecAgg+: masked values live in Z_2^bits (32 costs as much uplink as float32)")
     secagg_clip: float = Field(1.0, gt=0, description="SecAgg+: each update coordinate is clipped to [-c, c] before quantisation")
-    secagg_trust_coordinator: bool = Field(False, description="SecAgg+: accept a threshold of at most half a neighbourhood; then secure only while the coordinator follows the protocol (a lying one can rebuild single updates)")
-    secagg_dropout: float = Field(0.0, ge=0, lt=1, description="simulation: fraction of each round's parties that drop out after masking (their masks are recovered)")
+    secagg_trust_coordinator: bool = Field(False, description="SecAgg+: allow t ≤ half a neighbourhood (secure only if the coordinator is honest)")
+    secagg_dropout: float = Field(0.0, ge=0, lt=1, description="simulation: fraction of parties dropping out after masking")
 
 
 Codec = Literal["none", "fp16", "bf16", "int8", "qsgd", "terngrad", "sign", "topk"]
