@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pollen.errors import RunError
-from pollen.telemetry.history import read_history
+from pollen.server.checkpoint import Checkpointer
+from pollen.server.checkpoint import _name as checkpoint_folder_name
+from pollen.telemetry.history import party_metric, read_history
 from pollen.telemetry.report import primary_of, summarize
 
 RECENT_SECONDS = 300.0  # a folder without summary.json whose history changed this recently is running
@@ -171,18 +173,14 @@ class RunsIndex:
         return out[:limit]
 
     def models(self, name: str) -> list[dict[str, Any]]:
-        """Model versions: the latest checkpoint (its round and metrics) and the final model."""
+        """Model versions: the latest checkpoint that verifies (its round and metrics) and the final model."""
         folder = self.folder(name)
         out = []
-        meta = folder / "checkpoints" / "meta.json"
-        if (folder / "checkpoints" / "model.safetensors").exists() and meta.exists():
-            try:
-                m = json.loads(meta.read_text())
-            except json.JSONDecodeError:
-                m = {}
-            out.append({"file": "checkpoint", "label": f"checkpoint after round {m.get('round')}",
-                        "round": m.get("round"), "metrics": _metrics(m.get("record", {})),
-                        "bytes": (folder / "checkpoints" / "model.safetensors").stat().st_size})
+        latest = _latest_checkpoint(folder)
+        if latest is not None:
+            rnd, path, meta = latest
+            out.append({"file": "checkpoint", "label": f"checkpoint after round {rnd}", "round": rnd,
+                        "metrics": _metrics(meta.get("record") or {}), "bytes": path.stat().st_size})
         if (folder / "model.safetensors").exists():
             hist = self.history(name)
             out.append({"file": "final", "label": "final model", "round": hist[-1].get("round") if hist else None,
@@ -190,16 +188,37 @@ class RunsIndex:
         return out
 
     def model_path(self, name: str, which: str) -> Path:
-        """The file of a model version (``checkpoint`` or ``final``).
+        """The file of a model version (``checkpoint``: the latest that verifies, or ``final``).
 
         Raises:
             RunError: no such version.
         """
         folder = self.folder(name)
-        path = {"checkpoint": folder / "checkpoints" / "model.safetensors", "final": folder / "model.safetensors"}.get(which)
+        path: Path | None = None
+        if which == "final":
+            path = folder / "model.safetensors"
+        elif which == "checkpoint":
+            latest = _latest_checkpoint(folder)
+            path = latest[1] if latest is not None else None
         if path is None or not path.exists():
             raise RunError(f"run {name!r} has no {which!r} model")
         return path
+
+
+def _latest_checkpoint(folder: Path) -> tuple[int, Path, dict[str, Any]] | None:
+    """``(round, model file, meta)`` of the run's newest checkpoint that verifies against its manifest
+    (``pollen.server.checkpoint``: ``checkpoints/round-<r>/``, or the older flat layout); None when
+    there is none."""
+    cp = Checkpointer(folder)
+    if not cp.exists():
+        return None
+    try:
+        rnd, _, _, meta = cp.load()
+    except RunError:  # none verifies (DamagedCheckpoint is a RunError too)
+        return None
+    own = cp.dir / checkpoint_folder_name(rnd)
+    model = (own if own.is_dir() else cp.dir) / "model.safetensors"  # else: the layout before round folders
+    return rnd, model, meta
 
 
 def protections(cfg: Mapping[str, Any]) -> list[str]:
@@ -225,10 +244,15 @@ def _party_row(pid: str) -> dict[str, Any]:
 
 
 def _metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """A round record's numbers: the coordinator's, and the parties' (``party_metrics``, read with
+    ``party_metric``) where the coordinator has none of that name."""
     keep = {}
-    for k, v in record.items():
+    own = record.get("party_metrics")
+    names = [*record, *(own if isinstance(own, Mapping) else ())]
+    for k in names:
+        v = record[k] if k in record else party_metric(record, k)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("round", "num_examples"):
-            keep[k] = v
+            keep.setdefault(k, v)
     return keep
 
 

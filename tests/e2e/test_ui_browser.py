@@ -26,6 +26,8 @@ import pytest
 
 from e2e_helpers import PARTIES, free_port, history, setup_root, wait_until
 
+from pollen.telemetry.history import party_metric
+
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ROUNDS, HOLD_ROUND, NEW_LR = 5, 3, 0.2
 
@@ -230,7 +232,7 @@ def test_watch_pause_resume_complete(procs, prepared, browser, tmp_path):
     assert [c["command"] for c in applied] == ["pause", "reconfigure", "resume"]
     assert applied[1]["args"] == {"lr": NEW_LR} and all(c["by"].startswith("operator@") for c in applied)
     # What the parties trained with (the app reports config.lr): the new rate from round 4 on.
-    lrs = [r["train_lr"] for r in records]
+    lrs = [party_metric(r, "train_lr") for r in records]
     assert lrs[HOLD_ROUND:] == pytest.approx([NEW_LR] * (ROUNDS - HOLD_ROUND))
     assert all(abs(lr - NEW_LR) > 0.01 for lr in lrs[:HOLD_ROUND])
     wait_until(lambda: "the dashboard stays" in procs.log("server"), 120, "the run folder to be written")

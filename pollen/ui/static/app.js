@@ -39,6 +39,9 @@ function h(tag, attrs = {}, ...children) {
 }
 const badge = (s) => h("span", { class: "badge " + String(s || "").replace(/ /g, "-"), "data-state": s }, s || "?");
 const isPct = (m) => /accuracy$/.test(m || "");
+// A round record's field; what the parties reported (train_loss, train_lr, ...) is under party_metrics
+// (top-level in runs written before that namespace), like pollen.telemetry.history.party_metric.
+const field = (r, k) => (r.party_metrics && typeof r.party_metrics === "object" && k in r.party_metrics ? r.party_metrics[k] : r[k]);
 function fmtMetric(m, v) {
   if (v === null || v === undefined || Number.isNaN(v)) return "—";
   return isPct(m) ? (100 * v).toFixed(2) + " %" : Number(v).toPrecision(4);
@@ -223,7 +226,7 @@ async function runPage(main, name, tab) {
 
   function redraw() {
     const xs = rounds.map((r) => r.round);
-    const col = (k, scale = 1) => rounds.map((r) => (typeof r[k] === "number" ? r[k] * scale : null));
+    const col = (k, scale = 1) => rounds.map((r) => { const v = field(r, k); return typeof v === "number" ? v * scale : null; });
     const pct = isPct(metric) ? 100 : 1;
     setChart(cMetric, xs, [col(metric, pct), col("fed_" + metric, pct)]);
     setChart(cLoss, xs, [col("loss"), col("train_loss")]);
@@ -293,7 +296,7 @@ async function drawPanel(panel, tab, name, run, rounds, metric) {
     const t = h("table", { id: "rounds-table" }, h("tr", {}, keys.map((k) => h("th", { class: k === "round" ? "" : "num" }, k.replace("_", " ")))));
     for (const r of rounds.slice().reverse()) {
       t.append(h("tr", {}, keys.map((k) => {
-        let v = r[k];
+        let v = field(r, k);
         if (Array.isArray(v)) v = v.length;
         else if (k.startsWith("bytes")) v = fmtBytes(v);
         else if (k === metric || k === "fed_" + metric) v = fmtMetric(metric, v);
@@ -357,7 +360,7 @@ async function comparePage(main, names) {
   const charts = h("div", { class: "charts" }); main.append(charts);
   const maxRound = Math.max(...Object.values(data.rounds).map((rs) => (rs.length ? rs[rs.length - 1].round : 0)));
   const xs = Array.from({ length: maxRound }, (_, i) => i + 1);
-  const series = (k, scale) => names.map((n) => { const by = new Map(data.rounds[n].map((r) => [r.round, r[k]]));
+  const series = (k, scale) => names.map((n) => { const by = new Map(data.rounds[n].map((r) => [r.round, field(r, k)]));
     return xs.map((x) => (typeof by.get(x) === "number" ? by.get(x) * scale : null)); });
   setChart(chart(charts, metric + " per round", names), xs, series(metric, isPct(metric) ? 100 : 1));
   setChart(chart(charts, "loss per round", names), xs, series("loss", 1));
