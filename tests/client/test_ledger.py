@@ -11,15 +11,19 @@ import pytest
 
 from pollen.client.ledger import LEDGER_FILE, Ledger
 from pollen.compose import assemble
-from pollen.privacy.accountant import epsilon_for, participation_steps
+from pollen.privacy.accountant import epsilon_for
 from pollen.types import Task
 
 SIGMA, DELTA = 1.0, 1e-5
+# Pinned, so that --dp-sgd's recipe (pollen/privacy/recipe.py: 5 local epochs, Poisson rate 0.5) does
+# not choose them: the budgets below are sized from one epoch at this rate per round.
+EPOCHS, RATE = 1, 1 / 16
 
 
 def _assembly(digits_cfg, **privacy):
-    return assemble(digits_cfg(privacy={"dp_sgd": True, "noise_multiplier": SIGMA, "max_grad_norm": 1.0,
-                                        "delta": DELTA, **privacy}))
+    return assemble(digits_cfg(train={"epochs": EPOCHS},
+                               privacy={"dp_sgd": True, "noise_multiplier": SIGMA, "max_grad_norm": 1.0,
+                                        "delta": DELTA, "dp_sample_rate": RATE, **privacy}))
 
 
 def _party(asm, folder, pid="0", **budget):
@@ -34,8 +38,8 @@ def _task(asm, state, rnd, pid="0", **dp):
 
 
 def _eps_after(party, rounds: int) -> float:
-    q, steps = participation_steps(1, party.num_examples, 32)
-    return epsilon_for(SIGMA, q, steps * rounds, DELTA)
+    steps = math.ceil(EPOCHS / RATE)  # the steps of one round at a fixed Poisson rate (pollen/privacy/dpsgd.py)
+    return epsilon_for(SIGMA, RATE, steps * rounds, DELTA)
 
 
 def _between(party, ok: int) -> float:

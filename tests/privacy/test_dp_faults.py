@@ -5,6 +5,7 @@ an uninterrupted run (the re-issued round is answered from the parties' ledgers,
 
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
@@ -13,7 +14,7 @@ from pollen.client.ledger import Ledger
 from pollen.compose import assemble, open_run
 from pollen.config import make_config
 from pollen.data import load_dataset, partition, write_shards
-from pollen.privacy.accountant import epsilon_for, participation_steps
+from pollen.privacy.accountant import epsilon_for
 from pollen.simulation import simulate
 from pollen.telemetry import RoundCompleted
 from pollen.transport.base import Transport
@@ -23,7 +24,10 @@ from pollen.transport.rpc.service import FederationService, start_server
 from pollen.transport.rpc.tls import RevocationList
 
 IDS = ["0", "1", "2", "3"]
-PRIVACY = {"dp_sgd": True, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5}
+# The Poisson rate and local epochs pinned, so that --dp-sgd's recipe (pollen/privacy/recipe.py: 5 epochs at
+# rate 0.5) does not choose them: the budget test sizes its budget from one epoch at this rate per round.
+EPOCHS, RATE = 1, 1 / 16
+PRIVACY = {"dp_sgd": True, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5, "dp_sample_rate": RATE}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +38,7 @@ def shards(tmp_path_factory):
 
 def _cfg(tmp_path, name, rounds, **privacy):
     return make_config({"data": {"dataset": "digits", "parties": len(IDS), "holdout": 0.0}, "model": {"model": "mlp"},
-                        "train": {"lr": 0.1}, "federation": {"rounds": rounds}, "privacy": {**PRIVACY, **privacy},
+                        "train": {"lr": 0.1, "epochs": EPOCHS}, "federation": {"rounds": rounds}, "privacy": {**PRIVACY, **privacy},
                         "run": {"seed": 0, "progress": False, "runs_dir": str(tmp_path), "name": name}})
 
 
@@ -99,9 +103,8 @@ def _charges(ledgers, pid):
 
 def test_a_party_killed_and_restarted_past_its_budget_keeps_refusing(shards, tmp_path):
     fed = Federation(shards, tmp_path)
-    probe = assemble(_cfg(tmp_path, "probe", 1)).party_data("0", shards / "party0").train
-    q, steps = participation_steps(1, len(probe), 32)
-    eps = [epsilon_for(1.0, q, steps * r, 1e-5) for r in (1, 2, 3)]
+    steps = math.ceil(EPOCHS / RATE)  # one round's steps at a fixed Poisson rate (pollen/privacy/dpsgd.py)
+    eps = [epsilon_for(1.0, RATE, steps * r, 1e-5) for r in (1, 2, 3)]
     target = (eps[1] + eps[2]) / 2  # two rounds fit the budget, a third does not
     cfg = _cfg(tmp_path, "budget", 4, target_epsilon=target)
     hub, server = fed.serve(cfg)
@@ -182,4 +185,4 @@ def test_a_coordinator_killed_mid_round_resumes_with_the_epsilon_of_an_uninterru
     assert records[-1]["epsilon"] == pytest.approx(full.history[-1]["epsilon"])
     for pid in IDS:
         assert _charges(tmp_path / "ledgers", pid) == [1, 2, 3]  # round 2 charged once, whoever had answered it
-    assert records[0]["ledger_cached"] > 0  # some parties answered round 2 from their ledgers
+    assert records[0]["party_metrics"]["ledger_cached"] > 0  # some parties answered round 2 from their ledgers

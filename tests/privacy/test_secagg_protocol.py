@@ -53,14 +53,14 @@ def federation(n=7, seed=0, scale=0.05):
     return deltas, examples
 
 
-def run_round(deltas, examples, step, transport_cls=InProcessTransport, extra_steps=(), handlers=None):
+def run_round(deltas, examples, step, transport_cls=InProcessTransport, extra_steps=(), handlers=None, **coord_kw):
     pipeline = Pipeline((*extra_steps, step))
     tables = PartyTables(task_handlers=handlers if handlers is not None else task_handlers())
     parties = {p: LocalParty(p, Shard(torch.zeros(examples[p], 1), torch.zeros(examples[p], dtype=torch.long)),
                              FixedTrainer(d), pipeline=pipeline, tables=tables) for p, d in deltas.items()}
     transport = transport_cls(parties)
     state = {"w": np.zeros(D, np.float32), "b": np.zeros(3, np.float32)}
-    coord = Coordinator(fedavg(Sampler(), ClientConfig()), transport, rounds=1, pipeline=pipeline)
+    coord = Coordinator(fedavg(Sampler(), ClientConfig()), transport, rounds=1, pipeline=pipeline, **coord_kw)
     return coord.run(state), transport, parties
 
 
@@ -136,10 +136,25 @@ def test_sparse_graph_with_thirty_percent_dropout():
 
 
 def test_more_than_n_minus_t_dropouts_fail_loudly():
+    """n = 7, t = 5: three parties drop after masking, four masked updates arrive, fewer than t. The
+    secure sum fails (``protocol.run`` raises RunError); the round loop records the round as not
+    aggregated, with the reason, leaves the model as it was, and stops the run with that reason
+    after ``max_empty_rounds`` such rounds (``Coordinator._combine``: the round, not the run)."""
+    from pollen.telemetry import EventBus, RoundCompleted
+
     deltas, examples = federation()
-    step = SecAggPlus(SecAggParams(planned=7), drop={C.STAGE_MASKED_INPUT: {"0", "1", "2"}})
+    drop = {C.STAGE_MASKED_INPUT: {"0", "1", "2"}}
+    step = SecAggPlus(SecAggParams(planned=7), drop=drop)
+    records = []
+    events = EventBus()
+    events.subscribe(lambda e: records.append(e.record) if isinstance(e, RoundCompleted) else None)
+    out, _, _ = run_round(deltas, examples, step, events=events)
+    assert records[0]["aggregated"] is False and "threshold" in records[0]["reason"], records[0]
+    assert "RunError" in records[0]["reason"]
+    assert all(not v.any() for v in out.values())  # nothing was released, nothing applied
+
     with pytest.raises(RunError, match="threshold"):
-        run_round(deltas, examples, step)
+        run_round(deltas, examples, SecAggPlus(SecAggParams(planned=7), drop=drop), max_empty_rounds=1)
 
 
 def test_the_coordinator_never_holds_an_unmasked_update(monkeypatch):
