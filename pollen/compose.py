@@ -620,6 +620,24 @@ def data_bytes(assembly: Assembly, parties: Mapping[str, Any] | None = None) -> 
     return total or None
 
 
+def latest_checkpoint(run_dir: str | Path) -> tuple[int, Path, dict[str, Any]] | None:
+    """``(round, model file, meta)`` of a run's newest checkpoint that verifies against its manifest
+    (``pollen.server.checkpoint``: ``checkpoints/round-<r>/``, or the older flat layout); None when
+    there is none (the dashboard's model versions)."""
+    from pollen.server.checkpoint import Checkpointer
+    from pollen.server.checkpoint import _name as folder_name
+
+    cp = Checkpointer(Path(run_dir))
+    if not cp.exists():
+        return None
+    try:
+        rnd, _, _, meta = cp.load()
+    except RunError:  # none verifies (DamagedCheckpoint is a RunError too)
+        return None
+    own = cp.dir / folder_name(rnd)
+    return rnd, (own if own.is_dir() else cp.dir) / "model.safetensors", meta  # else: the layout before round folders
+
+
 def finish_run(folder: RunFolder, assembly: Assembly, state: Mapping[str, np.ndarray], method: str,
                extra: Mapping[str, Any] | None = None, data_size: int | None = None,
                parties: Mapping[str, Any] | None = None) -> None:

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from pollen.errors import RunError
-from pollen.server.checkpoint import Checkpointer
-from pollen.server.checkpoint import _name as checkpoint_folder_name
 from pollen.telemetry.history import party_metric, read_history
 from pollen.telemetry.report import primary_of, summarize
 
@@ -206,19 +204,10 @@ class RunsIndex:
 
 
 def _latest_checkpoint(folder: Path) -> tuple[int, Path, dict[str, Any]] | None:
-    """``(round, model file, meta)`` of the run's newest checkpoint that verifies against its manifest
-    (``pollen.server.checkpoint``: ``checkpoints/round-<r>/``, or the older flat layout); None when
-    there is none."""
-    cp = Checkpointer(folder)
-    if not cp.exists():
-        return None
-    try:
-        rnd, _, _, meta = cp.load()
-    except RunError:  # none verifies (DamagedCheckpoint is a RunError too)
-        return None
-    own = cp.dir / checkpoint_folder_name(rnd)
-    model = (own if own.is_dir() else cp.dir) / "model.safetensors"  # else: the layout before round folders
-    return rnd, model, meta
+    """``(round, model file, meta)`` of the run's newest checkpoint that verifies (None: none)."""
+    from pollen.compose import latest_checkpoint
+
+    return latest_checkpoint(folder)
 
 
 def protections(cfg: Mapping[str, Any]) -> list[str]:

@@ -213,10 +213,10 @@ class FederationService(pb_grpc.FederationServicer):
                     return folded
             try:
                 msg = read_payload(first, h, chunks, limit, on_chunk=lambda n: call.progress(stop_at))
-            except ProtocolError as exc:
+            except (ProtocolError, grpc.RpcError) as exc:  # RpcError: reading a call the watchdog cancelled
                 detail = f"party {s.party_id} round {rnd}: " + (
                     f"the upload stalled (no chunk for {self.guard.idle:g} s, or slower than {MIN_RATE // 1024} KiB/s)"
-                    if call.expired else str(exc))
+                    if call.expired else (str(exc) or "the connection was lost during the upload"))
                 self.hub.reject("oversized" if "limit" in str(exc) else "malformed", detail, s, key)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail)
             try:
