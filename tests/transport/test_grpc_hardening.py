@@ -169,6 +169,7 @@ def test_forty_stalled_streams_cannot_take_the_threads_the_others_need(serve, ce
     stall = threading.Event()
     results: list[grpc.StatusCode] = []
     lock = threading.Lock()
+    refused = threading.Event()  # set once the 32 calls past the 8 anonymous places are answered
 
     def stalled():  # anonymous: no chunk at all (it never says who it is)
         def gen():
@@ -179,13 +180,13 @@ def test_forty_stalled_streams_cannot_take_the_threads_the_others_need(serve, ce
         except grpc.RpcError as exc:
             with lock:
                 results.append(exc.code())
+                if len(results) >= 32:
+                    refused.set()
 
     threads = [threading.Thread(target=stalled, daemon=True) for _ in range(40)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 30
-    while len(results) < 32 and time.monotonic() < deadline:  # 40 − 8 anonymous places: refused at once
-        time.sleep(0.02)
+    refused.wait(30)  # 40 − 8 anonymous places: refused at once
     assert results.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 32, results
     assert c.service.guard.active().get("\0anonymous") == 8
     # the 8 stalled calls hold 8 of 64 threads; everyone else is served at once
