@@ -139,22 +139,8 @@ def noise_multiplier_for(target_epsilon: float, delta: float, sample_rate: float
     def eps(sigma: float) -> float:
         return epsilon_for(sigma, sample_rate, steps, delta, accountant, sampling)
 
-    low, high = 0.0, 1.0
-    while eps(high) > target_epsilon:
-        low, high = high, 2 * high
-        if high > 1e4:
-            raise PrivacyError(f"ε={target_epsilon} at δ={delta} cannot be met over {steps} steps at sampling "
-                               f"rate {sample_rate:.4g}: lower the rounds/epochs or raise the target")
-    while high - low > 1e-4 * high:
-        mid = (low + high) / 2
-        e = eps(mid)
-        if e > target_epsilon:
-            low = mid
-        else:
-            high = mid
-            if target_epsilon - e <= tolerance * target_epsilon:
-                break
-    return high
+    return smallest_noise(eps, target_epsilon, f"{steps} steps at sampling rate {sample_rate:.4g} (δ={delta})",
+                          tolerance, fix="lower the rounds/epochs or raise the target")
 
 
 def participation_steps(epochs: int, examples: int, batch_size: int) -> tuple[float, int]:
@@ -163,7 +149,8 @@ def participation_steps(epochs: int, examples: int, batch_size: int) -> tuple[fl
     return q, int(math.ceil(epochs / q))
 
 
-def smallest_noise(epsilon_of, target_epsilon: float, what: str, tolerance: float = 0.01) -> float:
+def smallest_noise(epsilon_of, target_epsilon: float, what: str, tolerance: float = 0.01,
+                   fix: str = "lower the rounds or raise the target") -> float:
     """The smallest noise multiplier z with ``epsilon_of(z) ≤ target_epsilon`` (to ``tolerance`` in
     ε; never one that overshoots), for any accountant whose ε falls as z grows.
 
@@ -174,7 +161,7 @@ def smallest_noise(epsilon_of, target_epsilon: float, what: str, tolerance: floa
     while epsilon_of(high) > target_epsilon:
         low, high = high, 2 * high
         if high > 1e4:
-            raise PrivacyError(f"ε={target_epsilon} cannot be met over {what}: lower the rounds or raise the target")
+            raise PrivacyError(f"ε={target_epsilon} cannot be met over {what}: {fix}")
     while high - low > 1e-4 * high:
         mid = (low + high) / 2
         e = epsilon_of(mid)
