@@ -134,7 +134,7 @@ class _Gathered:
     once (when the number of examples is known) or concatenated at the end (when it is not)."""
 
     def __init__(self, expected: int) -> None:
-        self.expected, self.pos = expected, 0
+        self.expected, self.pos, self.filled = expected, 0, 0  # filled: rows written into the buffers
         self.out: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
         self.parts: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -147,6 +147,7 @@ class _Gathered:
         if self.out is not None and self.y is not None and self.pos + b <= self.expected:
             self.out[self.pos : self.pos + b] = out
             self.y[self.pos : self.pos + b] = y
+            self.filled = self.pos + b
         else:
             self.parts.append((out.float().cpu(), y.cpu()))
         self.pos += b
@@ -154,7 +155,8 @@ class _Gathered:
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.out is not None and self.y is not None and not self.parts:
             return self.out[: self.pos], self.y[: self.pos]
-        head = [(self.out[: self.expected], self.y[: self.expected])] if self.out is not None and self.y is not None else []
+        # more rows than announced: the buffers' rows, then the batches that did not fit
+        head = [(self.out[: self.filled], self.y[: self.filled])] if self.out is not None and self.y is not None else []
         return torch.cat([o for o, _ in head + self.parts]), torch.cat([t for _, t in head + self.parts])
 
 
