@@ -625,7 +625,6 @@ def latest_checkpoint(run_dir: str | Path) -> tuple[int, Path, dict[str, Any]] |
     (``pollen.server.checkpoint``: ``checkpoints/round-<r>/``, or the older flat layout); None when
     there is none (the dashboard's model versions)."""
     from pollen.server.checkpoint import Checkpointer
-    from pollen.server.checkpoint import _name as folder_name
 
     cp = Checkpointer(Path(run_dir))
     if not cp.exists():
@@ -634,8 +633,7 @@ def latest_checkpoint(run_dir: str | Path) -> tuple[int, Path, dict[str, Any]] |
         rnd, _, _, meta = cp.load()
     except RunError:  # none verifies (DamagedCheckpoint is a RunError too)
         return None
-    own = cp.dir / folder_name(rnd)
-    return rnd, (own if own.is_dir() else cp.dir) / "model.safetensors", meta  # else: the layout before round folders
+    return rnd, cp.model_file(rnd), meta
 
 
 def finish_run(folder: RunFolder, assembly: Assembly, state: Mapping[str, np.ndarray], method: str,

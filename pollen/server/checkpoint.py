@@ -182,6 +182,12 @@ class Checkpointer:
         raise RunError(f"no checkpoint in {self.dir} verifies ({'; '.join(self.skipped)}); the run cannot be resumed "
                        "— start it again (--overwrite) or restore the folder from a backup")
 
+    def model_file(self, round: int) -> Path:
+        """The model file of round ``round``'s checkpoint (as ``load`` returned it): in its round
+        folder, or in the flat layout written before round folders."""
+        own = self.dir / _name(round)
+        return (own if own.is_dir() else self.dir) / FILES[0]
+
     def resume_point(self, pipeline: _Stateful | None = None) -> ResumePoint:
         """The last good checkpoint as a :class:`ResumePoint`; puts the update pipeline's saved
         server-side state (party-level DP accountant, adaptive clip norm) back into ``pipeline``.
