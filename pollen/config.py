@@ -71,7 +71,7 @@ class FederationConfig(_Section):
     fed_eval_every: int = Field(0, ge=0, description="federated evaluation on parties' held-out splits every N rounds (0: only after the last round)")
     max_empty_rounds: int = Field(5, ge=0, description="stop the run (non-zero exit, with the reason) after this many rounds in a row aggregated nothing (0: never)")
     fed_eval_parties: int = Field(1000, ge=1, description="federated evaluation asks at most this many parties, drawn by the run seed (all of them when fewer exist)")
-    stream_aggregate: Literal["auto", "on", "off"] = Field("auto", description="fold each update into a running sum as it arrives instead of holding all of them (auto: when a round's updates together exceed 256 MB; needs a mean-based aggregator)")
+    stream_aggregate: Literal["auto", "on", "off"] = Field("auto", description="fold each update into a running sum as it arrives instead of holding all of them (auto: in arrival order when a round's updates together exceed 256 MB, below that in party order, the same sum as off; needs a mean-based aggregator)")
 
 
 class StrategyConfig(_Section):

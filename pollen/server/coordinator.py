@@ -218,10 +218,12 @@ class Coordinator:
         stream = None  # a running sum, or None: hold the round's updates
         if self.strategy.asynchronous is None:
             chosen = self.strategy.sampler.select(rnd, self.transport.available())
-            stream = self._stream(state, len(chosen))
+            stream = self._stream(state, chosen)
             self.events.emit(RoundStarted(rnd, tuple(chosen)))
-            tasks = [Task(pid, "fit", rnd, sent, config) for pid in chosen]
-            chunked = stream is not None and not any(s.stage == "compress" for s in self.pipeline.steps)
+            # asked in party order: the order the updates are summed in, so an inline round folds
+            # each update as it comes (``OrderedFold``) and holds one at a time
+            tasks = [Task(pid, "fit", rnd, sent, config) for pid in sorted(chosen, key=_id_key)]
+            chunked = stream is not None and stream.in_place and not any(s.stage == "compress" for s in self.pipeline.steps)
             chunked = chunked and self.transport.fold_into(stream, rnd)  # e.g. gRPC folds chunk by chunk
             try:
                 checked = lambda u, ref: self._decode(u, ref, asked)  # noqa: E731
@@ -279,7 +281,7 @@ class Coordinator:
             updates = combined
             delta = stream.finish() if stream is not None else self.strategy.aggregator.aggregate(updates)
             delta = self.pipeline.after_aggregate(delta, rnd, len(updates))
-            if stream is not None:  # the new model written into the running sum's buffers
+            if stream is not None and stream.in_place:  # the new model written into the running sum's buffers
                 from pollen.server.streaming import step as stream_step
 
                 state, opt_state = stream_step(self.strategy.server_optimizer, state, delta, opt_state)
@@ -374,14 +376,18 @@ class Coordinator:
             self._dispatched += 1
         return tasks
 
-    def _stream(self, state: ModelState, parties: int) -> Any:
-        """A running sum for a round of ``parties`` when it streams (``--stream-aggregate``), else None."""
-        from pollen.server.streaming import StreamingMean, can_stream, streaming_wanted
+    def _stream(self, state: ModelState, chosen: Sequence[str]) -> Any:
+        """The round's running sum (``streaming.py``): in arrival order when it streams
+        (``--stream-aggregate on``, or ``auto`` for big rounds), else in party order where the
+        aggregator is linear and nothing combines the updates itself; None: hold the updates."""
+        from pollen.server.streaming import OrderedFold, StreamingMean, can_stream, streaming_wanted
 
         why_not = can_stream(self.strategy.aggregator, self.pipeline, self.strategy.asynchronous)
-        if not streaming_wanted(self.stream_aggregate, state, why_not, parties):
-            return None
-        return StreamingMean(state, getattr(self.strategy.aggregator, "weighted", True))
+        if streaming_wanted(self.stream_aggregate, state, why_not, len(chosen)):
+            return StreamingMean(state, getattr(self.strategy.aggregator, "weighted", True))
+        if self.stream_aggregate == "auto" and why_not is None:
+            return OrderedFold(self.strategy.aggregator, sorted(chosen, key=_id_key))
+        return None
 
     def _decode(self, update: Update, reference: ModelState, asked: Expected) -> tuple[Update | None, str | None]:
         """One party's update checked against what it was asked for (``pollen.server.replies``) and
@@ -474,16 +480,19 @@ def fold(stream: Any, reply: Reply, decode: Callable[[Update, ModelState], tuple
     """Decode a fit reply's update and fold it into the round's running sum as it arrives; the
     reply is kept without its delta (a failed decode keeps the reply as a failure)."""
     if not reply.ok or reply.update is None:
+        stream.skip(reply.party_id)
         return reply
     if reply.update.codec.get("folded"):  # the transport folded it chunk by chunk as it arrived
         return replace(reply, update=reply.update.with_(codec={}))
     up = reply.bytes_up or reply_nbytes(reply)
     update, failure = decode(reply.update, reference)
     if update is None:
+        stream.skip(reply.party_id)
         return replace(reply, update=None, failure=failure, bytes_up=up)
     try:
-        return replace(reply, update=stream.add(update), bytes_up=up)
+        return replace(reply, update=stream.add(update, reply.party_id), bytes_up=up)
     except PollenError as exc:  # checked before anything is folded: the sum is untouched
+        stream.skip(reply.party_id)
         return replace(reply, update=None, failure=f"aggregate: {exc}", bytes_up=up)
 
 

@@ -12,15 +12,23 @@ replies are in. What is streamable:
 - rules that need every update at once (median, trimmed mean, Krum, …) cannot stream: they keep the
   in-memory path, and ``--stream-aggregate on`` with them is refused at start-up.
 
-Sums are folded in arrival order, in the model's dtype (float32): they may differ from the
-in-memory path (which sums in party order) in the last bits, which is why small models keep the
-in-memory path under ``--stream-aggregate auto``.
+Two ways to fold:
+
+- ``OrderedFold`` (``--stream-aggregate auto`` below ``AUTO_BYTES``): each update is folded with the
+  aggregator's own ``add`` in party order as soon as the replies before it in that order are in;
+  one that arrives early waits for them. The sum is the in-memory path's, bit for bit (the same
+  additions in the same order). Inline simulation asks the parties in id order, so it holds one
+  update at a time instead of the round's N (W1: 10 replies, 66 MB); a transport whose replies come
+  out of order holds at worst what the in-memory path holds.
+- ``StreamingMean`` (``on``, or ``auto`` above ``AUTO_BYTES``): folded in arrival order, piece by
+  piece where the transport can (gRPC folds each upload chunk by chunk), in the model's dtype
+  (float32): the sums may differ from the in-memory path in the last bits.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,8 +61,9 @@ def _base_combine() -> Any:
 
 
 def streaming_wanted(mode: str, state: Mapping[str, np.ndarray], why_not: str | None, parties: int = 1) -> bool:
-    """Whether a round of ``parties`` updates folds them as they arrive (``--stream-aggregate``):
-    ``auto`` streams when holding them all would take more than ``AUTO_BYTES``.
+    """Whether a round of ``parties`` updates folds them in arrival order (``StreamingMean``,
+    ``--stream-aggregate``): ``auto`` does when holding them all would take more than ``AUTO_BYTES``
+    (below it, ``auto`` folds them in party order: ``OrderedFold``).
 
     Raises:
         ConfigError: ``on`` with a strategy or pipeline that cannot stream.
@@ -66,6 +75,73 @@ def streaming_wanted(mode: str, state: Mapping[str, np.ndarray], why_not: str | 
             raise ConfigError(f"--stream-aggregate on cannot work here: {why_not}; use --stream-aggregate auto or off")
         return True
     return why_not is None and state_nbytes(state) * parties > AUTO_BYTES
+
+
+class OrderedFold:
+    """The aggregator's running sum (``begin``/``add``/``finish``), fed in party order as replies
+    arrive: the result is ``aggregator.aggregate`` of the round's good updates in that order, bit for
+    bit, without holding every update until the last reply.
+
+    Args:
+        aggregator: a linear aggregator with ``begin``, ``add`` and ``finish`` (``WeightedMean``).
+        order: the round's party ids in the order the in-memory path sums them.
+    """
+
+    in_place = False  # the server optimizer steps as usual (``step`` below is for StreamingMean)
+
+    def __init__(self, aggregator: Any, order: Sequence[str]) -> None:
+        self.aggregator = aggregator
+        self.order = list(order)
+        self.acc = aggregator.begin()
+        self.like: dict[str, np.ndarray] | None = None  # the first folded delta's dtypes (``finish``)
+        self.count = 0
+        self.raw_bytes = 0
+        self.spoiled: str | None = None  # never: nothing is folded in part
+        self._next = 0
+        self._held: dict[str, Update | None] = {}  # arrived before their turn (None: no update)
+
+    def add(self, update: Update, who: str = "") -> Update:
+        """Take ``who``'s checked update; returns it without its delta (what the round loop keeps)."""
+        self.raw_bytes += state_nbytes(update.delta)
+        self._held[who] = update
+        self._drain()
+        return update.with_(delta={})
+
+    def skip(self, who: str) -> None:
+        """``who`` replied without an update it can count (failed, refused): the fold moves past it."""
+        self._held[who] = None
+        self._drain()
+
+    def _drain(self, everything: bool = False) -> None:
+        """Fold the held updates whose turn has come (``everything``: all, past parties that never replied)."""
+        while self._next < len(self.order):
+            who = self.order[self._next]
+            if who not in self._held and not everything:
+                return
+            update = self._held.pop(who, None)
+            self._next += 1
+            if update is not None:
+                if self.like is None:
+                    self.like = {k: np.empty(0, v.dtype) for k, v in update.delta.items()}
+                self.acc = self.aggregator.add(self.acc, update)
+                self.count += 1
+
+    @property
+    def waiting(self) -> int:
+        """Updates held until the replies before them in party order are in."""
+        return sum(u is not None for u in self._held.values())
+
+    def close(self) -> None:
+        """Nothing to close: updates are folded whole, by the round loop's own thread."""
+
+    def finish(self) -> ModelState:
+        """The aggregate of every update taken (those still waiting for a late party's turn too).
+
+        Raises:
+            StrategyError: nothing was taken.
+        """
+        self._drain(everything=True)
+        return self.aggregator.finish(self.acc, self.like)
 
 
 class StreamingMean:
@@ -105,7 +181,9 @@ class StreamingMean:
             self.sum[name] = acc
         return acc
 
-    def add(self, update: Update) -> Update:
+    in_place = True  # ``step`` writes the new model into the mean's buffers
+
+    def add(self, update: Update, who: str = "") -> Update:
         """Fold a whole update; returns it without its delta (what the round loop keeps)."""
         w = self.weight_of(update.num_examples)
         for name, v in update.delta.items():  # every shape checked before anything is folded
@@ -117,6 +195,9 @@ class StreamingMean:
             acc += v * w if is_float(v) and v.dtype == acc.dtype else v.astype(acc.dtype) * w
         self.commit(w, state_nbytes(update.delta))
         return update.with_(delta={})
+
+    def skip(self, who: str) -> None:
+        """A reply without an update: nothing to fold (arrival order waits for no one)."""
 
     def add_piece(self, name: str, start: int, values: np.ndarray, weight: float, shape: tuple[int, ...],
                   who: str = "") -> None:

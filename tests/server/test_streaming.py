@@ -1,5 +1,6 @@
 """Streaming aggregation: the running sum equals the in-memory mean (np.average), whole or piece
-by piece; a round loop that streams trains the same model; rules that need every update refuse it;
+by piece; the party-order fold equals the in-memory aggregate bit for bit whatever the arrival
+order; a round loop that streams trains the same model; rules that need every update refuse it;
 federated evaluation asks a bounded sample of parties."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from pollen.errors import ConfigError, StrategyError
-from pollen.server.streaming import StreamingMean, can_stream, streaming_wanted
+from pollen.server.streaming import OrderedFold, StreamingMean, can_stream, streaming_wanted
 from pollen.strategy.base import WeightedMean
 from pollen.transforms.base import empty_pipeline
 from pollen.types import Update
@@ -66,6 +67,53 @@ def test_a_misshapen_update_is_refused_before_anything_is_folded():
     with pytest.raises(StrategyError, match="'b'"):
         stream.add(bad)
     np.testing.assert_allclose(stream.finish()["w"], ups[0].delta["w"], rtol=1e-6)  # the sum is untouched
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_the_party_order_fold_is_the_in_memory_aggregate_whatever_the_arrival_order(weighted):
+    ups = _updates(6, seed=2)
+    ids = ["1", "2", "5", "10", "11", "30"]  # id order, as the round loop sorts them
+    good = [0, 1, 3, 5]  # "5" fails, "11" never replies
+    want = WeightedMean(weighted).aggregate([ups[i] for i in good])
+    for arrival in ([0, 1, 2, 3, 5], [5, 3, 2, 1, 0], [3, 0, 5, 2, 1]):
+        fold = OrderedFold(WeightedMean(weighted), ids)
+        for i in arrival:
+            if i == 2:
+                fold.skip(ids[i])
+            else:
+                kept = fold.add(ups[i], ids[i])
+                assert kept.delta == {} and kept.num_examples == ups[i].num_examples
+        got = fold.finish()
+        assert fold.count == len(good)
+        for name, v in want.items():
+            assert got[name].dtype == v.dtype
+            np.testing.assert_array_equal(got[name], v)  # the same additions in the same order
+
+
+def test_the_party_order_fold_holds_only_what_arrives_before_its_turn():
+    ups = _updates(4, seed=3)
+    fold = OrderedFold(WeightedMean(), ["0", "1", "2", "3"])
+    for i in range(4):  # in order: nothing waits
+        fold.add(ups[i], str(i))
+        assert fold.waiting == 0 and fold.count == i + 1
+    fold = OrderedFold(WeightedMean(), ["0", "1", "2", "3"])
+    fold.add(ups[2], "2"), fold.add(ups[3], "3")
+    assert fold.waiting == 2 and fold.count == 0  # "0" and "1" not in yet
+    fold.skip("0")
+    assert fold.waiting == 2
+    fold.add(ups[1], "1")
+    assert fold.waiting == 0 and fold.count == 3
+
+
+def test_the_default_round_loop_folds_in_party_order_and_trains_the_same_model_bit_for_bit(digits_cfg):
+    from pollen.simulation import simulate
+
+    runs = {mode: simulate(digits_cfg(federation={"rounds": 3, "stream_aggregate": mode}, run={"name": mode}))
+            for mode in ("off", "auto")}
+    for name, v in runs["off"].state.items():
+        np.testing.assert_array_equal(runs["auto"].state[name], v)
+    assert [r["parties"] for r in runs["auto"].history] == [r["parties"] for r in runs["off"].history]
+    assert runs["auto"].history[-1]["compression_up"] == runs["off"].history[-1]["compression_up"]
 
 
 def test_nothing_folded_cannot_be_averaged():
