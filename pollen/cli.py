@@ -199,7 +199,7 @@ def simulate_cmd(args: argparse.Namespace) -> int:
         runs.append(base.run_dir)
         _attach_centralized(result.run_dir, base)
     _print_runs(runs)
-    print(f"run written to {result.run_dir}/ (report.md, history.jsonl, model.safetensors, plot.png)")
+    print(f"run written to {result.run_dir}/ (report.md, history.jsonl, model.safetensors, plot.svg)")
     return 0
 
 

@@ -37,7 +37,7 @@ log = logging.getLogger("pollen")
 # Models are initialised from torch's global RNG: one model at a time, so that a seeded initial model
 # is the same whatever other threads of the process (parties embedded in a program) build meanwhile.
 _MODEL_LOCK = threading.RLock()
-RUN_FILES = ("config.toml", "history.jsonl", "summary.json", "report.md", "plot.png", "model.safetensors", "checkpoints",
+RUN_FILES = ("config.toml", "history.jsonl", "summary.json", "report.md", "plot.svg", "model.safetensors", "checkpoints",
              "ledgers")
 
 

@@ -146,7 +146,7 @@ def summary_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
 
 
 def write_report(run_dir: str | Path, baseline: dict[str, Any] | None = None) -> Path:
-    """Write ``report.md`` (summary + per-round table) and ``plot.png`` into a run directory."""
+    """Write ``report.md`` (summary + per-round table) and ``plot.svg`` into a run directory."""
     d = Path(run_dir)
     cfg, history, summary = load_run(d)
     s = summarize(cfg, history, summary)
@@ -174,52 +174,32 @@ def write_report(run_dir: str | Path, baseline: dict[str, Any] | None = None) ->
                  str(len(r.get("parties", []))), str(len(r.get("parties_failed", []))), _mb(r.get("bytes_up")),
                  _mb(r.get("bytes_down")), f"{r.get('seconds', 0):.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    plot = plot_history(history, d / "plot.png", title=d.name, metric=key)
-    lines += ["", f"![{key} and loss per round]({plot.name})" if plot else
-              "(plot skipped: install matplotlib with `pip install 'pollen-fl[plot]'`)", ""]
+    plot = plot_history(history, d / "plot.svg", title=d.name, metric=key)
+    lines += ["", f"![{key} and loss per round]({plot.name})", ""]
     out = d / "report.md"
     out.write_text("\n".join(lines))
     return out
 
 
-def plot_history(history: list[dict[str, Any]], path: Path, title: str = "", metric: str = "accuracy") -> Path | None:
-    """The primary metric and the loss per round as a PNG; None when matplotlib is missing."""
-    try:
-        import matplotlib
+def plot_history(history: list[dict[str, Any]], path: Path, title: str = "", metric: str = "accuracy") -> Path:
+    """The primary metric (global model, parties' held-out data) and the loss (global, training) per
+    round, side by side, as an SVG (``pollen.telemetry.svgplot``: no plotting library)."""
+    from pollen.telemetry.svgplot import BLUE, GREEN, ORANGE, RED, Panel, Series, write_svg
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    pct = metric.endswith("accuracy")
-    scale = 100 if pct else 1
-    ev = [r for r in history if isinstance(r.get(metric), (int, float))]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    a1.plot([r["round"] for r in ev], [scale * r[metric] for r in ev], marker="o", label="global model (coordinator's data)")
-    fed = [r for r in history if isinstance(r.get(f"fed_{metric}"), (int, float))]
-    if fed:
-        a1.plot([r["round"] for r in fed], [scale * r[f"fed_{metric}"] for r in fed], marker="s", label="parties' held-out")
-    # a fixed legend place: loc="best" warns (an error under pytest) when the machine is slow
-    a1.set_xlabel("round"), a1.set_ylabel(f"{metric} (%)" if pct else metric), a1.grid(alpha=0.3)
-    if ev or fed:
-        a1.legend(loc="lower right")
-    lv = [r for r in history if isinstance(r.get("loss"), (int, float))]
-    a2.plot([r["round"] for r in lv], [r["loss"] for r in lv], marker="o", color="tab:red", label="loss")
+    scale = 100 if metric.endswith("accuracy") else 1
+
+    def series(label: str, key: str, color: str, marker: str, mul: float = 1) -> Series:
+        pts = [(r["round"], mul * v) for r in history if isinstance(v := r.get(key), (int, float))]
+        return Series(label, [p[0] for p in pts], [p[1] for p in pts], color, marker)
+
     tl = [(r["round"], v) for r in history if isinstance(v := party_metric(r, "train_loss"), (int, float))]
-    if tl:
-        a2.plot([t[0] for t in tl], [t[1] for t in tl], marker=".", color="tab:orange", label="train loss")
-    a2.set_xlabel("round"), a2.set_ylabel("loss"), a2.grid(alpha=0.3)
-    if lv or tl:
-        a2.legend(loc="upper right")
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in (a1, a2):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    left = Panel([series("global model (coordinator's data)", metric, BLUE, "circle", scale),
+                  series("parties' held-out", f"fed_{metric}", GREEN, "square", scale)],
+                 "round", f"{metric} (%)" if scale == 100 else metric, "lower right")
+    right = Panel([series("loss", "loss", RED, "circle"),
+                   Series("train loss", [t[0] for t in tl], [t[1] for t in tl], ORANGE, "dot")],
+                  "round", "loss", "upper right")
+    return write_svg(path, [left, right], title)
 
 
 def compare(run_dirs: list[str | Path]) -> str:

@@ -33,7 +33,7 @@ from pollen.telemetry.events import ControlApplied, Event, RoundCompleted, RunFi
 
 log = logging.getLogger("pollen.telemetry")
 TRACKERS = ("mlflow", "tensorboard")
-ARTIFACTS = ("model.safetensors", "report.md", "history.jsonl", "config.toml", "summary.json", "plot.png", "control.jsonl")
+ARTIFACTS = ("model.safetensors", "report.md", "history.jsonl", "config.toml", "summary.json", "plot.svg", "control.jsonl")
 
 
 def numeric(record: Mapping[str, Any]) -> dict[str, float]:

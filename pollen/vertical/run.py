@@ -1,7 +1,7 @@
 """Vertical runs: simulation on one machine, and deployment (a coordinator plus one process per
 party over gRPC with mutual TLS), both writing the horizontal runs' folder: ``config.toml``,
 ``history.jsonl`` (one line per epoch: accuracy, loss, AUC, seconds, bytes up and down),
-``summary.json``, ``report.md`` and ``plot.png``; simulation also writes each party's model part
+``summary.json``, ``report.md`` and ``plot.svg``; simulation also writes each party's model part
 (``model-<party>.safetensors``), deployed parties write theirs in their own ``--out`` folder.
 
 This module is the vertical runs' composition root: every mode builds its parties with
@@ -27,7 +27,7 @@ from pollen.vertical.app import VerticalApp, load_vertical_app
 from pollen.vertical.config import VerticalConfig, vertical_config
 
 log = logging.getLogger("pollen.vertical")
-RUN_FILES = ("config.toml", "history.jsonl", "summary.json", "report.md", "plot.png")
+RUN_FILES = ("config.toml", "history.jsonl", "summary.json", "report.md", "plot.svg")
 
 
 @dataclass

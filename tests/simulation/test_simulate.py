@@ -12,7 +12,7 @@ def test_simulation_learns_and_writes_its_run(digits_cfg):
     cfg = digits_cfg(federation={"rounds": 8}, train={"lr": 0.1})
     res = simulate(cfg)
     d = res.run_dir
-    for f in ("config.toml", "history.jsonl", "model.safetensors", "report.md", "plot.png", "summary.json",
+    for f in ("config.toml", "history.jsonl", "model.safetensors", "report.md", "plot.svg", "summary.json",
               "checkpoints/round-000008/model.safetensors", "checkpoints/round-000007/MANIFEST.json"):
         assert (d / f).exists(), f
     h = res.history
@@ -124,3 +124,20 @@ def test_cli_user_errors_have_no_traceback(tmp_path):
         r = _cli(*args, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr and "error:" in r.stderr, (args, r.stderr)
+
+
+def test_the_run_plot_is_an_svg_with_one_point_per_evaluated_round(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from pollen.telemetry.report import plot_history
+
+    history = [{"round": r, "accuracy": 0.5 + r / 100, "loss": 1.0 / r, "fed_accuracy": None if r % 2 else 0.6}
+               for r in range(1, 8)]
+    root = ET.parse(plot_history(history, tmp_path / "plot.svg", title="run <1>")).getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    lines = [pl.get("points").split() for pl in root.iter(f"{ns}polyline")]
+    assert [len(pts) for pts in lines] == [7, 3, 7]  # accuracy, fed_accuracy (rounds 2, 4, 6), loss
+    texts = [t.text for t in root.iter(f"{ns}text")]
+    assert "run <1>" in texts and "accuracy (%)" in texts and "loss" in texts
+    acc_y = [float(p.split(",")[1]) for p in lines[0]]
+    assert acc_y == sorted(acc_y, reverse=True)  # rising accuracy goes up the page (SVG y grows downwards)
