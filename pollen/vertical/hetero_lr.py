@@ -51,8 +51,8 @@ k = 0 … 5 (every power, not only odd ones), is fitted by least squares to the 
 derivative σ(m) − 1 on an asymmetric interval [−L, R] (``approx_low``, ``approx_range``; default
 [−2, 32]). The guest knows s, so [[d]] = Σ_k (a_k s^(k+1))·[[u^k]] + Enc(a_0 s) is still plaintext ×
 ciphertext, with per-row coefficients that only the guest (the label holder) forms. Why: the
-scores of a trained logistic regression are lopsided (correct rows reach margins of 10–30,
-misclassified ones rarely go below −2), and the odd fit on [−8, 8] spends its accuracy on the
+scores of a trained logistic regression are lopsided (on breast cancer, right rows reach margins
+of 17 at the 99th percentile and up to 30; wrong ones mostly stay above −2, a few reach −4), and the odd fit on [−8, 8] spends its accuracy on the
 negative half and grows like m⁵ beyond 8, pulling confidently right rows back (a least-squares-
 like bias). The margin fit follows σ − 1 where the margins are; its leading coefficient is
 positive, so scores beyond R are still pulled back rather than pushed out. With it the same SGD
