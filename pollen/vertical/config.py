@@ -37,16 +37,32 @@ class VerticalSection(_Section):
     psi: bool = Field(True, description="align the parties' rows by private set intersection of their ids first (off: rows are already aligned)")
     epochs: int = Field(10, ge=1, le=10_000, description="passes over the aligned training rows")
     batch_size: int = Field(32, ge=1, description="mini-batch size")
-    lr: float = Field(0.05, gt=0, le=100, description="learning rate")
+    lr: float = Field(None, gt=0, le=100, description="learning rate (default: 0.2 for lr with approx margin5, else 0.05)")
     lr_decay: float = Field(0.9, gt=0, le=1, description="multiply the learning rate by this after every epoch")
     l2: float = Field(0.0, ge=0, description="L2 penalty on the weights (lr; the intercept is not penalised)")
     test_fraction: float = Field(0.25, ge=0, lt=1, description="aligned rows held out for evaluation (a seeded random split)")
-    approx: Literal["taylor", "poly5"] = Field("taylor", description="lr: the sigmoid's stand-in under Paillier: taylor (FATE's expansion at 0: one encryption per row and party), poly5 (a degree-5 polynomial fitted on [-approx_range, approx_range]: 5 encryptions per row and party, closer to logistic regression)")
-    approx_range: float = Field(8.0, gt=0, le=64, description="lr with poly5: the interval of scores the polynomial is fitted on")
+    approx: Literal["margin5", "taylor", "poly5"] = Field("margin5", description="lr: the sigmoid's stand-in under Paillier: margin5 (a degree-5 polynomial in the margin fitted to the logistic loss's derivative on [-approx_low, approx_range]: 5 encryptions per row and party, logistic regression's accuracy), taylor (FATE's expansion at 0: one encryption per row and party, about a point less accurate), poly5 (the odd degree-5 fit on [-approx_range, approx_range])")
+    approx_range: float = Field(None, gt=0, le=64, description="lr: upper end of the margins the polynomial is fitted on (default: 32 for margin5, 8 for poly5)")
+    approx_low: float = Field(2.0, gt=0, le=64, description="lr with margin5: the fit's interval starts at -approx_low")
     key_bits: int = Field(2048, ge=512, le=8192, description="Paillier modulus bits (lr); below 2048 is for tests only")
     optimizer: Literal["sgd", "adam"] = Field("sgd", description="split: the optimizer of every bottom and the top model")
     noise: float = Field(0.0, ge=0, description="split: std of Gaussian noise each feature holder adds to its activations before they leave it")
     threads: int = Field(1, ge=1, le=256, description="threads for PSI's group operations on each party")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        """Fill the settings whose default depends on the model and the sigmoid's stand-in."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        approx = data.get("approx") or "margin5"
+        lr_model = (data.get("model") or "lr") == "lr"
+        if data.get("lr") is None:
+            data["lr"] = 0.2 if lr_model and approx == "margin5" else 0.05
+        if data.get("approx_range") is None:
+            data["approx_range"] = 8.0 if approx == "poly5" else 32.0
+        return data
 
 
 class VerticalData(_Section):
