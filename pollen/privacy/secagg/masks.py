@@ -11,7 +11,9 @@ ChaCha20 because it ran 2.4× faster on this CPU (AES-NI): 0.8 ms per 6.6 MB mas
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -85,21 +87,60 @@ def add_stream(acc: np.ndarray, key: bytes, sign: int) -> None:
 def add_streams(acc: np.ndarray, keyed: Sequence[tuple[bytes, int]]) -> None:
     """``acc ← acc + Σ sign · keystream(key)`` in place, block by block: each cache-sized block
     of ``acc`` takes every stream's next block before moving on, so ``acc`` crosses memory once
-    instead of once per stream (41 masks of 1.66M elements: 1.3–1.6× faster than one at a time)."""
-    if not keyed:
+    instead of once per stream (41 masks of 1.66M elements: 1.3–1.6× faster than one at a time).
+
+    A long ``acc`` is cut into one contiguous run of blocks per core, each run expanded by its own
+    thread (OpenSSL's AES and numpy's adds release the GIL): a thread starts each stream at its
+    run's offset by setting the CTR counter block to that offset, so the masks are bit-identical
+    to a single pass over the keystream.
+    """
+    if not keyed or not acc.size:
         return
-    encs = [(Cipher(algorithms.AES(key), modes.CTR(_ZERO_IV)).encryptor(), np.add if sign > 0 else np.subtract)
-            for key, sign in keyed]
+    blocks = -(-acc.size // CHUNK)
+    runs = min(_threads(), blocks // _MIN_BLOCKS_PER_THREAD) if blocks >= 2 * _MIN_BLOCKS_PER_THREAD else 1
+    if runs <= 1:
+        _add_run(acc, keyed, 0, acc.size)
+        return
+    per = -(-blocks // runs) * CHUNK
+    bounds = [(lo, min(lo + per, acc.size)) for lo in range(0, acc.size, per)]
+    for fut in [_pool().submit(_add_run, acc, keyed, lo, hi) for lo, hi in bounds]:
+        fut.result()
+
+
+def _add_run(acc: np.ndarray, keyed: Sequence[tuple[bytes, int]], lo: int, hi: int) -> None:
+    """``add_streams`` on ``acc[lo:hi]`` (``lo`` a multiple of ``CHUNK``): every stream read from
+    its element ``lo`` on."""
     item = acc.dtype.itemsize
+    counter = (lo * item // 16).to_bytes(16, "big")  # CTR's 128-bit big-endian block counter
+    encs = [(Cipher(algorithms.AES(key), modes.CTR(counter)).encryptor(), np.add if sign > 0 else np.subtract)
+            for key, sign in keyed]
     buf = bytearray(CHUNK * item + 16)  # update_into wants len(data) + block size − 1 bytes
     zeros = memoryview(_ZEROS)
-    for start in range(0, acc.size, CHUNK):
-        m = min(CHUNK, acc.size - start)
+    for start in range(lo, hi, CHUNK):
+        m = min(CHUNK, hi - start)
         part = acc[start : start + m]
         block = np.frombuffer(buf, dtype=acc.dtype, count=m)
         for enc, op in encs:
             enc.update_into(zeros[: m * item], buf)
             op(part, block, out=part)
+
+
+_MIN_BLOCKS_PER_THREAD = 2  # below this much work per thread, one thread is faster
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _threads() -> int:
+    return os.cpu_count() or 1
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The process's mask-expansion threads (one per core, started on first use)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(_threads(), thread_name_prefix="pollen-masks")
+        return _POOL
 
 
 def seal(key: bytes, plaintext: bytes, associated: bytes) -> bytes:
