@@ -5,7 +5,7 @@ import pytest
 from scipy.stats import chisquare
 
 from pollen.errors import PrivacyError
-from pollen.privacy.secagg import field, graph, masks
+from pollen.privacy.secagg import field, graph, masks, threads
 
 P_MIN = 1e-4  # a chi-square p-value below this fails the uniformity test
 
@@ -73,7 +73,7 @@ def test_add_stream_matches_the_keystream_and_cancels():
 def test_threaded_expansion_is_bit_identical_to_one_pass(monkeypatch, dtype):
     """Masks expanded by several threads, each starting its run of blocks at a CTR offset, equal
     the single keystream (runs of unequal length, a final partial block, both ring widths)."""
-    monkeypatch.setattr(masks, "_threads", lambda: 3)
+    monkeypatch.setattr(threads, "count", lambda: 3)
     keyed = [(masks.derive(bytes([i]) * 32, b"test", 1), +1 if i % 2 else -1) for i in range(3)]
     size = masks.CHUNK * 7 + 123
     acc = np.arange(size, dtype=dtype)
@@ -82,6 +82,18 @@ def test_threaded_expansion_is_bit_identical_to_one_pass(monkeypatch, dtype):
     for key, sign in keyed:
         want = want + masks.keystream(key, size, dtype) if sign > 0 else want - masks.keystream(key, size, dtype)
     np.testing.assert_array_equal(acc, want)
+
+
+def test_quantize_does_not_depend_on_the_number_of_threads(monkeypatch):
+    spec = field.choose(32, 0.05, 6000)
+    x = np.random.default_rng(3).normal(0, 0.02, field.BLOCK * 9 + 17)
+    got = []
+    for n in (1, 2, 3):
+        monkeypatch.setattr(threads, "count", lambda n=n: n)
+        got.append(field.quantize(x, spec, 600, np.random.default_rng(4)))
+    for q, clipped in got[1:]:
+        np.testing.assert_array_equal(q, got[0][0])
+        assert clipped == got[0][1] > 0
 
 
 def test_quantize_weights_exact_segments_and_64_bit_ring():
