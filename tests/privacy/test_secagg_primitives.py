@@ -84,18 +84,6 @@ def test_threaded_expansion_is_bit_identical_to_one_pass(monkeypatch, dtype):
     np.testing.assert_array_equal(acc, want)
 
 
-def test_quantize_does_not_depend_on_the_number_of_threads(monkeypatch):
-    spec = field.choose(32, 0.05, 6000)
-    x = np.random.default_rng(3).normal(0, 0.02, field.BLOCK * 9 + 17)
-    got = []
-    for n in (1, 2, 3):
-        monkeypatch.setattr(threads, "count", lambda n=n: n)
-        got.append(field.quantize(x, spec, 600, np.random.default_rng(4)))
-    for q, clipped in got[1:]:
-        np.testing.assert_array_equal(q, got[0][0])
-        assert clipped == got[0][1] > 0
-
-
 def test_quantize_weights_exact_segments_and_64_bit_ring():
     """Weights multiply exactly, integer segments stay whole (clipped to ±B), clipping is
     counted on float coordinates only, and a negative sum reads back in the 64-bit ring."""

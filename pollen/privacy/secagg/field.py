@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from pollen.errors import PrivacyError
-from pollen.privacy.secagg import threads
 
 DTYPES = {32: np.uint32, 64: np.uint64}
 SIGNED = {32: np.int32, 64: np.int64}
@@ -156,8 +155,7 @@ def quantize(values: np.ndarray, spec: FieldSpec, weight: int, rng: np.random.Ge
     Rounding is unbiased up to 2^-32 of a unit: ``q = ⌊v⌋ + [u < 2^32 · (v − ⌊v⌋)]`` with ``u``
     a uniform 32-bit integer (half of one of ``rng``'s raw 64-bit words), so ``P(q = ⌊v⌋ + 1)`` is the fractional part rounded up to the next
     multiple of 2^-32. The vector is processed in cache-sized blocks (each value crosses memory
-    once rather than once per step), in float64 so that ``v`` is exact to far below a unit, the
-    blocks shared among one thread per core (``threads``); the result does not depend on their number.
+    once rather than once per step), in float64 so that ``v`` is exact to far below a unit.
 
     Args:
         values: float vector ``(D,)``.
@@ -175,32 +173,26 @@ def quantize(values: np.ndarray, spec: FieldSpec, weight: int, rng: np.random.Ge
     c, size = spec.clip, x.size
     out = np.empty(size, dtype=spec.dtype)
     signed = out.view(SIGNED[spec.bits])  # two's complement: the ring element of a signed integer
-    # the rounding draws, in one fixed order whatever the number of threads: 32 bits each
-    draws = rng.bit_generator.random_raw((size + 1) // 2).view(np.uint32)[:size]
-
-    def run(lo: int, hi: int) -> int:
-        """Quantise ``x[lo:hi]`` into ``signed[lo:hi]``; the number of clipped coordinates."""
-        m = min(BLOCK, hi - lo)
-        v, low, below, wide = np.empty(m), np.empty(m), np.empty(m, dtype=bool), np.empty(m, dtype=np.int64)
-        n_over = 0
-        for start in range(lo, hi, BLOCK):
-            k = min(BLOCK, hi - start)
-            vk, lk, bk, wk = v[:k], low[:k], below[:k], wide[:k]
-            np.copyto(vk, x[start : start + k])
-            n_over += np.count_nonzero(np.greater(vk, c, out=bk)) + np.count_nonzero(np.less(vk, -c, out=bk))
-            np.clip(vk, -c, c, out=vk)
-            vk *= spec.scale  # in [−B, B]
-            np.floor(vk, out=lk)
-            vk -= lk  # the fractional part, in [0, 1)
-            vk *= _TWO32
-            np.less(draws[start : start + k], vk, out=bk)  # P = the fractional part: E[q] = x · scale
-            lk += bk
-            np.copyto(wk, lk, casting="unsafe")  # a whole number, |q| ≤ B
-            wk *= weight  # exact in int64 (wraps modulo 2^64 in the 64-bit ring, as the ring does)
-            np.copyto(signed[start : start + k], wk, casting="unsafe")  # modulo 2^bits
-        return n_over
-
-    n_over = sum(threads.map_runs(run, threads.runs(size, BLOCK)))
+    m = min(BLOCK, size)
+    v, low, up = np.empty(m), np.empty(m), np.empty(m, dtype=np.uint32)
+    below, wide = np.empty(m, dtype=bool), np.empty(m, dtype=np.int64)
+    n_over, bits = 0, rng.bit_generator
+    for start in range(0, size, BLOCK):
+        k = min(BLOCK, size - start)
+        vk, lk, uk, bk, wk = v[:k], low[:k], up[:k], below[:k], wide[:k]
+        np.copyto(vk, x[start : start + k])
+        n_over += np.count_nonzero(np.greater(vk, c, out=bk)) + np.count_nonzero(np.less(vk, -c, out=bk))
+        np.clip(vk, -c, c, out=vk)
+        vk *= spec.scale  # in [−B, B]
+        np.floor(vk, out=lk)
+        vk -= lk  # the fractional part, in [0, 1)
+        vk *= _TWO32
+        uk[:] = bits.random_raw((k + 1) // 2).view(np.uint32)[:k]  # the generator's raw 64-bit words, halved
+        np.less(uk, vk, out=bk)  # P = the fractional part: E[q] = x · scale
+        lk += bk
+        np.copyto(wk, lk, casting="unsafe")  # a whole number, |q| ≤ B
+        wk *= weight  # exact in int64 (wraps modulo 2^64 in the 64-bit ring, as the ring does)
+        np.copyto(signed[start : start + k], wk, casting="unsafe")  # modulo 2^bits
     for a, b in exact:
         n_over -= np.count_nonzero(x[a:b] > c) + np.count_nonzero(x[a:b] < -c)
         ints = np.clip(np.rint(x[a:b]), -spec.bound, spec.bound).astype(np.int64) * weight

@@ -1,7 +1,9 @@
-"""One thread per core for a party's long vector work (quantisation, mask expansion): numpy's
-element-wise loops and OpenSSL's AES release the GIL, so contiguous runs of a vector proceed in
-parallel. Results never depend on the number of threads: each run does exactly the work a single
-pass would do on its slice."""
+"""One thread per core for a party's mask expansion: OpenSSL's AES and numpy's adds release the
+GIL, so contiguous runs of a vector proceed in parallel. Results never depend on the number of
+threads: each run does exactly the work a single pass would do on its slice.
+
+Quantisation stays on one thread: its dozen short numpy steps per cache-sized block hand the GIL
+back and forth, and two threads ran it slower (12.2 ms against 8.4 ms for W5's 1.66M values)."""
 
 from __future__ import annotations
 
