@@ -153,9 +153,10 @@ def quantize(values: np.ndarray, spec: FieldSpec, weight: int, rng: np.random.Ge
     """``weight · q`` in Z_{2^bits}, where ``q`` stochastically rounds ``clip(values) · scale``.
 
     Rounding is unbiased up to 2^-32 of a unit: ``q = ⌊v⌋ + [u < 2^32 · (v − ⌊v⌋)]`` with ``u``
-    a uniform 32-bit integer (half of one of ``rng``'s raw 64-bit words), so ``P(q = ⌊v⌋ + 1)`` is the fractional part rounded up to the next
-    multiple of 2^-32. The vector is processed in cache-sized blocks (each value crosses memory
-    once rather than once per step), in float64 so that ``v`` is exact to far below a unit.
+    a uniform 32-bit integer (half of one of ``rng``'s raw 64-bit words), so ``P(q = ⌊v⌋ + 1)``
+    is the fractional part rounded up to the next multiple of 2^-32. The vector is processed in
+    cache-sized blocks (each value crosses memory once rather than once per step), in float64 so
+    that ``v`` is exact to far below a unit.
 
     Args:
         values: float vector ``(D,)``.
