@@ -5,7 +5,7 @@ import pytest
 from scipy.stats import chisquare
 
 from pollen.errors import PrivacyError
-from pollen.privacy.secagg import field, graph, masks
+from pollen.privacy.secagg import field, graph, masks, threads
 
 P_MIN = 1e-4  # a chi-square p-value below this fails the uniformity test
 
@@ -67,6 +67,35 @@ def test_add_stream_matches_the_keystream_and_cancels():
     np.testing.assert_array_equal(acc, np.arange(size, dtype=np.uint32) + masks.keystream(key, size, np.uint32))
     masks.add_stream(acc, key, -1)
     np.testing.assert_array_equal(acc, np.arange(size, dtype=np.uint32))
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
+def test_threaded_expansion_is_bit_identical_to_one_pass(monkeypatch, dtype):
+    """Masks expanded by several threads, each starting its run of blocks at a CTR offset, equal
+    the single keystream (runs of unequal length, a final partial block, both ring widths)."""
+    monkeypatch.setattr(threads, "count", lambda: 3)
+    keyed = [(masks.derive(bytes([i]) * 32, b"test", 1), +1 if i % 2 else -1) for i in range(3)]
+    size = masks.CHUNK * 7 + 123
+    acc = np.arange(size, dtype=dtype)
+    masks.add_streams(acc, keyed)
+    want = np.arange(size, dtype=dtype)
+    for key, sign in keyed:
+        want = want + masks.keystream(key, size, dtype) if sign > 0 else want - masks.keystream(key, size, dtype)
+    np.testing.assert_array_equal(acc, want)
+
+
+def test_quantize_weights_exact_segments_and_64_bit_ring():
+    """Weights multiply exactly, integer segments stay whole (clipped to ±B), clipping is
+    counted on float coordinates only, and a negative sum reads back in the 64-bit ring."""
+    spec = field.choose(64, 1.0, 10**12)
+    x = np.concatenate([np.full(1000, -0.3), [5.0, -9.0], np.full(70_000, 2.0)])  # crosses a block
+    q, clipped = field.quantize(x, spec, 1000, np.random.default_rng(2), exact=[(1000, 1002)])
+    signed = q.view(np.int64)
+    assert clipped == 70_000 / x.size
+    np.testing.assert_array_equal(signed[1000:1002], [5000, -9000])
+    np.testing.assert_array_equal(signed[1002:], spec.bound * 1000)
+    back = field.dequantize(q, spec, exact=[(1000, 1002)]) / 1000
+    assert np.max(np.abs(back[:1000] + 0.3)) <= spec.error_bound
 
 
 def test_key_agreement_is_symmetric_and_shares_are_authenticated():

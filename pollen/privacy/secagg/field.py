@@ -25,6 +25,8 @@ from pollen.errors import PrivacyError
 
 DTYPES = {32: np.uint32, 64: np.uint64}
 SIGNED = {32: np.int32, 64: np.int64}
+BLOCK = 1 << 15  # values per block in quantize: its float64 temporaries stay in L2 cache
+_TWO32 = float(1 << 32)
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,12 @@ def quantize(values: np.ndarray, spec: FieldSpec, weight: int, rng: np.random.Ge
              exact: Segments = ()) -> tuple[np.ndarray, float]:
     """``weight · q`` in Z_{2^bits}, where ``q`` stochastically rounds ``clip(values) · scale``.
 
+    Rounding is unbiased up to 2^-32 of a unit: ``q = ⌊v⌋ + [u < 2^32 · (v − ⌊v⌋)]`` with ``u``
+    a uniform 32-bit integer (half of one of ``rng``'s raw 64-bit words), so ``P(q = ⌊v⌋ + 1)``
+    is the fractional part rounded up to the next multiple of 2^-32. The vector is processed in
+    cache-sized blocks (each value crosses memory once rather than once per step), in float64 so
+    that ``v`` is exact to far below a unit.
+
     Args:
         values: float vector ``(D,)``.
         spec: the round's field.
@@ -160,21 +168,37 @@ def quantize(values: np.ndarray, spec: FieldSpec, weight: int, rng: np.random.Ge
     Returns:
         (the vector as ``spec.dtype``, fraction of float coordinates that were clipped).
     """
-    x = np.asarray(values, dtype=np.float64)
-    c = spec.clip
-    n_over = np.count_nonzero(x > c) + np.count_nonzero(x < -c)
+    x = np.asarray(values).ravel()
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
+    c, size = spec.clip, x.size
+    out = np.empty(size, dtype=spec.dtype)
+    signed = out.view(SIGNED[spec.bits])  # two's complement: the ring element of a signed integer
+    m = min(BLOCK, size)
+    v, low, up = np.empty(m), np.empty(m), np.empty(m, dtype=np.uint32)
+    below, wide = np.empty(m, dtype=bool), np.empty(m, dtype=np.int64)
+    n_over, bits = 0, rng.bit_generator
+    for start in range(0, size, BLOCK):
+        k = min(BLOCK, size - start)
+        vk, lk, uk, bk, wk = v[:k], low[:k], up[:k], below[:k], wide[:k]
+        np.copyto(vk, x[start : start + k])
+        n_over += np.count_nonzero(np.greater(vk, c, out=bk)) + np.count_nonzero(np.less(vk, -c, out=bk))
+        np.clip(vk, -c, c, out=vk)
+        vk *= spec.scale  # in [−B, B]
+        np.floor(vk, out=lk)
+        vk -= lk  # the fractional part, in [0, 1)
+        vk *= _TWO32
+        uk[:] = bits.random_raw((k + 1) // 2).view(np.uint32)[:k]  # the generator's raw 64-bit words, halved
+        np.less(uk, vk, out=bk)  # P = the fractional part: E[q] = x · scale
+        lk += bk
+        np.copyto(wk, lk, casting="unsafe")  # a whole number, |q| ≤ B
+        wk *= weight  # exact in int64 (wraps modulo 2^64 in the 64-bit ring, as the ring does)
+        np.copyto(signed[start : start + k], wk, casting="unsafe")  # modulo 2^bits
     for a, b in exact:
         n_over -= np.count_nonzero(x[a:b] > c) + np.count_nonzero(x[a:b] < -c)
-    clipped = n_over / x.size if x.size else 0.0
-    v = np.clip(x, -c, c)  # (D,) a new array: the input is not modified
-    v *= spec.scale  # in [−B, B]
-    q = np.floor(v)
-    v -= q  # the fractional part
-    q += rng.random(v.shape) < v  # unbiased stochastic rounding: E[q] = x · scale
-    for a, b in exact:
-        q[a:b] = np.clip(np.rint(x[a:b]), -spec.bound, spec.bound)
-    q *= weight  # exact in float64: |q · weight| ≤ 2^63 is ensured by check_range
-    return q.astype(np.int64).astype(spec.dtype), float(clipped)  # two's complement wrap into Z_{2^bits}
+        ints = np.clip(np.rint(x[a:b]), -spec.bound, spec.bound).astype(np.int64) * weight
+        np.copyto(signed[a:b], ints, casting="unsafe")
+    return out, (n_over / size if size else 0.0)
 
 
 def dequantize(total: np.ndarray, spec: FieldSpec, exact: Segments = ()) -> np.ndarray:

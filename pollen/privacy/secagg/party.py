@@ -165,14 +165,15 @@ def share_keys(party: Any, task: Task, sess: dict[str, Any], payload: Mapping[st
     holders = sorted([me, *neighbours], key=order_key)
     seed_shares = shamir.split(sess["seed"], t, len(holders))
     key_shares = shamir.split(masks.private_bytes(sess["mask_key"]), t, len(holders))
-    out = {}
+    out, box_keys = {}, {}
     for holder, s_seed, s_key in zip(holders, seed_shares, key_shares):
         if holder == me:
             sess["shares"][me] = (s_seed, s_key)
             continue
-        key = masks.derive(masks.agree(sess["enc_key"], pks[holder][0]), C.INFO_SHARE, rnd)
+        key = box_keys[holder] = masks.derive(masks.agree(sess["enc_key"], pks[holder][0]), C.INFO_SHARE, rnd)
         out[C.CT_PREFIX + holder] = as_array(masks.seal(key, s_seed + s_key, address(me, holder, rnd)))
-    sess.update(stage=C.STAGE_SHARE_KEYS, neighbours=neighbours, pks=pks, threshold=t, roster=roster)
+    sess.update(stage=C.STAGE_SHARE_KEYS, neighbours=neighbours, pks=pks, threshold=t, roster=roster,
+                box_keys=box_keys)  # the same pairwise key opens the neighbour's shares in stage 3
     _maybe_drop(me, payload, C.STAGE_SHARE_KEYS)
     return Reply(me, C.STAGE_SHARE_KEYS, rnd, update=Update(out, 0, codec={C.CODEC: {"stage": C.STAGE_SHARE_KEYS}}))
 
@@ -194,14 +195,13 @@ def masked_input(party: Any, task: Task, sess: dict[str, Any], payload: Mapping[
         name = C.CT_PREFIX + j
         if name not in task.state:
             raise PrivacyError(f"party {me}: no encrypted shares from neighbour {j} in round {rnd}")
-        key = masks.derive(masks.agree(sess["enc_key"], sess["pks"][j][0]), C.INFO_SHARE, rnd)
-        plain = masks.open_sealed(key, task.state[name].tobytes(), address(j, me, rnd))
+        plain = masks.open_sealed(sess["box_keys"][j], task.state[name].tobytes(), address(j, me, rnd))
         sess["shares"][j] = (plain[: shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES :])
     spec = field.FieldSpec.from_dict(payload[C.FIELD])
     rng = np.random.default_rng([party.seed, party_index(me), rnd, 0x5EC])  # rounding only
     layout = sess["layout"]
     exact = field.integer_segments(layout.shapes, layout.dtypes)
-    y, clipped = field.quantize(layout.flatten(sess.pop("delta")), spec, int(payload["weight"]), rng, exact)
+    y, clipped = field.quantize(_flat(layout, sess.pop("delta")), spec, int(payload["weight"]), rng, exact)
     variance = float(payload.get(C.NOISE_VARIANCE, 0.0))
     if variance > 0:  # distributed DP: this party's share of integer Skellam noise, inside the ring
         from pollen.privacy.client_dp import secure_rng
@@ -283,6 +283,13 @@ def _check_safe(me: str, k: int, t: int, params: Any) -> None:
         raise PrivacyError(f"party {me}: threshold t = {t} of {k + 1} share holders is not above half: a coordinator that "
                            "lies about who dropped could rebuild single updates. Raise --secagg-threshold above 0.5, "
                            "or accept that risk with --secagg-trust-coordinator")
+
+
+def _flat(layout: Layout, state: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The update as one vector in the narrowest type that holds every tensor exactly (float32 for
+    a float32 model: half the bytes of float64; ``field.quantize`` widens it block by block)."""
+    parts = [np.asarray(state[k]).ravel() for k in layout.names]
+    return np.concatenate(parts, dtype=np.result_type(*parts)) if parts else np.zeros(0)
 
 
 def _bytes(state: Mapping[str, np.ndarray], name: str) -> bytes:
