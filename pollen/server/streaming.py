@@ -123,7 +123,8 @@ class OrderedFold:
             if update is not None:
                 if self.like is None:
                     self.like = {k: np.empty(0, v.dtype) for k, v in update.delta.items()}
-                self.acc = self.aggregator.add(self.acc, update)
+                fold = getattr(self.aggregator, "fold", None)  # in place where the aggregator offers it
+                self.acc = fold(self.acc, update) if fold is not None else self.aggregator.add(self.acc, update)
                 self.count += 1
 
     @property

@@ -176,6 +176,27 @@ class WeightedMean(Aggregator):
                 total[k] = total[k] + v * w
         return {"sum": total, "weight": acc["weight"] + w}
 
+    def fold(self, acc: dict[str, Any], update: Update) -> dict[str, Any]:
+        """``add`` in place, for a caller that owns ``acc``: the same float operations in the same
+        order (the same sums, bit for bit) without two new arrays per tensor and update."""
+        if acc["sum"] is None:
+            return self.add(acc, update)
+        w = float(update.num_examples) if self.weighted else 1.0
+        total, scratch = acc["sum"], acc.setdefault("scratch", {})
+        for k, v in update.delta.items():
+            t = total[k]
+            product = v.dtype if is_float(v) else np.dtype(np.float64)  # the dtype of ``v * w`` (w a Python float)
+            if not isinstance(t, np.ndarray) or t.shape != v.shape or np.result_type(t.dtype, product) != t.dtype:
+                total[k] = t + v * w
+                continue
+            buf = scratch.get(k)
+            if buf is None or buf.dtype != product or buf.shape != v.shape:
+                buf = scratch[k] = np.empty(v.shape, product)
+            np.multiply(v, w, out=buf)
+            t += buf
+        acc["weight"] += w
+        return acc
+
     def finish(self, acc: dict[str, Any], like: Mapping[str, np.ndarray] | None = None) -> ModelState:
         """The mean; integer entries rounded back to the dtype in ``like`` (or int64)."""
         if acc["sum"] is None or acc["weight"] <= 0:
