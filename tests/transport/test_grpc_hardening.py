@@ -12,7 +12,6 @@ object, so what grows is the coordinator's). Waits are on events; the timeouts a
 from __future__ import annotations
 
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -79,14 +78,6 @@ def _flood(first: pb.Chunk, chunks: int, stall: threading.Event | None = None):
             yield pb.Chunk(data=data)
 
     return gen()
-
-
-def _until(check, what: str, timeout: float = 30.0) -> None:
-    """Wait for ``check()`` (the server side finishes a call just after its client hears the end)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def _code(call) -> grpc.StatusCode:
@@ -195,7 +186,8 @@ def test_forty_stalled_streams_cannot_take_the_threads_the_others_need(serve, ce
     stall.set()
     for t in threads:
         t.join(timeout=30)
-    _until(lambda: c.service.guard.active() == {}, "the stalled calls to give their places back")
+    # the server side ends a call just after its client hears the end: wait for the places to come back
+    assert c.service.guard.wait_idle(30), f"the stalled calls kept their places: {c.service.guard.active()}"
     ch.close()
 
 
@@ -225,7 +217,7 @@ def test_a_party_holds_a_bounded_share_of_calls_and_stalls_are_cut(serve):
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 3 and len(codes) == 6, codes
     assert codes.count(grpc.StatusCode.CANCELLED) >= 1  # the stalled ones were cut
     assert guard.cancelled >= 1
-    _until(lambda: guard.active() == {}, "the cut calls to give their places back")
+    assert guard.wait_idle(30), f"the cut calls kept their places: {guard.active()}"
     ch.close()
 
 

@@ -62,7 +62,7 @@ class Guard:
     def __init__(self, per_caller: int = PER_CALLER, anonymous: int = ANONYMOUS, idle: float = IDLE_SECONDS,
                  clock: Callable[[], float] = time.monotonic, tick: float = 0.25) -> None:
         self.per_caller, self.anonymous, self.idle, self.clock, self.tick = per_caller, anonymous, idle, clock, tick
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()  # notified when a call's place is given back
         self._active: Counter[str] = Counter()
         self._calls: set[Call] = set()
         self._stopped = threading.Event()
@@ -115,11 +115,17 @@ class Guard:
         self._active[key] -= 1
         if self._active[key] <= 0:
             del self._active[key]
+        self._lock.notify_all()
 
     def active(self) -> dict[str, int]:
         """Concurrent calls held now, by caller (``"\\0anonymous"`` for the unidentified)."""
         with self._lock:
             return dict(self._active)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no call holds a place (False: ``timeout`` seconds passed first)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._active, timeout)
 
     def close(self) -> None:
         """Stop the watchdog."""
