@@ -1,9 +1,10 @@
 """W1 / W2 of BENCHMARKS.md: Pollen's inline simulation against a plain PyTorch loop doing the
 same training (same parties, same order, same seeds), measured in the same script.
 
-Each variant runs in its own subprocess (so peak RSS is its own); variants alternate, and every
-ratio is the median over repetitions of pollen / plain. Three views of the time, because the two
-variants do different amounts of work outside the rounds:
+Each variant runs in its own subprocess (so peak RSS is its own); variants alternate in a
+counterbalanced order (plain first, then Pollen first, ...: use an even number of repetitions), and
+every ratio is the median over repetitions of pollen / plain. Three views of the time, because the
+two variants do different amounts of work outside the rounds:
 
 - job: the whole child process from its first line to its result (imports, loading and
   partitioning the data, building the model, the 30 rounds, and for Pollen writing the run
@@ -14,7 +15,7 @@ variants do different amounts of work outside the rounds:
   loop's rounds only; asymmetric (the plain side excludes its data loading), kept because it
   was the ratio reported before the other two were added.
 
-    python benchmarks/bench_w1_overhead.py --workload w1 --reps 3
+    python benchmarks/bench_w1_overhead.py --workload w1 --reps 4
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def main() -> None:
     global ROUNDS
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--workload", choices=["w1", "w2"], default="w1")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=4, help="repetitions (even: each order equally often)")
     ap.add_argument("--child")
     ap.add_argument("--partition", default="iid")
     ap.add_argument("--rounds", type=int, default=30, help="W1/W2 are 30 rounds; fewer only for a quick check")
@@ -163,11 +164,17 @@ def main() -> None:
     print(f"# {args.workload} ({partition}) on {os.cpu_count()} cores, {cpu_model()}; threads: {thread_scaling()}")
     rows = []
     for rep in range(args.reps):
-        plain = run_child("plain", partition)
-        ours = run_child("pollen", partition)
+        # Counterbalanced order (plain first in odd repetitions, Pollen first in even ones): on this
+        # shared machine the speed drifts within minutes, and a fixed order hands the drift to one side.
+        if rep % 2 == 0:
+            plain = run_child("plain", partition)
+            ours = run_child("pollen", partition)
+        else:
+            ours = run_child("pollen", partition)
+            plain = run_child("plain", partition)
         ratio = ours["job_s"] / plain["job_s"]
         rows.append((plain, ours, ratio))
-        print(f"rep {rep + 1}: plain job {plain['job_s']:.1f}s rounds {plain['rounds_s']:.1f}s {plain['cpu_s']:.0f}cpu-s "
+        print(f"rep {rep + 1} ({'plain' if rep % 2 == 0 else 'pollen'} first): plain job {plain['job_s']:.1f}s rounds {plain['rounds_s']:.1f}s {plain['cpu_s']:.0f}cpu-s "
               f"{plain['peak_rss_mb']:.0f}MB | pollen job {ours['job_s']:.1f}s rounds {ours['rounds_s']:.1f}s "
               f"simulate() {ours['wall']:.1f}s {ours['cpu_s']:.0f}cpu-s {ours['peak_rss_mb']:.0f}MB | job ratio {ratio:.3f} "
               f"rounds ratio {ours['rounds_s'] / plain['rounds_s']:.3f} simulate()/loop {ours['wall'] / plain['wall']:.3f} "

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pollen.arrays import add_scaled
 from pollen.errors import StrategyError
 from pollen.strategy.schedule import LrSchedule, epochs_for
 from pollen.types import ModelState, RoundConfig, Update, is_float
@@ -192,8 +193,7 @@ class WeightedMean(Aggregator):
             buf = scratch.get(k)
             if buf is None or buf.dtype != product or buf.shape != v.shape:
                 buf = scratch[k] = np.empty(v.shape, product)
-            np.multiply(v, w, out=buf)
-            t += buf
+            add_scaled(t, v, w, buf)
         acc["weight"] += w
         return acc
 
