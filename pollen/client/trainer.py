@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from pollen.arrays import subtract
 from pollen.client.data import LoaderSource, Shard, Source, batch_size_of, iter_batches, source, to_device
 from pollen.errors import ConfigError, ModelError
 from pollen.models.augment import Augment
@@ -229,7 +228,7 @@ class Trainer:
         """``local − global`` for the shared names (all of ``global_state``'s when None)."""
         local = self.model.state_dict()
         names = config.shared_names if config.shared_names is not None else tuple(global_state)
-        return {k: subtract(local[k], global_state[k]) for k in names}
+        return {k: local[k].detach().cpu().numpy() - global_state[k] for k in names}
 
     def _fit_loop(self, data: Source, config: RoundConfig, generator: torch.Generator,
                   grad_hooks: tuple[GradHook, ...]) -> tuple[dict[str, float], int]:

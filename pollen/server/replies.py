@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from pollen.arrays import all_finite
 from pollen.errors import ProtocolError
 from pollen.strategy.fedbuff import STALENESS_KEY
 from pollen.types import EvalResult, ModelState, RoundConfig, Update
@@ -220,7 +219,7 @@ def check_tensors(delta: Mapping[str, np.ndarray], exp: Expected, what: str) -> 
         if not isinstance(arr, np.ndarray) or arr.shape != shape or _kind(arr.dtype) != _kind(dtype):
             got = f"{arr.dtype}{list(arr.shape)}" if isinstance(arr, np.ndarray) else type(arr).__name__
             raise ProtocolError(f"{what}: tensor {name!r} is {got}, the model's is {dtype}{list(shape)}")
-        if arr.dtype.kind == "f" and not all_finite(arr):
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise ProtocolError(f"{what}: tensor {name!r} contains NaN or Inf")
 
 

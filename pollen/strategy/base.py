@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pollen.arrays import add_scaled
 from pollen.errors import StrategyError
 from pollen.strategy.schedule import LrSchedule, epochs_for
 from pollen.types import ModelState, RoundConfig, Update, is_float
@@ -193,7 +192,8 @@ class WeightedMean(Aggregator):
             buf = scratch.get(k)
             if buf is None or buf.dtype != product or buf.shape != v.shape:
                 buf = scratch[k] = np.empty(v.shape, product)
-            add_scaled(t, v, w, buf)
+            np.multiply(v, w, out=buf)
+            t += buf
         acc["weight"] += w
         return acc
 
