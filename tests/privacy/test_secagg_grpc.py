@@ -6,7 +6,7 @@ the replies (issue 12: the parity test once ended 0.26 away from plain FedAvg in
 from __future__ import annotations
 
 import random
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -99,14 +99,26 @@ class Reordering(Transport):
 @pytest.mark.parametrize("seed", [None, 1, 2], ids=["reversed", "shuffled-1", "shuffled-2"])
 def test_the_secure_sum_over_grpc_does_not_depend_on_the_order_or_timing_of_replies(shards, tmp_path, run_over_grpc,
                                                                                       monkeypatch, seed):
-    """Replies reach the hub after random delays (so in a different order each stage) and the
-    coordinator in a shuffled or reversed order: the secure sum still equals plain FedAvg."""
+    """Replies reach the hub in a different order each stage (the parties take turns in a seeded
+    order: each waits until the parties before it have answered, so the order is an event chain, not
+    a timing) and the coordinator in a shuffled or reversed order: the secure sum still equals plain
+    FedAvg."""
     plain = simulate(_cfg(tmp_path))
     real = LocalParty.handle
+    turns = threading.Condition()
+    answered: dict[tuple, int] = {}
 
     def late(self, task):
-        time.sleep(random.Random(f"{seed}/{self.party_id}/{task.round}/{task.kind}").uniform(0, 0.05))
-        return real(self, task)
+        stage = (task.round, task.kind)
+        order = sorted(IDS, key=lambda p: random.Random(f"{seed}/{p}/{task.round}/{task.kind}").random())
+        with turns:  # every party is asked at every stage of this run (no dropout configured)
+            assert turns.wait_for(lambda: answered.get(stage, 0) >= order.index(self.party_id), timeout=120), stage
+        try:
+            return real(self, task)
+        finally:
+            with turns:
+                answered[stage] = answered.get(stage, 0) + 1
+                turns.notify_all()
 
     monkeypatch.setattr(LocalParty, "handle", late)
     made = []
