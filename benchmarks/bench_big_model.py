@@ -63,6 +63,8 @@ def coordinator(gb: float, parties: int, port_file: str) -> None:
         np.copyto(copy[k], v)
     memcpy_gbs = nbytes / (time.perf_counter() - t) / 1e9
     del copy
+    handed = [model]  # handed over to the coordinator below: this frame keeps no reference to the arrays
+    del model
     hub = GrpcTransport(heartbeat_interval=3600, min_parties=parties)
     server, port = start_server(FederationService(hub, {}, 2**40, True, RevocationList(None)), "127.0.0.1", 0, None)
     with open(port_file, "w") as f:
@@ -70,10 +72,18 @@ def coordinator(gb: float, parties: int, port_file: str) -> None:
     peak = {"all": 0.0, "aggregating": 0.0}
     phase = {"aggregating": False}
     stop = threading.Event()
+    # (seconds since the round began, RSS MB, downloads done, uploads done), every 0.25 s
+    trace: list[tuple[float, float, int, int]] = []
+    t_start = {"t": None}
 
     def sample() -> None:
+        last = 0.0
         while not stop.wait(0.05):
             r = rss_mb()
+            if t_start["t"] is not None and time.perf_counter() - last >= 0.25:
+                last = time.perf_counter()
+                done = (round(hub.stats.bytes_out / nbytes), round(hub.stats.bytes_in / nbytes))
+                trace.append((round(last - t_start["t"], 2), round(r), *done))
             peak["all"] = max(peak["all"], r)
             if phase["aggregating"] or hub._sink is not None and hub._sink[0].count < parties and hub._sink[0]._open:
                 peak["aggregating"] = max(peak["aggregating"], r)
@@ -88,7 +98,8 @@ def coordinator(gb: float, parties: int, port_file: str) -> None:
     coord.events.subscribe(lambda e: replies.append(e) if isinstance(e, PartyReplied) else None)
     before = rss_mb()
     t0 = time.perf_counter()
-    new = coord.run(model)
+    t_start["t"] = t0
+    new = coord.run(handed.pop())
     seconds = time.perf_counter() - t0
     stop.set()
     hub.close()
@@ -102,7 +113,7 @@ def coordinator(gb: float, parties: int, port_file: str) -> None:
         "peak_rss_mb": peak["all"], "peak_rss_aggregating_mb": peak["aggregating"],
         "peak_over_model": peak["all"] * 2**20 / nbytes, "aggregating_over_model": peak["aggregating"] * 2**20 / nbytes,
         "round_s": seconds, "moved_gb": moved / 1e9, "transfer_gbs": moved / seconds / 1e9, "memcpy_gbs": memcpy_gbs,
-        "max_abs_error": err, "failed": [e.party_id for e in replies if e.failure]}), flush=True)
+        "max_abs_error": err, "failed": [e.party_id for e in replies if e.failure], "trace": trace}), flush=True)
 
 
 def parties_proc(gb: float, parties: int, port: int) -> None:

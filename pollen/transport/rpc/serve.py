@@ -147,6 +147,7 @@ def _serve(assembly: Assembly, resume: Path | None, overwrite: bool, callbacks: 
     state, start, opt_state = assembly.initial_state(), 1, None
     if folder.resume is not None:
         state, start, opt_state = folder.resume.state, folder.resume.start, folder.resume.optimizer_state
+        folder.resume = None  # read: the coordinator is to hold the model alone (a big one's round spills it)
     members = assembly.party_ids  # --num-parties N: certificates party-0 … party-(N-1)
     hub = GrpcTransport(net.heartbeat_interval, min_parties=net.min_parties, quorum_timeout=net.quorum_timeout,
                         members=members, reply_bytes_per_element=256 if cfg.privacy.he else REPLY_BYTES_PER_ELEMENT)
@@ -176,7 +177,8 @@ def _serve(assembly: Assembly, resume: Path | None, overwrite: bool, callbacks: 
                            "or lower --min-parties")
         coordinator = assembly.coordinator(hub, folder.events, folder.checkpointer, assembly.evaluator(trainer),
                                            control=control)
-        state = coordinator.run(state, start_round=start, optimizer_state=opt_state)
+        handed, state = [state], None  # handed over: nothing here keeps the arrays alive during the run
+        state = coordinator.run(handed.pop(), start_round=start, optimizer_state=opt_state)
         completed = True
     except Stopped as exc:  # SIGTERM / SIGINT: every finished round is checkpointed; the parties wait for --resume
         _tell_parties(hub, f"the coordinator was stopped ({exc.name}); it can be resumed", folder.path)
