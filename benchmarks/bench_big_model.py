@@ -50,7 +50,7 @@ def coordinator(gb: float, parties: int, port_file: str) -> None:
     from pollen.config import make_config
     from pollen.telemetry.events import PartyReplied
     from pollen.transport.rpc.hub import GrpcTransport
-    from pollen.transport.rpc.service import FederationService, start_server
+    from pollen.transport.rpc.service import FederationService, start_server, stream_window
     from pollen.transport.rpc.tls import RevocationList
 
     base = rss_mb()
@@ -66,7 +66,9 @@ def coordinator(gb: float, parties: int, port_file: str) -> None:
     handed = [model]  # handed over to the coordinator below: this frame keeps no reference to the arrays
     del model
     hub = GrpcTransport(heartbeat_interval=3600, min_parties=parties)
-    server, port = start_server(FederationService(hub, {}, 2**40, True, RevocationList(None)), "127.0.0.1", 0, None)
+    window = stream_window("on", nbytes, parties)  # as `pollen server --stream-aggregate on` sizes it
+    server, port = start_server(FederationService(hub, {}, 2**40, True, RevocationList(None)), "127.0.0.1", 0, None,
+                                receive_window=window)
     with open(port_file, "w") as f:
         f.write(str(port))
     peak = {"all": 0.0, "aggregating": 0.0}

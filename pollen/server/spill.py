@@ -111,7 +111,7 @@ class Spill:
             self.tensors: dict[str, SpilledTensor] = {}
             offset = 0
             for name, value in tensors.items():
-                arr = np.ascontiguousarray(value, dtype=np.dtype(value.dtype).newbyteorder("<"))
+                arr = np.asarray(value, dtype=np.dtype(value.dtype).newbyteorder("<"), order="C")  # 0-d stays 0-d
                 span = FileSpan(self.fd, offset, arr.nbytes)
                 view = memoryview(arr.reshape(-1)).cast("B") if arr.nbytes else memoryview(b"")
                 done = 0

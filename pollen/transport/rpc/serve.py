@@ -24,8 +24,9 @@ from pollen.telemetry.history import read_history
 from pollen.server.shutdown import Stopped
 from pollen.transport.rpc.guard import Guard
 from pollen.transport.rpc.hub import REPLY_BYTES_PER_ELEMENT, GrpcTransport, NetStats
-from pollen.transport.rpc.service import FederationService, listen_address, start_server
+from pollen.transport.rpc.service import FederationService, listen_address, start_server, stream_window
 from pollen.transport.rpc.tls import RevocationList
+from pollen.types import state_nbytes
 
 log = logging.getLogger("pollen.server")
 MAX_WORKERS = 1024  # gRPC worker threads at most, whatever the federation's size
@@ -163,8 +164,9 @@ def _serve(assembly: Assembly, resume: Path | None, overwrite: bool, callbacks: 
     welcome = {"config": cfg.to_dict(), "signature": assembly.model_signature(state)}
     service = FederationService(hub, welcome, int(net.max_message_mb * 1e6), net.insecure, RevocationList(revoked),
                                 members=members)
+    window = stream_window(cfg.federation.stream_aggregate, state_nbytes(state), len(members))
     server, port = start_server(service, net.host, net.port, None if net.insecure else net.certs_dir,
-                                workers=worker_threads(service.guard, len(members)))
+                                workers=worker_threads(service.guard, len(members)), receive_window=window)
     print(f"coordinator listening on {listen_address(net.host, port)}; waiting for {net.min_parties} parties "
           f"(run directory {folder.path})", file=sys.stderr, flush=True)
     if on_start is not None:
