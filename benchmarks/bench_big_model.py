@@ -5,7 +5,10 @@ Two processes on 127.0.0.1 (no TLS, like W4's insecure variant):
 
 - the coordinator (measured): ``pollen.compose.assemble`` → ``Coordinator`` over a
   ``GrpcTransport``, FedAvg, one round, ``--stream-aggregate on``: every upload is folded into the
-  running sum chunk by chunk as it arrives (``pollen/transport/rpc/fold.py``);
+  running sum chunk by chunk as it arrives (``pollen/transport/rpc/fold.py``), the global model is
+  handed over to ``Coordinator.run`` (as ``pollen server`` does) and kept on disk during the round
+  (``pollen/server/spill.py``), and the server's receive window is the one ``pollen server`` takes
+  for a streamed round (``stream_window``);
 - the parties: 10 load generators in one process, each downloading the model chunk by chunk
   (discarding it) and uploading a synthetic update of the same layout generated chunk by chunk
   (party i sends the constant (i + 1)·10⁻³ everywhere), so that they need almost no memory and the
@@ -15,8 +18,10 @@ Reported: the coordinator's peak RSS over the whole round and during aggregation
 upload's first byte to the last one's end), as multiples of the model's size, against the issue's
 target of 1.5×; the round's seconds and the bytes it moved (N models down, N up) as GB/s against a
 ``np.copyto`` of the model in the same coordinator process; and the aggregate's correctness.
+``--trace FILE`` writes the RSS sampled every 0.25 s of each round (with the downloads and uploads
+done by then) as JSON, to see where the memory goes.
 
-    python benchmarks/bench_big_model.py --gb 2.5 --parties 10 --reps 3
+    python benchmarks/bench_big_model.py --gb 2.5 --parties 10 --reps 3 --trace trace.json
 """
 
 from __future__ import annotations
@@ -217,6 +222,7 @@ def main() -> None:
     ap.add_argument("--gb", type=float, default=2.5)
     ap.add_argument("--parties", type=int, default=10)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--trace", help="write each round's RSS trace to this JSON file")
     ap.add_argument("--child")
     ap.add_argument("--port", type=int)
     ap.add_argument("--port-file")
@@ -227,15 +233,25 @@ def main() -> None:
     if args.child == "parties":
         parties_proc(args.gb, args.parties, args.port)
         return
-    rows = []
+    rows, traces = [], []
     for rep in range(args.reps):
         r = one_rep(args.gb, args.parties)
+        trace = r.pop("trace")
+        traces.append(trace)
+        downloading = [m for _, m, down, _ in trace if down < args.parties]
+        r["peak_downloads_mb"] = max(downloading, default=0.0)  # while parties still download the global
+        r["peak_uploads_mb"] = max((m for _, m, down, _ in trace if down >= args.parties), default=0.0)
         rows.append(r)
         print(f"rep {rep + 1}: model {r['model_gb']:.2f} GB, {r['parties']} parties | coordinator peak RSS "
               f"{r['peak_rss_mb']:.0f} MB = {r['peak_over_model']:.2f}x the model (while aggregating "
-              f"{r['peak_rss_aggregating_mb']:.0f} MB = {r['aggregating_over_model']:.2f}x) | round {r['round_s']:.1f}s, "
+              f"{r['peak_rss_aggregating_mb']:.0f} MB = {r['aggregating_over_model']:.2f}x) | before the round "
+              f"{r['rss_before_round_mb']:.0f} MB, peak while downloading {r['peak_downloads_mb']:.0f} MB, while "
+              f"uploading {r['peak_uploads_mb']:.0f} MB | round {r['round_s']:.1f}s, "
               f"{r['moved_gb']:.0f} GB moved, {r['transfer_gbs']:.2f} GB/s vs memcpy {r['memcpy_gbs']:.2f} GB/s | "
               f"max error {r['max_abs_error']:.2e} | failed {r['failed']}", flush=True)
+    if args.trace:
+        with open(args.trace, "w") as f:
+            json.dump({"columns": ["seconds", "rss_mb", "downloads_done", "uploads_done"], "reps": traces}, f)
     med = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731
     print(json.dumps({"median_peak_over_model": med("peak_over_model"),
                       "median_aggregating_over_model": med("aggregating_over_model"),

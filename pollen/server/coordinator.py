@@ -233,7 +233,7 @@ class Coordinator:
             chunked = chunked and self.transport.fold_into(stream, rnd)  # e.g. gRPC folds chunk by chunk
             if own and chunked:  # the global read from a file while the sum is made (not a second model in memory)
                 spilled = spill_round(state, sent, self.strategy.server_optimizer, self.transport,
-                                      self.checkpointer.dir if self.checkpointer is not None else None)
+                                      self.checkpointer.dir.parent if self.checkpointer is not None else None)
                 if spilled is not None:
                     payload = sent = {k: state[k] for k in sent}
             # asked in party order: the order the updates are summed in, so an inline round folds
@@ -309,9 +309,8 @@ class Coordinator:
         else:
             record.update(aggregated=False, reason=why or f"{len(ok)} replies < min_fit_parties={self.min_fit_parties}")
         if spilled is not None:  # what the step did not replace (a round that aggregated nothing: all) comes back
-            stream = delta = None  # an unused running sum goes first
+            stream = delta = spilled = None  # an unused running sum goes first; the file goes with its last reader
             restore(state)
-            spilled.close()
         if self.transport.clock() is not None and "virtual_seconds" not in record:
             record.update(virtual_seconds=self.transport.clock())
         record.update(self._evaluate(rnd, state))

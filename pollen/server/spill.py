@@ -11,7 +11,7 @@ and ``streaming.step`` adds the global into the sum's buffers chunk by chunk fro
 (:meth:`SpilledTensor.add_to`), so the sum's buffers become the new global. The coordinator then
 holds one model (the sum) during the round instead of two.
 
-The file lives on disk (``directory``: the run's checkpoints folder, else the temp directory —
+The file lives on disk (``directory``: the run's folder, else the temp directory —
 ``TMPDIR``; a tmpfs there would keep it in memory), so the kernel's page cache may hold its pages
 for a while: that memory is the kernel's to reclaim, not the coordinator's heap.
 """
@@ -37,10 +37,10 @@ class SpilledTensor:
     an array's; no data in memory). Reading it as an array is an error: code that needs the values
     reads them from the file (:meth:`add_to`, :meth:`load`)."""
 
-    __slots__ = ("spill", "name", "shape", "dtype", "file_span")
+    __slots__ = ("name", "shape", "dtype", "file_span")
 
-    def __init__(self, spill: Spill, name: str, shape: tuple[int, ...], dtype: np.dtype, span: FileSpan) -> None:
-        self.spill, self.name, self.shape, self.dtype, self.file_span = spill, name, shape, dtype, span
+    def __init__(self, name: str, shape: tuple[int, ...], dtype: np.dtype, span: FileSpan) -> None:
+        self.name, self.shape, self.dtype, self.file_span = name, shape, dtype, span
 
     @property
     def nbytes(self) -> int:
@@ -84,8 +84,9 @@ class SpilledTensor:
 
     def _read_into(self, buf: memoryview, start: int) -> None:
         span, done = self.file_span, 0
+        fd = span.file.fileno()
         while done < len(buf):
-            got = os.preadv(span.fd, [buf[done:]], span.offset + start + done)
+            got = os.preadv(fd, [buf[done:]], span.offset + start + done)
             if got <= 0:
                 raise RunError(f"the spill file of tensor {self.name!r} ended early (was it truncated?)")
             done += got
@@ -105,19 +106,18 @@ class Spill:
     def __init__(self, tensors: Mapping[str, np.ndarray], directory: str | Path | None = None) -> None:
         where = str(directory) if directory is not None else tempfile.gettempdir()
         try:
-            Path(where).mkdir(parents=True, exist_ok=True)
             self._file = tempfile.TemporaryFile(dir=where)  # O_TMPFILE on Linux: never visible, gone on close
-            self.fd = self._file.fileno()
+            self.fd = self._file.fileno()  # held open by every tensor's span until the last one goes
             self.tensors: dict[str, SpilledTensor] = {}
             offset = 0
             for name, value in tensors.items():
                 arr = np.asarray(value, dtype=np.dtype(value.dtype).newbyteorder("<"), order="C")  # 0-d stays 0-d
-                span = FileSpan(self.fd, offset, arr.nbytes)
+                span = FileSpan(self._file, offset, arr.nbytes)
                 view = memoryview(arr.reshape(-1)).cast("B") if arr.nbytes else memoryview(b"")
                 done = 0
                 while done < len(view):
                     done += os.pwrite(self.fd, view[done:], offset + done)
-                self.tensors[name] = SpilledTensor(self, name, tuple(arr.shape), arr.dtype, span)
+                self.tensors[name] = SpilledTensor(name, tuple(arr.shape), arr.dtype, span)
                 offset += arr.nbytes
             self.nbytes = offset
         except OSError as exc:
@@ -125,7 +125,8 @@ class Spill:
                            "or point TMPDIR elsewhere, or use --stream-aggregate off") from None
 
     def close(self) -> None:
-        """Drop the file (its space and page cache are freed)."""
+        """Drop the file now (its space and page cache are freed; a stream still reading it fails).
+        The round loop does not: the file goes with the last placeholder or download reading it."""
         self._file.close()
 
 

@@ -108,3 +108,18 @@ def test_only_a_round_that_needs_no_global_in_memory_spills(tmp_path):
     assert s is not None and set(s.tensors) == {"w", "b"}
     assert isinstance(state["w"], SpilledTensor) and isinstance(state["head"], np.ndarray)
     s.close()
+
+
+def test_the_file_stays_open_while_a_download_reads_it_and_goes_with_its_last_reader(tmp_path):
+    state = _state()
+    s = spill(state, list(state), tmp_path)
+    payload = Encoded({k: state[k] for k in state}, {"order": list(state)})
+    stream = payload.chunks(16)
+    first = next(stream)
+    file = weakref.ref(state["w"].file_span.file)
+    del s, state  # the round is over: only the straggler's download holds the file
+    gc.collect()
+    assert file() is not None and not file().closed
+    assert len(first + b"".join(stream)) == payload.size
+    del payload, stream
+    assert file() is None  # no reference cycle: it went at once, without waiting for the garbage collector

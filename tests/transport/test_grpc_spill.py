@@ -37,10 +37,11 @@ def _update(i: int) -> Update:
     return Update(_model(i + 1), 10 + i)
 
 
-def _round(tmp_path, name: str, handed: bool):
+def _round(tmp_path, name: str, handed: bool, fail: bool = False):
     """One round over gRPC on 127.0.0.1; the parties take their turns one after another (the same
     arrival order every time). ``handed``: the model is handed over to ``Coordinator.run``;
-    else the test keeps it and drives ``run_round`` (the global then stays in memory)."""
+    else the test keeps it and drives ``run_round`` (the global then stays in memory). ``fail``:
+    every party replies with a failure (the round aggregates nothing)."""
     model = _model(0)
     refs = [weakref.ref(v) for v in model.values()]
     hub = GrpcTransport(heartbeat_interval=3600, chunk_bytes=11, min_parties=PARTIES)  # 11: elements cut in two
@@ -65,7 +66,9 @@ def _round(tmp_path, name: str, handed: bool):
                 seen["downloads"].append({k: v.copy() for k, v in task.state.items()})
                 gc.collect()  # the round is folding now: is the global still held somewhere?
                 seen["global_alive"].append(any(r() is not None for r in refs))
-                header, payload = reply_message(Reply(str(i), "fit", task.round, update=_update(i), seconds=0.1))
+                reply = Reply(str(i), "fit", task.round, failure="out of memory") if fail else \
+                    Reply(str(i), "fit", task.round, update=_update(i), seconds=0.1)
+                header, payload = reply_message(reply)
                 assert stub.SendReply(to_chunks(header, payload, session=token, chunk_bytes=7)).accepted
             for ch in channels:
                 ch.close()
@@ -129,3 +132,13 @@ def test_a_streamed_round_keeps_its_global_on_disk_and_gives_the_in_memory_mean(
         np.testing.assert_array_equal(saved[name], new[name])
     leftovers = [p.name for p in (tmp_path / "spilled").rglob("*") if "tmp" in p.name]
     assert leftovers == []  # the spill file was anonymous
+
+
+def test_a_round_that_aggregates_nothing_reads_its_global_back_from_disk(tmp_path):
+    new, seen, folder = _round(tmp_path, "failed", handed=True, fail=True)
+    assert seen["global_alive"] == [False] * PARTIES
+    for name, v in _model(0).items():
+        np.testing.assert_array_equal(new[name], v)  # the global, whole again and unchanged
+    saved = folder.checkpointer.resume_point().state
+    for name in new:
+        np.testing.assert_array_equal(saved[name], new[name])

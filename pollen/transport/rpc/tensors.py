@@ -32,14 +32,15 @@ META = "pollen"
 
 
 class FileSpan:
-    """``nbytes`` raw little-endian bytes of one tensor at ``offset`` of an open file ``fd``: a tensor
+    """``nbytes`` raw little-endian bytes of one tensor at ``offset`` of an open ``file``: a tensor
     the coordinator keeps on disk instead of in memory during a big model's round
-    (``pollen.server.spill``), streamed by positional reads (never mapped into memory)."""
+    (``pollen.server.spill``), streamed by positional reads (never mapped into memory). The span
+    holds the file open: a stream still reading it (a straggler's download) outlives the round."""
 
-    __slots__ = ("fd", "offset", "nbytes")
+    __slots__ = ("file", "offset", "nbytes")
 
-    def __init__(self, fd: int, offset: int, nbytes: int) -> None:
-        self.fd, self.offset, self.nbytes = fd, offset, nbytes
+    def __init__(self, file: Any, offset: int, nbytes: int) -> None:
+        self.file, self.offset, self.nbytes = file, offset, nbytes
 
     def __len__(self) -> int:
         return self.nbytes
@@ -48,13 +49,17 @@ class FileSpan:
         """``n`` bytes from ``start`` (relative to the span).
 
         Raises:
-            ProtocolError: the file is shorter than the span (it was truncated or closed).
+            ProtocolError: the file was closed, or is shorter than the span.
         """
-        out = os.pread(self.fd, n, self.offset + start)
+        try:
+            fd = self.file.fileno()
+        except ValueError:
+            raise ProtocolError("the tensor's file was closed") from None
+        out = os.pread(fd, n, self.offset + start)
         while len(out) < n:  # pread may return less than asked (signals, very large reads)
-            more = os.pread(self.fd, n - len(out), self.offset + start + len(out))
+            more = os.pread(fd, n - len(out), self.offset + start + len(out))
             if not more:
-                raise ProtocolError(f"spilled tensor file ends {n - len(out)} bytes early")
+                raise ProtocolError(f"the tensor's file ends {n - len(out)} bytes early")
             out += more
         return out
 
