@@ -5,7 +5,10 @@ Two processes on 127.0.0.1 (no TLS, like W4's insecure variant):
 
 - the coordinator (measured): ``pollen.compose.assemble`` → ``Coordinator`` over a
   ``GrpcTransport``, FedAvg, one round, ``--stream-aggregate on``: every upload is folded into the
-  running sum chunk by chunk as it arrives (``pollen/transport/rpc/fold.py``);
+  running sum chunk by chunk as it arrives (``pollen/transport/rpc/fold.py``), the global model is
+  handed over to ``Coordinator.run`` (as ``pollen server`` does) and kept on disk during the round
+  (``pollen/server/spill.py``), and the server's receive window is the one ``pollen server`` takes
+  for a streamed round (``stream_window``);
 - the parties: 10 load generators in one process, each downloading the model chunk by chunk
   (discarding it) and uploading a synthetic update of the same layout generated chunk by chunk
   (party i sends the constant (i + 1)·10⁻³ everywhere), so that they need almost no memory and the
@@ -15,8 +18,10 @@ Reported: the coordinator's peak RSS over the whole round and during aggregation
 upload's first byte to the last one's end), as multiples of the model's size, against the issue's
 target of 1.5×; the round's seconds and the bytes it moved (N models down, N up) as GB/s against a
 ``np.copyto`` of the model in the same coordinator process; and the aggregate's correctness.
+``--trace FILE`` writes the RSS sampled every 0.25 s of each round (with the downloads and uploads
+done by then) as JSON, to see where the memory goes.
 
-    python benchmarks/bench_big_model.py --gb 2.5 --parties 10 --reps 3
+    python benchmarks/bench_big_model.py --gb 2.5 --parties 10 --reps 3 --trace trace.json
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ def coordinator(gb: float, parties: int, port_file: str) -> None:
     from pollen.config import make_config
     from pollen.telemetry.events import PartyReplied
     from pollen.transport.rpc.hub import GrpcTransport
-    from pollen.transport.rpc.service import FederationService, start_server
+    from pollen.transport.rpc.service import FederationService, start_server, stream_window
     from pollen.transport.rpc.tls import RevocationList
 
     base = rss_mb()
@@ -63,17 +68,29 @@ def coordinator(gb: float, parties: int, port_file: str) -> None:
         np.copyto(copy[k], v)
     memcpy_gbs = nbytes / (time.perf_counter() - t) / 1e9
     del copy
+    handed = [model]  # handed over to the coordinator below: this frame keeps no reference to the arrays
+    del model
     hub = GrpcTransport(heartbeat_interval=3600, min_parties=parties)
-    server, port = start_server(FederationService(hub, {}, 2**40, True, RevocationList(None)), "127.0.0.1", 0, None)
+    window = stream_window("on", nbytes, parties)  # as `pollen server --stream-aggregate on` sizes it
+    server, port = start_server(FederationService(hub, {}, 2**40, True, RevocationList(None)), "127.0.0.1", 0, None,
+                                receive_window=window)
     with open(port_file, "w") as f:
         f.write(str(port))
     peak = {"all": 0.0, "aggregating": 0.0}
     phase = {"aggregating": False}
     stop = threading.Event()
+    # (seconds since the round began, RSS MB, downloads done, uploads done), every 0.25 s
+    trace: list[tuple[float, float, int, int]] = []
+    t_start = {"t": None}
 
     def sample() -> None:
+        last = 0.0
         while not stop.wait(0.05):
             r = rss_mb()
+            if t_start["t"] is not None and time.perf_counter() - last >= 0.25:
+                last = time.perf_counter()
+                done = (round(hub.stats.bytes_out / nbytes), round(hub.stats.bytes_in / nbytes))
+                trace.append((round(last - t_start["t"], 2), round(r), *done))
             peak["all"] = max(peak["all"], r)
             if phase["aggregating"] or hub._sink is not None and hub._sink[0].count < parties and hub._sink[0]._open:
                 peak["aggregating"] = max(peak["aggregating"], r)
@@ -88,7 +105,8 @@ def coordinator(gb: float, parties: int, port_file: str) -> None:
     coord.events.subscribe(lambda e: replies.append(e) if isinstance(e, PartyReplied) else None)
     before = rss_mb()
     t0 = time.perf_counter()
-    new = coord.run(model)
+    t_start["t"] = t0
+    new = coord.run(handed.pop())
     seconds = time.perf_counter() - t0
     stop.set()
     hub.close()
@@ -102,7 +120,7 @@ def coordinator(gb: float, parties: int, port_file: str) -> None:
         "peak_rss_mb": peak["all"], "peak_rss_aggregating_mb": peak["aggregating"],
         "peak_over_model": peak["all"] * 2**20 / nbytes, "aggregating_over_model": peak["aggregating"] * 2**20 / nbytes,
         "round_s": seconds, "moved_gb": moved / 1e9, "transfer_gbs": moved / seconds / 1e9, "memcpy_gbs": memcpy_gbs,
-        "max_abs_error": err, "failed": [e.party_id for e in replies if e.failure]}), flush=True)
+        "max_abs_error": err, "failed": [e.party_id for e in replies if e.failure], "trace": trace}), flush=True)
 
 
 def parties_proc(gb: float, parties: int, port: int) -> None:
@@ -204,6 +222,7 @@ def main() -> None:
     ap.add_argument("--gb", type=float, default=2.5)
     ap.add_argument("--parties", type=int, default=10)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--trace", help="write each round's RSS trace to this JSON file")
     ap.add_argument("--child")
     ap.add_argument("--port", type=int)
     ap.add_argument("--port-file")
@@ -214,15 +233,25 @@ def main() -> None:
     if args.child == "parties":
         parties_proc(args.gb, args.parties, args.port)
         return
-    rows = []
+    rows, traces = [], []
     for rep in range(args.reps):
         r = one_rep(args.gb, args.parties)
+        trace = r.pop("trace")
+        traces.append(trace)
+        downloading = [m for _, m, down, _ in trace if down < args.parties]
+        r["peak_downloads_mb"] = max(downloading, default=0.0)  # while parties still download the global
+        r["peak_uploads_mb"] = max((m for _, m, down, _ in trace if down >= args.parties), default=0.0)
         rows.append(r)
         print(f"rep {rep + 1}: model {r['model_gb']:.2f} GB, {r['parties']} parties | coordinator peak RSS "
               f"{r['peak_rss_mb']:.0f} MB = {r['peak_over_model']:.2f}x the model (while aggregating "
-              f"{r['peak_rss_aggregating_mb']:.0f} MB = {r['aggregating_over_model']:.2f}x) | round {r['round_s']:.1f}s, "
+              f"{r['peak_rss_aggregating_mb']:.0f} MB = {r['aggregating_over_model']:.2f}x) | before the round "
+              f"{r['rss_before_round_mb']:.0f} MB, peak while downloading {r['peak_downloads_mb']:.0f} MB, while "
+              f"uploading {r['peak_uploads_mb']:.0f} MB | round {r['round_s']:.1f}s, "
               f"{r['moved_gb']:.0f} GB moved, {r['transfer_gbs']:.2f} GB/s vs memcpy {r['memcpy_gbs']:.2f} GB/s | "
               f"max error {r['max_abs_error']:.2e} | failed {r['failed']}", flush=True)
+    if args.trace:
+        with open(args.trace, "w") as f:
+            json.dump({"columns": ["seconds", "rss_mb", "downloads_done", "uploads_done"], "reps": traces}, f)
     med = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731
     print(json.dumps({"median_peak_over_model": med("peak_over_model"),
                       "median_aggregating_over_model": med("aggregating_over_model"),

@@ -319,6 +319,20 @@ class ControlledTransport(Transport):
     def forget(self, round: int) -> None:
         self.inner.forget(round)
 
+    def fold_into(self, sink: object, round: int) -> bool:
+        return self.inner.fold_into(sink, round)
+
+    def sent_bytes(self, party_id: str, round: int, kind: str) -> int | None:
+        return self.inner.sent_bytes(party_id, round, kind)
+
+    @property
+    def measures_bytes(self) -> bool:  # type: ignore[override]
+        return bool(self.inner.measures_bytes)
+
+    @property
+    def serves_files(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.inner, "serves_files", False))
+
     def close(self) -> None:
         self.inner.close()
 

@@ -36,6 +36,7 @@ from pollen.server.checkpoint import Checkpointer
 from pollen.server.replies import (Expected, check_combined, check_decoded, check_evaluation, check_update, clean_text,
                                    expected, party_metrics, round_fields)
 from pollen.server.shutdown import deferred_signals
+from pollen.server.spill import restore, spill_round
 from pollen.strategy.base import Strategy
 from pollen.strategy.fedbuff import STALENESS_KEY
 from pollen.telemetry.events import EventBus, PartyReplied, RoundCompleted, RoundStarted, RunCompleted, RunStarted
@@ -185,10 +186,11 @@ class Coordinator:
         started = time.perf_counter()
         last: dict[str, Any] = {}
         empty: list[dict[str, Any]] = []  # the rounds in a row that aggregated nothing
+        state = dict(state)  # the loop's own mapping: a big streamed round swaps its arrays for a file (spill.py)
         for rnd in range(start_round, self.rounds + 1):
             if self.control is not None and not self.control.between_rounds(self, rnd):
                 break  # stopped by a control command, after the last round's checkpoint
-            outcome, opt_state = self.run_round(rnd, state, opt_state)
+            outcome, opt_state = self.run_round(rnd, state, opt_state, own=True)
             state = outcome.state
             last = outcome.record
             with deferred_signals():  # a SIGTERM meanwhile stops the run once both are written
@@ -204,9 +206,15 @@ class Coordinator:
         return state
 
     def run_round(
-        self, rnd: int, state: ModelState, opt_state: dict[str, np.ndarray]
+        self, rnd: int, state: ModelState, opt_state: dict[str, np.ndarray], own: bool = False
     ) -> tuple[RoundOutcome, dict[str, np.ndarray]]:
-        """One round: sample, instruct, collect, aggregate, step, evaluate."""
+        """One round: sample, instruct, collect, aggregate, step, evaluate.
+
+        Args:
+            own: ``state`` is the caller's to give up: a round that streams a big model chunk by chunk
+                keeps its global on disk while the updates are folded (``pollen.server.spill``),
+                swapping ``state``'s arrays for placeholders until the new model is made.
+        """
         t0 = time.perf_counter()
         config = self.pipeline.configure(self.strategy.configure(rnd, list(state)))
         # the model (+ SCAFFOLD's c), less the frozen tensors every party builds itself
@@ -216,15 +224,21 @@ class Coordinator:
         staleness: list[int] | None = None
         info: dict[str, Any] = {}
         stream = None  # a running sum, or None: hold the round's updates
+        spilled = None  # the round's global on disk (spill.py), or None
         if self.strategy.asynchronous is None:
             chosen = self.strategy.sampler.select(rnd, self.transport.available())
             stream = self._stream(state, chosen)
             self.events.emit(RoundStarted(rnd, tuple(chosen)))
+            chunked = stream is not None and stream.in_place and not any(s.stage == "compress" for s in self.pipeline.steps)
+            chunked = chunked and self.transport.fold_into(stream, rnd)  # e.g. gRPC folds chunk by chunk
+            if own and chunked:  # the global read from a file while the sum is made (not a second model in memory)
+                spilled = spill_round(state, sent, self.strategy.server_optimizer, self.transport,
+                                      self.checkpointer.dir.parent if self.checkpointer is not None else None)
+                if spilled is not None:
+                    payload = sent = {k: state[k] for k in sent}
             # asked in party order: the order the updates are summed in, so an inline round folds
             # each update as it comes (``OrderedFold``) and holds one at a time
             tasks = [Task(pid, "fit", rnd, sent, config) for pid in sorted(chosen, key=_id_key)]
-            chunked = stream is not None and stream.in_place and not any(s.stage == "compress" for s in self.pipeline.steps)
-            chunked = chunked and self.transport.fold_into(stream, rnd)  # e.g. gRPC folds chunk by chunk
             try:
                 checked = lambda u, ref: self._decode(u, ref, asked)  # noqa: E731
                 replies, late = collect(self.transport, tasks, self.round_timeout,
@@ -294,6 +308,9 @@ class Coordinator:
             record.update(report)
         else:
             record.update(aggregated=False, reason=why or f"{len(ok)} replies < min_fit_parties={self.min_fit_parties}")
+        if spilled is not None:  # what the step did not replace (a round that aggregated nothing: all) comes back
+            stream = delta = spilled = None  # an unused running sum goes first; the file goes with its last reader
+            restore(state)
         if self.transport.clock() is not None and "virtual_seconds" not in record:
             record.update(virtual_seconds=self.transport.clock())
         record.update(self._evaluate(rnd, state))

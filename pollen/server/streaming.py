@@ -254,7 +254,9 @@ class StreamingMean:
 def step(optimizer: Any, state: ModelState, mean: ModelState, opt_state: Mapping[str, np.ndarray]) -> tuple[ModelState, dict[str, np.ndarray]]:
     """The server step on a streamed mean. The plain step ``x + lr·Δ`` is written into the mean's own
     buffers (the running sum, which nothing else holds), so a big model costs no third copy; other
-    optimizers step as usual."""
+    optimizers step as usual. A global tensor on disk for the round (``pollen.server.spill``) is
+    added from its file chunk by chunk (the same additions, bit for bit)."""
+    from pollen.server.spill import SpilledTensor
     from pollen.strategy.base import ServerOptimizer
 
     if type(optimizer) is not ServerOptimizer:
@@ -262,13 +264,18 @@ def step(optimizer: Any, state: ModelState, mean: ModelState, opt_state: Mapping
     new = dict(state)
     for k, d in mean.items():
         x = state[k]
-        if is_float(x) and d.dtype == x.dtype and d.shape == x.shape and d.flags.writeable:
+        spilled = isinstance(x, SpilledTensor)
+        if is_float(x) and d.dtype == x.dtype and d.shape == x.shape and d.flags.writeable and (
+                not spilled or d.flags.c_contiguous):
             if optimizer.lr != 1.0:
                 d *= optimizer.lr
-            d += x
+            if spilled:
+                x.add_to(d)
+            else:
+                d += x
             new[k] = d
         else:
             from pollen.strategy.base import apply_delta
 
-            new[k] = apply_delta(x, d, optimizer.lr)
+            new[k] = apply_delta(x.load() if spilled else x, d, optimizer.lr)
     return new, dict(opt_state)

@@ -30,9 +30,13 @@ class Transport(ABC):
             every reply's ``bytes_down``/``bytes_up`` is then exact (0 for a task never sent), and
             ``sent_bytes`` answers for tasks that got no reply. Otherwise the coordinator counts
             each task's serialised size.
+        serves_files: True when a task's tensors may be placeholders of a file (``file_span``:
+            ``pollen.server.spill``) that the transport streams to the party from disk; a big
+            streamed round then keeps its global model out of memory.
     """
 
     measures_bytes = False
+    serves_files = False
 
     @abstractmethod
     def available(self) -> list[str]:

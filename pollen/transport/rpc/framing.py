@@ -25,11 +25,23 @@ PROTOCOL_VERSION = 1
 CHUNK_BYTES = 3 * 1024 * 1024  # below gRPC's default 4 MiB message limit, framing included
 GRPC_MESSAGE_LIMIT = 8 * 1024 * 1024  # both sides accept messages up to this (one chunk + slack)
 MAX_HEADER_BYTES = 1024 * 1024
+# Bytes one upload may have in flight towards the coordinator (its HTTP/2 receive window) when big
+# models stream: gRPC otherwise grows each stream's window with its bandwidth-delay estimate, and on
+# a busy coordinator that estimate runs to tens of MB per upload, held in memory while the fold
+# catches up (benchmarks/RESULTS.md, "Coordinator memory with a 2.5 GB model"). 4 MiB per stream
+# allows 40 MB/s per party at 100 ms of round trip.
+RECEIVE_WINDOW = 4 * 1024 * 1024
 
 
 def grpc_options(max_message: int = GRPC_MESSAGE_LIMIT) -> list[tuple[str, int]]:
     """Channel/server options shared by both sides."""
     return [("grpc.max_send_message_length", max_message), ("grpc.max_receive_message_length", max_message)]
+
+
+def window_options(window: int | None) -> list[tuple[str, int]]:
+    """Server options that fix each stream's receive window at ``window`` bytes (no growth by
+    bandwidth-delay probing); none for None."""
+    return [] if window is None else [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", int(window))]
 
 
 @dataclass(frozen=True)

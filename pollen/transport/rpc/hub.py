@@ -88,6 +88,7 @@ class GrpcTransport(Transport):
     """
 
     measures_bytes = True
+    serves_files = True  # a task's tensors may live in a file (``pollen.server.spill``): streamed from it
 
     def __init__(self, heartbeat_interval: float = 5.0, chunk_bytes: int = CHUNK_BYTES, min_parties: int = 0,
                  quorum_timeout: float | None = None, members: Sequence[str] | None = None,

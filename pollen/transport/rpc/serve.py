@@ -24,8 +24,9 @@ from pollen.telemetry.history import read_history
 from pollen.server.shutdown import Stopped
 from pollen.transport.rpc.guard import Guard
 from pollen.transport.rpc.hub import REPLY_BYTES_PER_ELEMENT, GrpcTransport, NetStats
-from pollen.transport.rpc.service import FederationService, listen_address, start_server
+from pollen.transport.rpc.service import FederationService, listen_address, start_server, stream_window
 from pollen.transport.rpc.tls import RevocationList
+from pollen.types import state_nbytes
 
 log = logging.getLogger("pollen.server")
 MAX_WORKERS = 1024  # gRPC worker threads at most, whatever the federation's size
@@ -147,6 +148,7 @@ def _serve(assembly: Assembly, resume: Path | None, overwrite: bool, callbacks: 
     state, start, opt_state = assembly.initial_state(), 1, None
     if folder.resume is not None:
         state, start, opt_state = folder.resume.state, folder.resume.start, folder.resume.optimizer_state
+        folder.resume = None  # read: the coordinator is to hold the model alone (a big one's round spills it)
     members = assembly.party_ids  # --num-parties N: certificates party-0 … party-(N-1)
     hub = GrpcTransport(net.heartbeat_interval, min_parties=net.min_parties, quorum_timeout=net.quorum_timeout,
                         members=members, reply_bytes_per_element=256 if cfg.privacy.he else REPLY_BYTES_PER_ELEMENT)
@@ -162,8 +164,9 @@ def _serve(assembly: Assembly, resume: Path | None, overwrite: bool, callbacks: 
     welcome = {"config": cfg.to_dict(), "signature": assembly.model_signature(state)}
     service = FederationService(hub, welcome, int(net.max_message_mb * 1e6), net.insecure, RevocationList(revoked),
                                 members=members)
+    window = stream_window(cfg.federation.stream_aggregate, state_nbytes(state), len(members))
     server, port = start_server(service, net.host, net.port, None if net.insecure else net.certs_dir,
-                                workers=worker_threads(service.guard, len(members)))
+                                workers=worker_threads(service.guard, len(members)), receive_window=window)
     print(f"coordinator listening on {listen_address(net.host, port)}; waiting for {net.min_parties} parties "
           f"(run directory {folder.path})", file=sys.stderr, flush=True)
     if on_start is not None:
@@ -176,7 +179,8 @@ def _serve(assembly: Assembly, resume: Path | None, overwrite: bool, callbacks: 
                            "or lower --min-parties")
         coordinator = assembly.coordinator(hub, folder.events, folder.checkpointer, assembly.evaluator(trainer),
                                            control=control)
-        state = coordinator.run(state, start_round=start, optimizer_state=opt_state)
+        handed, state = [state], None  # handed over: nothing here keeps the arrays alive during the run
+        state = coordinator.run(handed.pop(), start_round=start, optimizer_state=opt_state)
         completed = True
     except Stopped as exc:  # SIGTERM / SIGINT: every finished round is checkpointed; the parties wait for --resume
         _tell_parties(hub, f"the coordinator was stopped ({exc.name}); it can be resumed", folder.path)

@@ -23,7 +23,8 @@ import grpc
 from pollen.errors import ProtocolError, TransportError
 from pollen.transport.rpc import pollen_pb2 as pb
 from pollen.transport.rpc import pollen_pb2_grpc as pb_grpc
-from pollen.transport.rpc.framing import PROTOCOL_VERSION, grpc_options, read_header, read_payload
+from pollen.transport.rpc.framing import (PROTOCOL_VERSION, RECEIVE_WINDOW, grpc_options, read_header, read_payload,
+                                          window_options)
 from pollen.transport.rpc.guard import FIRST_CHUNK_SECONDS, MIN_RATE, Call, Guard, Refused
 from pollen.transport.rpc.hub import GrpcTransport, Session
 from pollen.transport.rpc.messages import check_reply
@@ -300,14 +301,30 @@ def _describe(members: frozenset[str]) -> str:
     return "ids " + ", ".join(ids[:10]) + (" …" if len(ids) > 10 else "")
 
 
+def stream_window(stream_aggregate: str, model_bytes: int, parties: int) -> int | None:
+    """The receive window a coordinator's server takes (``start_server``): bounded
+    (``RECEIVE_WINDOW``) when the round's uploads stream into a running sum (``--stream-aggregate
+    on``, or ``auto`` when ``parties`` updates of ``model_bytes`` exceed ``AUTO_BYTES``), so that
+    the uploads in flight stay a small part of a big model; else None (gRPC's own sizing)."""
+    from pollen.server.streaming import AUTO_BYTES
+
+    if stream_aggregate == "on" or (stream_aggregate == "auto" and model_bytes * max(parties, 1) > AUTO_BYTES):
+        return RECEIVE_WINDOW
+    return None
+
+
 def listen_address(host: str, port: int) -> str:
     """``HOST:PORT`` for gRPC, with an IPv6 address in brackets (``::`` → ``[::]:9394``)."""
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 def start_server(service: FederationService, host: str, port: int, certs_dir: str | Path | None,
-                 workers: int = 64) -> tuple[grpc.Server, int]:
+                 workers: int = 64, receive_window: int | None = None) -> tuple[grpc.Server, int]:
     """Start the gRPC server (mutual TLS unless ``certs_dir`` is None).
+
+    Args:
+        receive_window: bytes each upload may have in flight (``framing.RECEIVE_WINDOW``, for big
+            models: ``stream_window``); None lets gRPC size windows by bandwidth-delay probing.
 
     Returns:
         ``(server, port)``: the running server and the port it bound (useful with port 0).
@@ -316,7 +333,7 @@ def start_server(service: FederationService, host: str, port: int, certs_dir: st
         TransportError: missing credentials, or the port cannot be bound.
     """
     # as many calls at once as threads: a call past them is refused at once instead of queueing behind stalled ones
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=grpc_options(),
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=grpc_options() + window_options(receive_window),
                          maximum_concurrent_rpcs=workers)
     pb_grpc.add_FederationServicer_to_server(service, server)
     address = listen_address(host, port)

@@ -15,6 +15,7 @@ is checked before a byte is interpreted.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -30,14 +31,61 @@ MAX_HEADER = 64 * 1024 * 1024
 META = "pollen"
 
 
+class FileSpan:
+    """``nbytes`` raw little-endian bytes of one tensor at ``offset`` of an open ``file``: a tensor
+    the coordinator keeps on disk instead of in memory during a big model's round
+    (``pollen.server.spill``), streamed by positional reads (never mapped into memory). The span
+    holds the file open: a stream still reading it (a straggler's download) outlives the round."""
+
+    __slots__ = ("file", "offset", "nbytes")
+
+    def __init__(self, file: Any, offset: int, nbytes: int) -> None:
+        self.file, self.offset, self.nbytes = file, offset, nbytes
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def read(self, start: int, n: int) -> bytes:
+        """``n`` bytes from ``start`` (relative to the span).
+
+        Raises:
+            ProtocolError: the file was closed, or is shorter than the span.
+        """
+        try:
+            fd = self.file.fileno()
+        except ValueError:
+            raise ProtocolError("the tensor's file was closed") from None
+        out = os.pread(fd, n, self.offset + start)
+        while len(out) < n:  # pread may return less than asked (signals, very large reads)
+            more = os.pread(fd, n - len(out), self.offset + start + len(out))
+            if not more:
+                raise ProtocolError(f"the tensor's file ends {n - len(out)} bytes early")
+            out += more
+        return out
+
+
 class Encoded:
-    """A state laid out for sending: the header bytes and the arrays' memory, in order."""
+    """A state laid out for sending: the header bytes and the arrays' memory, in order.
+
+    A value with a ``file_span`` attribute (a :class:`FileSpan`, plus ``shape`` and a little-endian
+    ``dtype``: ``pollen.server.spill.SpilledTensor``) is streamed from its file, chunk by chunk.
+    """
 
     def __init__(self, state: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> None:
         header: dict[str, Any] = {"__metadata__": {META: json.dumps(dict(meta or {}))}}
-        self.parts: list[memoryview] = []
+        self.parts: list[memoryview | FileSpan] = []
         offset = 0
         for name, value in state.items():
+            span = getattr(value, "file_span", None)
+            if span is not None:
+                code = CODES.get(np.dtype(value.dtype))
+                if code is None:
+                    raise ProtocolError(f"tensor {name!r} has dtype {value.dtype}, which cannot be sent")
+                header[name] = {"dtype": code, "shape": list(value.shape), "data_offsets": [offset, offset + span.nbytes]}
+                offset += span.nbytes
+                if span.nbytes:
+                    self.parts.append(span)
+                continue
             arr = np.asarray(value)
             code = CODES.get(arr.dtype.newbyteorder("<") if arr.dtype.itemsize > 1 else arr.dtype)
             if code is None:
@@ -56,6 +104,17 @@ class Encoded:
         """The payload in pieces of ``chunk_bytes`` (the last may be shorter); one copy per byte."""
         pieces, have = [], 0
         for part in [memoryview(self.head), *self.parts]:
+            if isinstance(part, FileSpan):
+                at = 0
+                while at < part.nbytes:
+                    take = min(part.nbytes - at, chunk_bytes - have)
+                    pieces.append(part.read(at, take))
+                    have += take
+                    at += take
+                    if have == chunk_bytes:
+                        yield b"".join(pieces)  # one piece: the bytes read, not copied again
+                        pieces, have = [], 0
+                continue
             while len(part):
                 take = part[: chunk_bytes - have]
                 pieces.append(take)
@@ -69,7 +128,7 @@ class Encoded:
 
     def tobytes(self) -> bytes:
         """The whole payload as one ``bytes``."""
-        return b"".join([self.head, *self.parts])
+        return b"".join([self.head, *(p.read(0, p.nbytes) if isinstance(p, FileSpan) else p for p in self.parts)])
 
 
 def decode(buf: bytes | bytearray | memoryview) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
