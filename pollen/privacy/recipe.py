@@ -176,7 +176,10 @@ def client_dp_recipe(cfg: Any, builtin_app: bool = True) -> dict[str, dict[str, 
         federation["sampling"] = "balanced"
     calibrated = p.target_epsilon is not None and p.client_noise_multiplier is None and p.delta is not None
     choose_k = calibrated and f.parties_per_round is None and f.fraction is None
-    want_adaptive = p.client_dp == "central" and _unset(p, "adaptive_clip")
+    from pollen.privacy.plan import client_noise
+
+    secure_count = p.client_dp == "distributed" and client_noise(cfg) == "skellam"  # the count rides in the sum
+    want_adaptive = (p.client_dp == "central" or secure_count) and _unset(p, "adaptive_clip")
     if choose_k:
         probe = make_config(merge(cfg.to_dict(), {"federation": federation}))
         best = best_parties_per_round(probe, adaptive=want_adaptive) if want_adaptive else None
