@@ -199,6 +199,8 @@ def report(path: Path) -> str:
         audit = "—" if not a.get("audit_canaries") else f"{a['audit_correct']}/{a['audit_guesses']} of {a['audit_canaries']}"
         rec = x.get("recipe") or {}
         recipe = ", ".join(f"{k} {v}" for k, v in rec.items() if v is not None)
+        if x.get("carried_from"):
+            recipe += f" (run of {x['carried_from']}, same code path)"
         e = "—" if x["epsilon"] is None else f"{x['epsilon']:.2f}"
         ee = "—" if x.get("epsilon_empirical") is None else f"{x['epsilon_empirical']:.2f}"
         lines.append(f"| {x['row']} | {x['seed']} | {by} | {e} | {ee} | {audit} | {recipe} | {x['wall_seconds']:.0f} |")
