@@ -9,7 +9,8 @@ Rows (every DP row runs Pollen's default DP recipe: only the ε is given):
   party's record-level ε for the whole planned run (the worst party's).
 - ``clientdp-8|4|2``: 1,000 IID parties of 60, ``--client-dp central --target-epsilon ε``.
 - ``distdp-8``: as ``clientdp-8`` with ``--client-dp distributed --secagg`` (Skellam noise added by
-  the parties inside SecAgg+'s ring, 20 neighbours per party).
+  the parties inside SecAgg+'s ring, 20 neighbours per party; adaptive clipping with the count summed
+  securely, as the recipe does by default).
 - ``ftrl-8``: as ``clientdp-8`` with ``--client-dp ftrl`` (DP-FTRL: tree aggregation, no sampling).
 
 Every federated row is audited in the same run (Steinke, Nasr, Jagielski 2023; ``--audit-canaries``:
@@ -22,7 +23,7 @@ it ends; a rerun skips what is there, so the benchmark can be stopped and resume
 order (every row of seed 0 first).
 
     python benchmarks/bench_w6_privacy.py --seeds 0,1,2                  # resumes from --out
-    python benchmarks/bench_w6_privacy.py --report benchmarks/results/w6-privacy-v2.jsonl
+    python benchmarks/bench_w6_privacy.py --report benchmarks/results/w6-privacy-v3.jsonl
 """
 
 from __future__ import annotations
@@ -198,6 +199,8 @@ def report(path: Path) -> str:
         audit = "—" if not a.get("audit_canaries") else f"{a['audit_correct']}/{a['audit_guesses']} of {a['audit_canaries']}"
         rec = x.get("recipe") or {}
         recipe = ", ".join(f"{k} {v}" for k, v in rec.items() if v is not None)
+        if x.get("carried_from"):
+            recipe += f" (run of {x['carried_from']}, same code path)"
         e = "—" if x["epsilon"] is None else f"{x['epsilon']:.2f}"
         ee = "—" if x.get("epsilon_empirical") is None else f"{x['epsilon_empirical']:.2f}"
         lines.append(f"| {x['row']} | {x['seed']} | {by} | {e} | {ee} | {audit} | {recipe} | {x['wall_seconds']:.0f} |")
@@ -222,7 +225,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--members", type=int, default=1000, help="members and non-members of the membership attack")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per row")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/w6-privacy-v2.jsonl"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/w6-privacy-v3.jsonl"))
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--report", type=Path, help="print the tables of a JSONL file and exit")

@@ -66,9 +66,14 @@ def _prv_is_for_dp_sgd(cfg) -> str | None:
 
 def _adaptive_clip_is_central(cfg) -> str | None:
     p = cfg.privacy
+    from pollen.privacy.plan import client_noise
+
+    if p.client_dp == "distributed" and client_noise(cfg) == "skellam":
+        return None  # the count rides noised inside the secure sum (pollen.privacy.distributed)
     if p.adaptive_clip and p.client_dp in ("local", "distributed"):
-        return (f"--adaptive-clip needs the coordinator to noise the count of clipped updates, but with "
-                f"--client-dp {p.client_dp} it is not trusted to; use --client-dp central or a fixed --clip-norm")
+        return (f"--adaptive-clip needs the count of clipped updates noised where no one sees it alone: with "
+                f"--client-dp {p.client_dp} the coordinator is not trusted to; use --client-dp central, "
+                "--client-dp distributed --secagg (the count is summed securely with Skellam noise), or a fixed --clip-norm")
     if p.adaptive_clip and p.client_dp == "off":
         return "--adaptive-clip adapts party-level DP clipping: also set --client-dp central"
     return None

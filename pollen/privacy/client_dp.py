@@ -108,6 +108,9 @@ class ClipStep(UpdateStep):
         self.count_stddev = count_stddev
         self.count = 0  # server side: updates decoded this round
         self._bits = 0.0
+        # Under a secure sum the bits travel masked inside the updates and the count arrives noised
+        # (``noised_count``; pollen.privacy.distributed): no bit is read in clear, no noise added here.
+        self.secure_count = False
 
     def configure(self, config: RoundConfig) -> RoundConfig:
         self.used, self.count, self._bits = self.current, 0, 0.0
@@ -123,15 +126,21 @@ class ClipStep(UpdateStep):
 
     def decode(self, update: Update) -> Update:
         self.count += 1
-        if not self.adaptive:
+        if not self.adaptive or self.secure_count:
             return update
         metrics = dict(update.metrics)
         self._bits += float(metrics.pop("clip_bit", 0.0)) - 0.5  # centred: sensitivity 1/2
         return update.with_(metrics=metrics)
 
+    def noised_count(self, centred_sum: float, count: int) -> None:
+        """Server side, under a secure sum: Σ(b − ½) over ``count`` updates, already noised."""
+        self._bits, self.count = float(centred_sum), int(count)
+
     def after_aggregate(self, delta: ModelState, round: int, num_updates: int) -> ModelState:
         if self.adaptive and self.count > 0:
-            noisy = self._bits + secure_rng().normal(0.0, self.count_stddev) if self.count_stddev > 0 else self._bits
+            noisy = self._bits
+            if self.count_stddev > 0 and not self.secure_count:
+                noisy += secure_rng().normal(0.0, self.count_stddev)
             unclipped = noisy / self.count + 0.5
             self.current = self.used * math.exp(-self.clip_lr * (unclipped - self.target_quantile))
         return delta

@@ -4,6 +4,7 @@ the whole planned run (every round, and the most any party is sampled)."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,16 @@ def client_noise_multiplier(cfg, plan: SamplingPlan) -> float:
         from pollen.privacy.skellam import field_scale, skellam_epsilon
 
         def eps(z: float) -> float:
+            if p.adaptive_clip:  # normalised updates + the clip bit: clip C', noise z·C' = z_Δ (distributed.py)
+                from pollen.privacy.distributed import bit_embedding
+
+                sigma_b = count_stddev(cfg, plan)
+                if z >= 2 * sigma_b:
+                    return math.inf  # no correction exists: the count alone would spend the budget
+                e = bit_embedding(z, sigma_b)
+                coord = max(secagg_coordinate_clip(cfg), e.bit_scale / 2)
+                scale = field_scale(p.secagg_bits, coord, plan.per_round, e.z_update)
+                return skellam_epsilon(z, plan.sample_rate, plan.rounds, p.delta, e.norm, scale, SKELLAM_DIM_BOUND)
             scale = field_scale(p.secagg_bits, secagg_coordinate_clip(cfg), plan.per_round, z * p.clip_norm)
             return skellam_epsilon(z, plan.sample_rate, plan.rounds, p.delta, p.clip_norm, scale, SKELLAM_DIM_BOUND)
 
@@ -96,11 +107,21 @@ def ftrl_rounds_per_epoch(plan: SamplingPlan) -> int:
 
 def secagg_coordinate_clip(cfg) -> float:
     """The secure sum's coordinate range: under party-level DP no coordinate of an update clipped to
-    L2 norm C exceeds C, so the ring's resolution is spent on [−C, C] (fixed clip norm only)."""
+    L2 norm C exceeds C, so the ring's resolution is spent on [−C, C]; with adaptive clipping under
+    Skellam noise updates are sent in units of the round's C, so on [−1, 1] (the clip bit's
+    coordinate may widen it: ``SkellamNoise.coordinate_clip``)."""
     p = cfg.privacy
     if p.client_dp != "off" and not p.adaptive_clip:
         return min(p.secagg_clip, p.clip_norm)
+    if p.client_dp != "off" and client_noise(cfg) == "skellam":
+        return min(p.secagg_clip, 1.0)
     return p.secagg_clip
+
+
+def count_stddev(cfg, plan: SamplingPlan) -> float:
+    """σ_b, adaptive clipping's noise std on the count of unclipped updates (default k/20)."""
+    p = cfg.privacy
+    return p.clip_count_stddev if p.clip_count_stddev is not None else plan.per_round / 20
 
 
 def client_dp_steps(cfg) -> list[UpdateStep]:
@@ -109,8 +130,7 @@ def client_dp_steps(cfg) -> list[UpdateStep]:
     if p.client_dp == "off":
         return []
     plan = sampling_plan(cfg)
-    count_std = p.clip_count_stddev if p.clip_count_stddev is not None else plan.per_round / 20
-    clip = ClipStep(p.clip_norm, p.adaptive_clip, p.target_quantile, p.clip_lr, count_std)
+    clip = ClipStep(p.clip_norm, p.adaptive_clip, p.target_quantile, p.clip_lr, count_stddev(cfg, plan))
     z = client_noise_multiplier(cfg, plan)
     if p.client_dp == "ftrl":
         from pollen.privacy.ftrl import TreeAggregationNoise

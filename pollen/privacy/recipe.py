@@ -52,7 +52,25 @@ DP_SGD_RECIPE: dict[str, dict[str, Any]] = {
     "federation": {"sampling": "balanced"},
     "strategy": {"name": "fedavgm", "server_momentum": 0.5, "server_lr": 1.0},
 }
+# At small ε the same per-participation signal carries ~3× the noise (σ 6.1 at ε = 2 against 2.0 at
+# ε = 8 for the same 30 steps per party), and the ε = 8 recipe stalls on its noise floor (W6 v2:
+# 68.7 % at ε = 2, flat from round 10). Below ``SMALL_EPSILON`` the recipe takes fewer, smaller local
+# steps per participation: 2 epochs (12 Poisson steps per party over W1's run instead of 30, so σ
+# falls to 4.0) at lr 1 (lr·C = 1): a quarter of the ε = 8 recipe's movement per participation, with
+# 0.65× its noise. Measured on W6 (30 rounds, seed 0, benchmarks/results/w6-privacy-v3.md): 75.4 %
+# (lr 2: 74.4 %; lr 2 decaying ×0.955 per round: 75.1 %).
+SMALL_EPSILON = 4.0
+DP_SGD_SMALL_EPSILON: dict[str, dict[str, Any]] = {
+    "train": {"epochs": 2, "lr": 1.0},
+}
 DP_MODEL = "dp_cnn"  # for the built-in image datasets of at least 16×16 pixels
+
+
+def dp_sgd_recipe_for(target_epsilon: float | None) -> dict[str, dict[str, Any]]:
+    """The DP-SGD recipe for a target ε (the ε = 8 recipe without one, or at ε ≥ ``SMALL_EPSILON``)."""
+    if target_epsilon is None or target_epsilon >= SMALL_EPSILON:
+        return DP_SGD_RECIPE
+    return merge(DP_SGD_RECIPE, DP_SGD_SMALL_EPSILON)
 
 
 def _unset(section: Any, key: str) -> bool:
@@ -89,7 +107,7 @@ def dp_sgd_recipe(cfg: Any, builtin_app: bool = True) -> dict[str, dict[str, Any
     """What ``--dp-sgd`` changes in ``cfg`` (only what the user left unset; a user's app keeps its model)."""
     if not cfg.privacy.dp_sgd:
         return {}
-    chosen = _fill(cfg, DP_SGD_RECIPE)
+    chosen = _fill(cfg, dp_sgd_recipe_for(cfg.privacy.target_epsilon))
     if not _unset(cfg.strategy, "name") and "strategy" in chosen:
         chosen.pop("strategy")  # the user's strategy keeps its own server settings
     return merge(chosen, _builtin_image_model(cfg, builtin_app))
@@ -176,7 +194,10 @@ def client_dp_recipe(cfg: Any, builtin_app: bool = True) -> dict[str, dict[str, 
         federation["sampling"] = "balanced"
     calibrated = p.target_epsilon is not None and p.client_noise_multiplier is None and p.delta is not None
     choose_k = calibrated and f.parties_per_round is None and f.fraction is None
-    want_adaptive = p.client_dp == "central" and _unset(p, "adaptive_clip")
+    from pollen.privacy.plan import client_noise
+
+    secure_count = p.client_dp == "distributed" and client_noise(cfg) == "skellam"  # the count rides in the sum
+    want_adaptive = (p.client_dp == "central" or secure_count) and _unset(p, "adaptive_clip")
     if choose_k:
         probe = make_config(merge(cfg.to_dict(), {"federation": federation}))
         best = best_parties_per_round(probe, adaptive=want_adaptive) if want_adaptive else None

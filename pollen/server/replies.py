@@ -26,7 +26,7 @@ import math
 import numbers
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dc_field
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,8 @@ class Expected:
         masked: the codec of a masking step (secure aggregation, HE), whose updates stay encoded
             until ``combine``; None without one.
         privacy: the party-reported metrics lifted into the round's fields (ε of DP-SGD, local DP).
+        riders: name -> (shape, dtype) of tensors a step adds to the masked vector and takes out of
+            the sum again (adaptive clipping's bit under SecAgg+: ``pollen.privacy.distributed``).
     """
 
     layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]
@@ -67,6 +69,7 @@ class Expected:
     codecs: frozenset[str]
     masked: str | None
     privacy: frozenset[str]
+    riders: Mapping[str, tuple[tuple[int, ...], np.dtype]] = dc_field(default_factory=dict)
 
 
 def expected(sent: Mapping[str, np.ndarray], config: RoundConfig, pipeline: Any) -> Expected:
@@ -83,9 +86,11 @@ def expected(sent: Mapping[str, np.ndarray], config: RoundConfig, pipeline: Any)
     masks = [s.name for s in steps if s.stage == "mask"]
     codecs = frozenset(masks) if masks else frozenset(s.name for s in steps if s.stage == "compress" and not s.linear)
     privacy: set[str] = set(DP_SGD_REPORTS) if config.extra.get("dp_sgd") else set()
+    riders: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     for s in steps:
         privacy |= set(getattr(s, "party_privacy", ()))
-    return Expected(layout, names & frozenset(layout), codecs, masks[-1] if masks else None, frozenset(privacy))
+        riders.update(getattr(s, "riders", {}) if masks else {})
+    return Expected(layout, names & frozenset(layout), codecs, masks[-1] if masks else None, frozenset(privacy), riders)
 
 
 # ---------------------------------------------------------------- before decoding
@@ -165,10 +170,11 @@ def _check_mask_layout(key: str, meta: Any, exp: Expected) -> None:
         names, shapes, dtypes = list(layout["names"]), list(layout["shapes"]), list(layout["dtypes"])
     except (TypeError, KeyError):
         raise ProtocolError(f"codec {key!r}: a layout {{names, shapes, dtypes}} is required") from None
-    if len(names) != len(shapes) or len(names) != len(dtypes) or set(names) != exp.names or len(set(names)) != len(names):
+    if (len(names) != len(shapes) or len(names) != len(dtypes) or set(names) != exp.names | set(exp.riders)
+            or len(set(names)) != len(names)):
         raise ProtocolError(f"codec {key!r}: the layout's tensors are not the ones this round asked for")
     for name, shape, dtype in zip(names, shapes, dtypes):
-        want_shape, want_dtype = exp.layout[name]
+        want_shape, want_dtype = exp.riders[name] if name in exp.riders else exp.layout[name]
         if shape != list(want_shape) or _kind(dtype) != _kind(want_dtype):
             raise ProtocolError(f"codec {key!r}: layout of {name!r} is {str(dtype)[:20]}{str(shape)[:60]}, "
                                 f"the model's is {want_dtype}{list(want_shape)}")

@@ -141,7 +141,7 @@ def run(updates: Sequence[Update], parties: Sequence[str], rnd: int, transport: 
     if noise is None:
         spec, variance = field.choose(params.bits, params.clip, total_weight), 0.0
     else:
-        spec = field.choose_with_noise(params.bits, params.clip, total_weight, noise.std)
+        spec = field.choose_with_noise(params.bits, noise.coordinate_clip(params.clip), total_weight, noise.std)
         variance = (spec.scale * noise.std) ** 2 / noise.per_round  # each party's share, integer units
     acc, u3, clipped = _masked_input(transport, st, u2, cts, spec, weights, params, layout.size, variance)
     t0 = time.perf_counter()

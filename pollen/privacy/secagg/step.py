@@ -61,6 +61,8 @@ class SecAggPlus(UpdateStep):
             RunError: too few parties or too many dropouts to recover the sum (see ``protocol.run``).
         """
         self.last = protocol.run(updates, parties, round, transport, self.params, self.drop, self.noise)
+        if self.noise is not None:  # adaptive clipping's noised count rode in the sum: take it out
+            return [self.noise.unpack(self.last.update, len(self.last.included))]
         return [self.last.update]
 
     def report(self, round: int) -> dict[str, float]:
