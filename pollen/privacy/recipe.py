@@ -57,8 +57,8 @@ DP_SGD_RECIPE: dict[str, dict[str, Any]] = {
 # 68.7 % at ε = 2, flat from round 10). Below ``SMALL_EPSILON`` the recipe takes fewer, smaller local
 # steps per participation: 2 epochs (12 Poisson steps per party over W1's run instead of 30, so σ
 # falls to 4.0) at lr 1 (lr·C = 1): a quarter of the ε = 8 recipe's movement per participation, with
-# 0.65× its noise. Measured on W6 (30 rounds, seed 0, benchmarks/results/w6-privacy-v3.md): 75.4 %
-# (lr 2: 74.4 %; lr 2 decaying ×0.955 per round: 75.1 %).
+# 0.65× its noise. Measured on W6 (30 rounds, benchmarks/results/w6-privacy-v3.md): 74.2 / 75.1 % on
+# seeds 0 / 1 (probes on seed 0: lr 2: 74.4 %; lr 2 decaying ×0.955 per round: 75.1 %).
 SMALL_EPSILON = 4.0
 DP_SGD_SMALL_EPSILON: dict[str, dict[str, Any]] = {
     "train": {"epochs": 2, "lr": 1.0},
