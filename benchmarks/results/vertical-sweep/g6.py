@@ -1,14 +1,7 @@
 from sweep import *
 import warnings, json; warnings.filterwarnings("ignore")
-def parts(rs):
-    out = []
-    for tr, te in StratifiedKFold(5, shuffle=True, random_state=rs).split(x, y):
-        sc = StandardScaler().fit(x[tr]); out.append((sc.transform(x[tr]), y[tr].astype(float), sc.transform(x[te]), y[te]))
-    return out
 P = {rs: parts(rs) for rs in range(5)}
-skp = {}
-for rs, d in P.items():
-    skp[rs] = sum(int((LogisticRegression(max_iter=5000).fit(a, b).predict(c) == e).sum()) for a, b, c, e in d)
+skp = {rs: sk_correct(d) for rs, d in P.items()}
 print("sklearn per partition", skp)
 sched = [(10, 0.1, 0.9), (20, 0.1, 0.95), (10, 0.2, 0.9), (30, 0.1, 0.95)]
 ex = {}

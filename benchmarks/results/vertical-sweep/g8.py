@@ -1,12 +1,7 @@
 from sweep import *
 import warnings, json; warnings.filterwarnings("ignore")
-def parts(rs):
-    out = []
-    for tr, te in StratifiedKFold(5, shuffle=True, random_state=rs).split(x, y):
-        sc = StandardScaler().fit(x[tr]); out.append((sc.transform(x[tr]), y[tr].astype(float), sc.transform(x[te]), y[te]))
-    return out
 P = {rs: parts(rs) for rs in range(5)}
-skp = {rs: sum(int((LogisticRegression(max_iter=5000).fit(a, b).predict(c) == e).sum()) for a, b, c, e in d) for rs, d in P.items()}
+skp = {rs: sk_correct(d) for rs, d in P.items()}
 print("sklearn", skp, flush=True)
 def cvx(dat, seeds, **kw):  # exact
     out = []
