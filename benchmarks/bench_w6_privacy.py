@@ -106,7 +106,23 @@ def membership_auc(assembly, state, history, members: int, seed: int) -> dict:
             "mia_tpr_at_0.1%fpr": res.tpr_low_fpr.value}
 
 
-def run_row(row: str, seed: int, rounds: int, members: int, threads: int | None) -> dict:
+def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
+    """``section.key=value`` settings (``--set``, for probes) over a row's config; values are JSON
+    where they parse (numbers, true/false), strings otherwise."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise SystemExit(f"--set wants section.key=value (e.g. strategy.ema=0.8); got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        cfg.setdefault(section, {})[name] = parsed
+    return cfg
+
+
+def run_row(row: str, seed: int, rounds: int, members: int, threads: int | None, overrides: list[str] = ()) -> dict:
     """Train one row (one seed) and measure it."""
     import torch
 
@@ -116,7 +132,7 @@ def run_row(row: str, seed: int, rounds: int, members: int, threads: int | None)
     from pollen.telemetry.report import privacy_summary
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = make_config(row_config(row, rounds, seed, tmp, threads))
+        cfg = make_config(apply_overrides(row_config(row, rounds, seed, tmp, threads), list(overrides)))
         t0 = time.perf_counter()
         result = centralized(cfg) if row == "centralized" else simulate(cfg)
         wall = time.perf_counter() - t0
@@ -126,6 +142,9 @@ def run_row(row: str, seed: int, rounds: int, members: int, threads: int | None)
         out = {
             "row": row, "seed": seed, "rounds": len(hist), "accuracy": hist[-1].get("accuracy"),
             "accuracy_by_round": {h["round"]: h["accuracy"] for h in hist if h.get("accuracy") is not None},
+            "iterate_accuracy_by_round": {h["round"]: h["iterate_accuracy"] for h in hist
+                                          if h.get("iterate_accuracy") is not None},
+            "overrides": list(overrides),
             "epsilon": priv["epsilon_max"], "delta": priv["delta"], "accountant": priv["accountant"],
             "unit": priv["privacy_unit"], "epsilon_empirical": priv["epsilon_empirical"],
             "audit": {k: priv[k] for k in ("audit_canaries", "audit_guesses", "audit_correct", "audit_violation")},
@@ -133,7 +152,8 @@ def run_row(row: str, seed: int, rounds: int, members: int, threads: int | None)
             "recipe": {"model": resolved.model.model, "lr": resolved.train.lr, "epochs": resolved.train.epochs,
                        "batch_size": resolved.train.batch_size, "dp_sample_rate": resolved.privacy.dp_sample_rate,
                        "strategy": resolved.strategy.name, "server_lr": resolved.strategy.server_lr,
-                       "server_momentum": resolved.strategy.server_momentum, "sampling": resolved.federation.sampling,
+                       "server_momentum": resolved.strategy.server_momentum, "ema": resolved.strategy.ema,
+                       "sampling": resolved.federation.sampling,
                        "parties_per_round": resolved.federation.parties_per_round,
                        "adaptive_clip": resolved.privacy.adaptive_clip,
                        "noise": resolved.privacy.client_dp_noise},
@@ -152,15 +172,15 @@ def _toml_dict(run_dir: Path) -> dict:
     return load_toml(run_dir / "config.toml")
 
 
-def done(path: Path) -> set[tuple[str, int, int]]:
-    """(row, seed, planned rounds) already in ``path``."""
+def done(path: Path) -> set[tuple[str, int, int, tuple[str, ...]]]:
+    """(row, seed, planned rounds, overrides) already in ``path``."""
     if not path.exists():
         return set()
     out = set()
     for line in path.read_text().splitlines():
         if line.strip():
             r = json.loads(line)
-            out.add((r["row"], r["seed"], r.get("planned_rounds", r["rounds"])))
+            out.add((r["row"], r["seed"], r.get("planned_rounds", r["rounds"]), tuple(r.get("overrides", []))))
     return out
 
 
@@ -226,6 +246,8 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=1000, help="members and non-members of the membership attack")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per row")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/w6-privacy-v3.jsonl"))
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="change a setting in every row (probes; recorded with each result), e.g. strategy.ema=0.8")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--report", type=Path, help="print the tables of a JSONL file and exit")
@@ -234,7 +256,7 @@ def main() -> None:
         print(report(args.report))
         return
     if args.one:
-        res = run_row(args.one, args.seed, args.rounds, args.members, args.threads)
+        res = run_row(args.one, args.seed, args.rounds, args.members, args.threads, args.set)
         res["planned_rounds"] = args.rounds
         print("RESULT " + json.dumps(res), flush=True)
         return
@@ -245,12 +267,13 @@ def main() -> None:
           f"python {platform.python_version()}", flush=True)
     for seed in seeds:
         for row in rows:
-            if (row, seed, args.rounds) in done(args.out):
+            if (row, seed, args.rounds, tuple(args.set)) in done(args.out):
                 print(f"{row} seed {seed}: already in {args.out}", flush=True)
                 continue
             t0 = time.time()
             proc = subprocess.run([sys.executable, __file__, "--one", row, "--seed", str(seed), "--rounds", str(args.rounds),
-                                   "--members", str(args.members), "--threads", str(args.threads)],
+                                   "--members", str(args.members), "--threads", str(args.threads),
+                                   *[f"--set={x}" for x in args.set]],
                                   capture_output=True, text=True)
             found = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not found:

@@ -75,7 +75,7 @@ SIMULATE_SECTIONS: dict[str, set[str] | None] = {
     "compression": ALL, "attack": ALL, "simulation": ALL, "run": ALL}
 SERVER_SECTIONS: dict[str, set[str] | None] = {
     "app": ALL, "data": {"dataset", "data_dir", "parties", "holdout"}, "model": ALL, "train": ALL, "federation": ALL,
-    "strategy": {k for k in ("name", "server_lr", "proximal_mu", "server_momentum", "beta1", "beta2", "tau",
+    "strategy": {k for k in ("name", "server_lr", "proximal_mu", "server_momentum", "ema", "beta1", "beta2", "tau",
                              "local_layers", "async_buffer", "async_concurrency", "max_staleness", "staleness",
                              "staleness_a", "staleness_b", "lr_schedule", "lr_gamma", "lr_step_rounds", "lr_min",
                              "epochs_schedule", "config_hook", "byzantine_f", "trim_ratio", "multikrum_m",

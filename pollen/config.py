@@ -81,6 +81,7 @@ class StrategyConfig(_Section):
     server_lr: float | None = Field(None, gt=0, description="server learning rate (default per strategy: 1.0; 0.01 for fedadam/fedyogi/fedadagrad; 0.6 for fedasync's mixing α)")
     proximal_mu: float | None = Field(None, ge=0, description="FedProx proximal term μ (default 0.01 for fedprox; set it to add the term to any strategy)")
     server_momentum: float = Field(0.9, ge=0, lt=1, description="fedavgm server momentum β")
+    ema: float = Field(0.0, ge=0, lt=1, description="the run's model is a moving average of the global iterates with this decay β (0: off; the DP recipes set it; docs/strategies.md)")
     beta1: float = Field(0.9, ge=0, lt=1, description="fedadam/fedyogi/fedadagrad first-moment decay β1")
     beta2: float = Field(0.99, ge=0, lt=1, description="fedadam/fedyogi second-moment decay β2")
     tau: float = Field(1e-3, gt=0, description="fedadam/fedyogi/fedadagrad adaptivity τ")

@@ -313,7 +313,7 @@ class Coordinator:
             restore(state)
         if self.transport.clock() is not None and "virtual_seconds" not in record:
             record.update(virtual_seconds=self.transport.clock())
-        record.update(self._evaluate(rnd, state))
+        record.update(self._evaluate(rnd, state, getattr(self.strategy.server_optimizer, "iterate", None), opt_state))
         record.update(seconds=time.perf_counter() - t0, bytes_up=up, bytes_down=down)
         return RoundOutcome(state, record), opt_state
 
@@ -429,12 +429,18 @@ class Coordinator:
         except PollenError as exc:
             return None, clean_text(f"{type(exc).__name__}: {exc}", 500)
 
-    def _evaluate(self, rnd: int, state: ModelState) -> dict[str, Any]:
+    def _evaluate(self, rnd: int, state: ModelState, iterate: Callable[..., ModelState] | None = None,
+                  opt_state: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+        """Server-side and federated evaluation of ``state``; with an iterate average (``--ema``),
+        the iterate the parties train from is evaluated too (``iterate_loss``, ``iterate_<metric>``)."""
         out: dict[str, Any] = {}
         last = rnd == self.rounds
         if self.evaluate is not None and (rnd % max(self.eval_every, 1) == 0 or last):
             res = self.evaluate(state)
             out.update(loss=res.loss, **res.metrics)
+            if iterate is not None and opt_state is not None:
+                res = self.evaluate(iterate(state, opt_state))
+                out.update(iterate_loss=res.loss, **{f"iterate_{k}": v for k, v in res.metrics.items()})
         periodic = self.fed_eval_every and rnd % self.fed_eval_every == 0 and self.strategy.asynchronous is None
         if self.fed_eval and (last or periodic):  # async: only at the end (before, tasks are in flight)
             cfg = self.strategy.configure(rnd, list(state)).with_(extra={"personalized": True})

@@ -133,4 +133,11 @@ def build_strategy(cfg, sampler: Sampler, client: ClientConfig) -> Strategy:
     name = cfg.strategy.name
     if name not in _BUILDERS:
         raise ConfigError(f"strategy.name: unknown strategy {name!r}; choose one of: {', '.join(available_strategies())}")
-    return _BUILDERS[name](cfg, sampler, per_round_client(cfg, client))
+    strategy = _BUILDERS[name](cfg, sampler, per_round_client(cfg, client))
+    if cfg.strategy.ema:
+        if strategy.asynchronous is not None:
+            raise ConfigError(f"strategy.ema: the iterate average needs synchronous rounds; {name!r} is asynchronous")
+        from pollen.strategy.averaging import IterateAverage
+
+        strategy = replace(strategy, server_optimizer=IterateAverage(strategy.server_optimizer, cfg.strategy.ema))
+    return strategy

@@ -1,6 +1,8 @@
 """Helpers of the gRPC transport tests (a coordinator service handle, threads)."""
 
+import logging
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -40,3 +42,23 @@ def run_in_thread(fn) -> threading.Thread:
     t = threading.Thread(target=fn, daemon=True)
     t.start()
     return t
+
+
+@contextmanager
+def log_event(logger: str, event: str):
+    """An Event set when ``logger`` (or a child) logs a record whose ``event`` field is ``event``:
+    a test waits on what the code says it did, not on a sleep."""
+    seen = threading.Event()
+
+    class _Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "event", None) == event:
+                seen.set()
+
+    handler = _Handler(logging.DEBUG)
+    log = logging.getLogger(logger)
+    log.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        log.removeHandler(handler)

@@ -1,7 +1,6 @@
 """Rounds over real gRPC with mutual TLS on 127.0.0.1: parties are ``GrpcParty`` threads of this
 process, the coordinator is the same ``Coordinator`` simulation runs."""
 
-import time
 
 import numpy as np
 import pytest
@@ -63,23 +62,44 @@ def test_status_lists_parties_and_progress(coordinator, shards, certs):
     assert sorted(p["party_id"] for p in s["parties"] if p["alive"]) == ["0", "1"]
 
 
-def test_dead_party_is_dropped_within_two_heartbeats(coordinator, shards, run_cfg):
-    c = coordinator(heartbeat=1.0)
-    _parties(c, shards, ids=["0"])  # a live party: heartbeats keep it
-    assert c.hub.wait_for_parties(1, timeout=60), "party 0 did not join"  # before "1", so the order is fixed
-    ch, stub, session = c.join("1")  # joins, then goes silent (as if killed)
-    joined = time.monotonic()
-    assert c.hub.available() == ["0", "1"]
+class FakeClock:
+    """The hub's liveness clock, moved by the test: silence is measured exactly, not by sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_dead_party_is_dropped_within_two_heartbeats(coordinator, run_cfg):
+    from pollen.transport.rpc import pollen_pb2 as pb
+    from pollen.transport.rpc.hub import DEAD_AFTER, WATCH_EVERY
+
+    assert DEAD_AFTER + WATCH_EVERY < 2  # the watcher sweeps every WATCH_EVERY intervals: "within two"
+    clock = FakeClock()
+    c = coordinator(heartbeat=1.0, clock=clock)
+    t0 = clock.now
+    ch0, stub0, session0 = c.join("0")  # beats when the test says so
+    ch1, stub1, session1 = c.join("1")  # joins, then goes silent (as if killed)
     state = assemble(run_cfg).initial_state()
     c.hub.submit(Task("1", "fit", 1, state, RoundConfig(round=1)))
-    reply = c.hub.poll(timeout=10)
-    detected = time.monotonic() - joined
-    assert reply is not None and reply.party_id == "1" and "no heartbeat" in reply.failure
-    assert detected < 2 * c.hub.heartbeat_interval, detected
-    assert c.hub.available() == ["0"] and c.hub.stats.dropped == 1
-    time.sleep(2.5)
-    assert c.hub.available() == ["0"], "a heartbeating party must stay"
-    ch.close()
+
+    def at(intervals: float) -> list[str]:
+        clock.now = t0 + intervals * c.hub.heartbeat_interval
+        assert not stub0.Heartbeat(pb.HeartbeatRequest(session=session0), timeout=10).stop
+        return c.hub.sweep()
+
+    for k in (0.5, 1.0, DEAD_AFTER):  # silent for up to DEAD_AFTER intervals: kept, its task still open
+        assert at(k) == [] and c.hub.available() == ["0", "1"] and c.hub.pending() == 1
+    clock.now = t0 + (DEAD_AFTER + WATCH_EVERY) * c.hub.heartbeat_interval  # the watcher thread's own sweep
+    reply = c.hub.poll(timeout=60)  # drops it: its open task comes back failed at once
+    assert reply is not None and reply.party_id == "1" and "no heartbeat for 1.6 s" in reply.failure
+    assert c.hub.available() == ["0"] and c.hub.stats.dropped == 1 and c.hub.pending() == 0
+    for k in range(2, 12):  # ten intervals more: a party that beats stays
+        assert at(k) == [] and c.hub.available() == ["0"]
+    ch0.close()
+    ch1.close()
 
 
 def test_party_reconnects_after_coordinator_restart(coordinator, shards):
@@ -117,13 +137,16 @@ def test_backoff_keeps_working_after_thousands_of_attempts():
 def test_stop_ends_a_party_that_is_still_retrying(shards):
     import socket
 
+    from grpc_helpers import log_event
+
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     party = GrpcParty(PartyOptions("1", f"127.0.0.1:{port}", str(shards / "party1"), insecure=True,
                                    backoff_base=0.05, backoff_cap=0.5, retry_seconds=600))
-    t = run_in_thread(party.run)
-    time.sleep(0.5)
+    with log_event("pollen.party", "reconnect") as retrying:
+        t = run_in_thread(party.run)
+        assert retrying.wait(timeout=60), "the party never logged a retry"
     assert t.is_alive()  # retrying
     party.stop()
     t.join(timeout=10)

@@ -29,6 +29,7 @@ from pollen.types import Reply, Task
 
 log = logging.getLogger("pollen.transport.grpc")
 DEAD_AFTER = 1.5  # heartbeat intervals of silence before a party is dropped
+WATCH_EVERY = 0.1  # heartbeat intervals between two sweeps: a dead party goes within DEAD_AFTER + WATCH_EVERY
 QUORUM_LOG_EVERY = 30.0  # seconds between two lines while a round waits for --min-parties
 REPLY_BYTES_PER_ELEMENT = 16  # a float64 update twice over: plain, top-k (index + value), masked field vectors
 REPLY_SLACK = 1 << 20  # bytes for tensor names, codec metadata and headers
@@ -92,8 +93,10 @@ class GrpcTransport(Transport):
 
     def __init__(self, heartbeat_interval: float = 5.0, chunk_bytes: int = CHUNK_BYTES, min_parties: int = 0,
                  quorum_timeout: float | None = None, members: Sequence[str] | None = None,
-                 reply_bytes_per_element: int = REPLY_BYTES_PER_ELEMENT) -> None:
+                 reply_bytes_per_element: int = REPLY_BYTES_PER_ELEMENT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.heartbeat_interval = heartbeat_interval
+        self._clock = clock  # of liveness only (heartbeats and sweeps): a test's fake clock makes them exact
         self.min_parties = min_parties
         self.quorum_timeout = quorum_timeout
         self.chunk_bytes = chunk_bytes
@@ -265,7 +268,7 @@ class GrpcTransport(Transport):
             if old is not None:
                 self._drop(old, "party reconnected; its earlier task is lost")
                 self._by_token.pop(old.token, None)
-            s = Session(party_id, secrets.token_urlsafe(24), peer, time.monotonic())
+            s = Session(party_id, secrets.token_urlsafe(24), peer, self._clock())
             self._sessions[party_id] = s
             self._by_token[s.token] = s
             self.stats.joins += 1
@@ -279,7 +282,7 @@ class GrpcTransport(Transport):
             s = self._by_token.get(token)
             if s is None or not s.alive:
                 return None
-            s.last_seen = time.monotonic()
+            s.last_seen = self._clock()
             return s
 
     def leave(self, s: Session) -> None:
@@ -390,19 +393,27 @@ class GrpcTransport(Transport):
         s.inflight.clear()
         self._cond.notify_all()
 
+    def sweep(self) -> list[str]:
+        """Drop every party silent for more than ``DEAD_AFTER`` heartbeat intervals (its open tasks
+        fail at once); the ids dropped. The watcher thread calls it every ``WATCH_EVERY`` intervals."""
+        now = self._clock()
+        dropped = []
+        with self._cond:
+            for s in list(self._sessions.values()):
+                silent = now - s.last_seen
+                if s.alive and silent > DEAD_AFTER * self.heartbeat_interval:
+                    self.stats.dropped += 1
+                    log.warning("party %s silent for %.1f s: dropped", s.party_id, silent,
+                                extra={"event": "dropped", "party": s.party_id, "seconds": round(silent, 2)})
+                    self._drop(s, f"party lost: no heartbeat for {silent:.1f} s")
+                    self._by_token.pop(s.token, None)
+                    dropped.append(s.party_id)
+        return dropped
+
     def _watch(self) -> None:
         while not self._closing:
-            time.sleep(self.heartbeat_interval / 10)
-            now = time.monotonic()
-            with self._cond:
-                for s in list(self._sessions.values()):
-                    silent = now - s.last_seen
-                    if s.alive and silent > DEAD_AFTER * self.heartbeat_interval:
-                        self.stats.dropped += 1
-                        log.warning("party %s silent for %.1f s: dropped", s.party_id, silent,
-                                    extra={"event": "dropped", "party": s.party_id, "seconds": round(silent, 2)})
-                        self._drop(s, f"party lost: no heartbeat for {silent:.1f} s")
-                        self._by_token.pop(s.token, None)
+            time.sleep(self.heartbeat_interval * WATCH_EVERY)
+            self.sweep()
 
 
 def _elements(task: Task) -> int:
