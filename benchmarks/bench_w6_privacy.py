@@ -108,18 +108,19 @@ def membership_auc(assembly, state, history, members: int, seed: int) -> dict:
 
 def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     """``section.key=value`` settings (``--set``, for probes) over a row's config; values are JSON
-    where they parse (numbers, true/false), strings otherwise."""
+    where they parse (numbers, true/false), strings otherwise; unknown settings are refused."""
+    from pollen.config import flags_to_sections, merge
+
+    values: dict[str, object] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
-        section, dot, name = key.partition(".")
-        if not sep or not dot:
+        if not sep or "." not in key:
             raise SystemExit(f"--set wants section.key=value (e.g. strategy.ema=0.8); got {item!r}")
         try:
-            parsed = json.loads(value)
+            values[key] = json.loads(value)
         except json.JSONDecodeError:
-            parsed = value
-        cfg.setdefault(section, {})[name] = parsed
-    return cfg
+            values[key] = value
+    return merge(cfg, flags_to_sections(values))
 
 
 def run_row(row: str, seed: int, rounds: int, members: int, threads: int | None, overrides: list[str] = ()) -> dict:

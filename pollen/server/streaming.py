@@ -74,7 +74,13 @@ def streaming_wanted(mode: str, state: Mapping[str, np.ndarray], why_not: str | 
         if why_not is not None:
             raise ConfigError(f"--stream-aggregate on cannot work here: {why_not}; use --stream-aggregate auto or off")
         return True
-    return why_not is None and state_nbytes(state) * parties > AUTO_BYTES
+    return why_not is None and big_round(state_nbytes(state), parties)
+
+
+def big_round(model_bytes: int, parties: int) -> bool:
+    """Whether ``parties`` updates of ``model_bytes`` each are more than ``--stream-aggregate auto``
+    holds at once (``AUTO_BYTES``)."""
+    return model_bytes * parties > AUTO_BYTES
 
 
 class OrderedFold:

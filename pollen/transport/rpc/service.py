@@ -306,9 +306,9 @@ def stream_window(stream_aggregate: str, model_bytes: int, parties: int) -> int 
     (``RECEIVE_WINDOW``) when the round's uploads stream into a running sum (``--stream-aggregate
     on``, or ``auto`` when ``parties`` updates of ``model_bytes`` exceed ``AUTO_BYTES``), so that
     the uploads in flight stay a small part of a big model; else None (gRPC's own sizing)."""
-    from pollen.server.streaming import AUTO_BYTES
+    from pollen.server.streaming import big_round
 
-    if stream_aggregate == "on" or (stream_aggregate == "auto" and model_bytes * max(parties, 1) > AUTO_BYTES):
+    if stream_aggregate == "on" or (stream_aggregate == "auto" and big_round(model_bytes, max(parties, 1))):
         return RECEIVE_WINDOW
     return None
 
