@@ -162,7 +162,7 @@ def run_row(row: str, seed: int, rounds: int, members: int, threads: int | None,
             "parties_failed": sum(len(h.get("parties_failed", [])) for h in hist),
             "wall_seconds": wall, "threads": torch.get_num_threads(),
         }
-        if row != "centralized":
+        if row != "centralized" and members > 0:  # --members 0: no attack (probes)
             out.update(membership_auc(assemble(resolved), result.state, hist, members, seed))
     return out
 
@@ -244,7 +244,7 @@ def main() -> None:
     ap.add_argument("--rows", default="all", help=f"comma-separated rows or 'all' ({', '.join(ROWS)}; extra: {', '.join(EXTRA_ROWS)})")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--members", type=int, default=1000, help="members and non-members of the membership attack")
+    ap.add_argument("--members", type=int, default=1000, help="members and non-members of the membership attack (0: no attack)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per row")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/w6-privacy-v3.jsonl"))
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
