@@ -41,7 +41,7 @@ from pathlib import Path
 
 ROWS = ["fedavg", "dpsgd-8", "clientdp-8", "distdp-8", "dpsgd-4", "dpsgd-2", "clientdp-4", "clientdp-2", "ftrl-8",
         "centralized"]
-EXTRA_ROWS = ["fedavg-dpcnn"]  # diagnostics: the DP-SGD recipe's model and schedule without DP
+EXTRA_ROWS = ["fedavg-dpcnn", "fedavg-scatter"]  # diagnostics: the DP recipes' models without DP
 DELTA = 1e-5
 RECORD_CANARIES, PARTY_CANARIES = 1000, 100
 
@@ -63,6 +63,9 @@ def row_config(row: str, rounds: int, seed: int, runs_dir: str, threads: int | N
             cfg["train"] = {**DP_SGD_RECIPE["train"], "batch_size": 300}
             cfg["federation"]["sampling"] = "balanced"
             cfg["strategy"] = dict(DP_SGD_RECIPE["strategy"])
+        elif row == "fedavg-scatter":  # W1's FedAvg with the DP recipes' model (scatter_linear)
+            cfg["model"] = {"model": "scatter_linear"}
+            cfg["train"] = {"lr": 0.05, "batch_size": 32, "epochs": 1}
         else:
             cfg["model"] = {"model": "fedavg_cnn"}
             cfg["train"] = {"lr": 0.05, "batch_size": 32, "epochs": 1}

@@ -45,7 +45,7 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    model: str | None = Field(None, description="model name (default: chosen from the dataset): fedavg_cnn, cifar_cnn, small_cnn, emnist_cnn, emnist_cnn_dropout, dp_cnn (the DP recipes' default for images), mlp, logreg")
+    model: str | None = Field(None, description="model name (default: chosen from the dataset): fedavg_cnn, cifar_cnn, small_cnn, emnist_cnn, emnist_cnn_dropout, scatter_linear (the DP recipes' default for images: fixed ScatterNet features + linear), dp_cnn, mlp, logreg")
     augmentation: str = Field("none", description="training augmentation: none, cifar")
 
 

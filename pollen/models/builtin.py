@@ -62,6 +62,25 @@ def model_name(cfg: Any, input_shape: tuple[int, ...]) -> str:
     return cfg.model.model or default_model_for(tuple(input_shape))
 
 
+@lru_cache(maxsize=4)
+def _transform(name: str, input_shape: tuple[int, ...]) -> torch.nn.Module | None:
+    from pollen.models.features import fixed_features
+
+    return fixed_features(build_model(name, input_shape, 2))
+
+
+def served(cfg: Any, x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the configured model takes it: its fixed features, computed once (``scatter_linear``),
+    or ``x`` itself."""
+    shape = tuple(x.shape[1:])
+    transform = _transform(model_name(cfg, shape), shape) if len(shape) == 3 else None
+    if transform is None:
+        return x
+    from pollen.models.features import featurize
+
+    return featurize(transform, x)
+
+
 def shape_and_classes(ctx: Any) -> tuple[tuple[int, ...], int]:
     """(input shape, classes): from a deployed party's shard, else from the dataset."""
     if _is_shard(ctx.data_path):
@@ -88,6 +107,7 @@ def load_data(ctx: Any) -> tuple[Shard, Shard]:
     ds, x, y = _dataset(dataset_name(cfg), cfg.data.data_dir)
     idx = parts(cfg)[ctx.party_index]
     train, val = split_holdout(idx, holdout, seed) if holdout > 0 else (idx, idx[:0])
+    x = served(cfg, x)
     return Shard(x, y, torch.from_numpy(np.sort(train))), Shard(x, y, torch.from_numpy(np.sort(val)))
 
 
@@ -109,14 +129,14 @@ def _deployed_shard(ctx: Any) -> tuple[Shard, Shard]:
     train, val = split_holdout(pos, holdout, cfg.run.seed + ctx.party_index) if holdout > 0 else (pos, pos[:0])
     if index is not None:  # order examples by their training-set index, as simulation does
         train, val = train[np.argsort(index[train], kind="stable")], val[np.argsort(index[val], kind="stable")]
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    xt, yt = served(cfg, torch.from_numpy(x)), torch.from_numpy(y)
     return Shard(xt, yt, torch.from_numpy(train)), Shard(xt, yt, torch.from_numpy(val))
 
 
 def server_data(ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The dataset's test split, for the coordinator's evaluation."""
     ds = dataset(ctx.config)
-    return torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
+    return served(ctx.config, torch.from_numpy(ds.x_test)), torch.from_numpy(ds.y_test)
 
 
 metrics = ["accuracy"]

@@ -7,12 +7,13 @@ from collections.abc import Callable
 import torch.nn as nn
 
 from pollen.errors import ModelError
-from pollen.models import cnn, mlp
+from pollen.models import cnn, mlp, scatter
 
 Builder = Callable[[tuple[int, ...], int], nn.Module]
 # name -> builder(input_shape, num_classes): one explicit table (a user's own model is an app's model())
 _REGISTRY: dict[str, Builder] = {
     "fedavg_cnn": cnn.fedavg_cnn, "cifar_cnn": cnn.cifar_cnn, "small_cnn": cnn.small_cnn, "dp_cnn": cnn.dp_cnn,
+    "scatter_linear": scatter.scatter_linear,
     "mlp": mlp.mlp, "logreg": mlp.logreg, "emnist_cnn": cnn.emnist_cnn, "emnist_cnn_dropout": cnn.emnist_cnn_dropout,
 }
 

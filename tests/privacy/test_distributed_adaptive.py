@@ -133,5 +133,5 @@ def test_recipe_turns_secure_adaptive_clipping_on_by_default():
     args = build_parser("simulate").parse_args(["simulate", "--dataset", "fmnist", "--parties", "1000", "--client-dp",
                                                 "distributed", "--secagg", "--target-epsilon", "8", "--delta", "1e-5"])
     cfg = assemble(config_from_args(args)).cfg
-    assert cfg.privacy.adaptive_clip and cfg.model.model == "dp_cnn"
+    assert cfg.privacy.adaptive_clip and cfg.model.model == "scatter_linear"
     check_config(cfg)

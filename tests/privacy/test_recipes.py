@@ -25,7 +25,7 @@ def test_cli_dp_sgd_uses_the_recipe():
     for section, values in DP_SGD_RECIPE.items():
         for key, value in values.items():
             assert getattr(getattr(cfg, section), key) == value, (section, key)
-    assert cfg.model.model == "dp_cnn"
+    assert cfg.model.model == "scatter_linear"
 
 
 def test_cli_dp_sgd_picks_the_recipe_from_the_target_epsilon():
@@ -39,7 +39,7 @@ def test_cli_dp_sgd_picks_the_recipe_from_the_target_epsilon():
     for section, values in small.items():
         for key, value in values.items():
             assert getattr(getattr(cfg, section), key) == value, (section, key)
-    assert cfg.model.model == "dp_cnn"
+    assert cfg.model.model == "scatter_linear"
 
 
 def test_user_values_win_over_the_recipe():
@@ -53,13 +53,13 @@ def test_user_values_win_over_the_recipe():
 
 def test_no_recipe_without_dp():
     cfg = _cli("--dataset", "digits", "--parties", "4")
-    assert cfg.model.model != "dp_cnn" and cfg.federation.sampling == "random" and cfg.strategy.name == "fedavg"
+    assert cfg.model.model != "scatter_linear" and cfg.federation.sampling == "random" and cfg.strategy.name == "fedavg"
 
 
 def test_cli_client_dp_uses_the_recipe_and_picks_parties_per_round():
     cfg = _cli("--dataset", "fmnist", "--parties", "1000", "--client-dp", "central", "--target-epsilon", "8",
                "--delta", "1e-5")
-    assert cfg.model.model == "dp_cnn" and cfg.privacy.adaptive_clip
+    assert cfg.model.model == "scatter_linear" and cfg.privacy.adaptive_clip
     for section, values in CLIENT_DP_RECIPE.items():
         for key, value in values.items():
             assert getattr(getattr(cfg, section), key) == value, (section, key)
