@@ -158,8 +158,8 @@ class ScatterLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.feature_shape:
-            with torch.no_grad():
-                x = self.fixed_features(x)  # fixed: nothing to learn, nothing to clip
+            # fixed: nothing to learn or clip (no graph unless x itself wants a gradient: an inversion attack)
+            x = self.fixed_features(x)
         return self.head(self.norm(x).flatten(1))  # (B, classes)
 
 

@@ -104,3 +104,11 @@ def test_dp_sgd_run_with_scatter_linear_learns(digits_cfg, tmp_path, monkeypatch
     assert last["accuracy"] > 0.5  # chance is 0.1
     assert 0 < last["epsilon"] < float("inf")
     assert any(tmp_path.joinpath("cache").glob("*.pt"))
+
+
+def test_gradients_reach_the_input_through_the_fixed_features() -> None:
+    """A gradient-inversion attack differentiates the loss by the image: the transform must pass it."""
+    model = build_model("scatter_linear", (1, 28, 28), 10)
+    x = _images(2).requires_grad_(True)
+    torch.nn.functional.cross_entropy(model(x), torch.tensor([1, 2])).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
