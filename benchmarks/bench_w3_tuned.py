@@ -143,7 +143,9 @@ def main() -> None:
                 record({"kind": "rerun", "strategy": s, "seed": seed, "rounds": a.rounds, "budget": budget,
                         "params": study["best_params"], **got, **stamp()})
                 print(f"  final {got['final_accuracy']:.4f} ({got['wall_s']:.0f} s)", flush=True)
-    print(f"\n{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; {machine()}\n")
+    dates = sorted(r["date"] for r in rows if "date" in r)
+    if dates:  # when and where the rows ran (not when the table was printed)
+        print(f"\nruns {dates[0]} – {dates[-1]} on: " + "; ".join(sorted({r['machine'] for r in rows if 'machine' in r})) + "\n")
     print(table(rows, untuned))
 
 

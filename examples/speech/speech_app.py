@@ -81,12 +81,16 @@ def load_pretrained(root: Path) -> nn.Module:
     return model
 
 
+# The adapters: rank-4 LoRA on every attention layer's query and value projections, the classifier
+# head trained in full.
+LORA: dict[str, Any] = {"r": 4, "alpha": 8, "target_modules": ("q_proj", "v_proj"), "train": ("classifier",)}
+
+
 def adapt(model: nn.Module, finetune: str) -> nn.Module:
     """``model`` as fine-tuning ``finetune`` trains it (see the module's docstring)."""
     if finetune == "full":
         return model
-    model.net = lora(model.net, r=4, alpha=8, target_modules=("q_proj", "v_proj"), train=("classifier",),
-                     also_train=("layer_norm",) if finetune == "lora+norm" else ())
+    model.net = lora(model.net, **LORA, also_train=("layer_norm",) if finetune == "lora+norm" else ())
     return model
 
 
@@ -119,5 +123,5 @@ def make_app(root: str | Path = ROOT, finetune: str = "lora", only: int | None =
 
 _default = make_app()
 model, load_data, metrics, config = _default["model"], _default["load_data"], _default["metrics"], _default["config"]
-__all__ = ["CHECKPOINT", "FINETUNE", "ROOT", "Logits", "adapt", "config", "load_data", "load_pretrained", "make_app",
+__all__ = ["CHECKPOINT", "FINETUNE", "LORA", "ROOT", "Logits", "adapt", "config", "load_data", "load_pretrained", "make_app",
            "metrics", "model", "whisper"]
