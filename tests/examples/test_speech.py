@@ -135,7 +135,7 @@ def test_quick_table(tmp_path):
     assert compare["main"](["--quick", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")]) == 0
     result = json.loads((tmp_path / "out" / "speech-quick.json").read_text())
     rows = result["rows"]
-    assert len(rows) == 8
+    assert len(rows) == 9
     for label, row in rows.items():
         assert sorted(row["accuracy"]) == ["0", "1", "2", "3", "4"], label  # every institution measured
         assert all(0.0 <= a <= 1.0 for a in row["accuracy"].values())
@@ -143,5 +143,6 @@ def test_quick_table(tmp_path):
     assert full["bytes_per_round"] > 20 * adapters["bytes_per_round"] > 0
     for label in ("FedBN-style (LayerNorms local)", "FedPer (head local)", "pFedMe (personal)", "Ditto (personal)"):
         assert rows[label]["bytes_per_round"] < full["bytes_per_round"] / 20, label
-    assert [c[0] for c in result["checks"]][2].startswith("adapters send")
+    assert [c[0] for c in result["checks"]][2].startswith("FedAvg, adapters: sends")
+    assert len(result["checks"]) == 8  # the bar for the global and the personalised adapters
     assert "| FedAvg, adapters |" in (tmp_path / "out" / "speech-quick.md").read_text()
