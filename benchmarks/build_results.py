@@ -12,7 +12,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 PARTS = ["summary.md", "w3-strategies.md", "robustness.md", "w4-grpc.md", "w5-secagg.md", "w6-privacy.md",
-         "he-and-attacks.md", "w6-privacy-v2.md", "w6-privacy-v3.md", "w6-privacy-v4.md", "w8-compression.md", "flood.md", "vertical.md", "dashboard.md",
+         "he-and-attacks.md", "w6-privacy-v2.md", "w6-privacy-v3.md", "w6-privacy-v4.md", "w8-compression.md", "flood.md", "vertical.md", "w3-tuned.md", "dashboard.md",
          "scale.md", "seeds.md"]
 
 
