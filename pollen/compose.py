@@ -38,7 +38,7 @@ log = logging.getLogger("pollen")
 # is the same whatever other threads of the process (parties embedded in a program) build meanwhile.
 _MODEL_LOCK = threading.RLock()
 RUN_FILES = ("config.toml", "history.jsonl", "summary.json", "report.md", "plot.svg", "model.safetensors", "checkpoints",
-             "ledgers")
+             "ledgers", "party_state")  # --overwrite removes them all: a new run inherits no party's state
 
 
 # ------------------------------------------------------------ threads

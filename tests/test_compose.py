@@ -114,6 +114,20 @@ def test_a_reused_run_name_is_refused_unless_overwritten(digits_cfg):
     assert "centralized" not in summary  # nothing of the old run's summary is mixed in
 
 
+def test_an_overwritten_run_does_not_inherit_the_old_runs_party_state(digits_cfg):
+    """Personal models (Ditto), private layers and control variates live in the run folder: a run
+    that replaces another under the same name starts from none of them (same seed: same history)."""
+    from pollen.simulation import simulate
+
+    cfg = digits_cfg(federation={"rounds": 2, "parties_per_round": 4}, strategy={"name": "ditto"})
+    first = simulate(cfg)
+    assert any((first.run_dir / "party_state").iterdir())  # the personal models were stored there
+    again = simulate(cfg, overwrite=True)
+    for key in ("accuracy", "fed_accuracy"):  # the coordinator's model and the personal models
+        assert [r.get(key) for r in again.history] == [r.get(key) for r in first.history], key
+    assert first.history[-1].get("fed_accuracy") is not None
+
+
 def test_resume_with_more_rounds_extends_a_finished_run(digits_cfg):
     from pollen.compose import resume_config
     from pollen.errors import ConfigError

@@ -147,10 +147,10 @@ def _flatten(party_id: str, state: Mapping[str, Any]) -> tuple[dict[str, np.ndar
     values: dict[str, Any] = {}
     for key, value in state.items():
         if isinstance(value, np.ndarray):
-            arrays[key] = np.ascontiguousarray(value)
+            arrays[key] = np.require(value, requirements="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
         elif isinstance(value, Mapping) and value and all(isinstance(v, np.ndarray) for v in value.values()):
             for name, arr in value.items():
-                arrays[f"{key}/{name}"] = np.ascontiguousarray(arr)
+                arrays[f"{key}/{name}"] = np.require(arr, requirements="C")
             values.setdefault("__dicts__", []).append(key)
         else:
             try:

@@ -97,3 +97,17 @@ def test_memory_only_store_keeps_everything(tmp_path):
     for i in range(3):
         store.save(str(i), store.get(str(i)) | {"n": i}, 1)
     assert store.in_memory() == 3 and [store.get(str(i))["n"] for i in range(3)] == [0, 1, 2]
+
+
+def test_zero_dimensional_tensors_keep_their_shape(tmp_path):
+    """A personal model's BatchNorm counter (``num_batches_tracked``, shape ()) comes back as shape (),
+    not (1,): the model would refuse it."""
+    store = PartyStateStore(tmp_path, capacity=1)
+    st = store.get("0")
+    st["personal"] = {"bn.num_batches_tracked": np.array(7, dtype=np.int64), "w": np.ones((2, 2), np.float32).T}
+    st["scalar"] = np.array(1.5, dtype=np.float32)
+    store.save("0", st, round=1)
+    store.clear_memory()
+    back = store.get("0")
+    assert back["personal"]["bn.num_batches_tracked"].shape == () and int(back["personal"]["bn.num_batches_tracked"]) == 7
+    assert back["scalar"].shape == () and back["personal"]["w"].shape == (2, 2)
