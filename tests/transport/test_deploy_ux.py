@@ -214,6 +214,7 @@ def test_a_new_outage_after_joining_gets_the_full_retry_time_again(serve, certs,
     monkeypatch.setattr(party_module, "time", SimpleNamespace(monotonic=lambda: real.monotonic() + later[0]))
     port = free_port()
     waiting = party_log(lambda r: r.getMessage().startswith("cannot reach"))
+    joined = party_log(lambda r: getattr(r, "event", None) == "join")  # logged after the party counts its join
     party = GrpcParty(PartyOptions("1", f"localhost:{port}", str(shards / "party1"), certs_dir=str(certs),
                                    retry_seconds=60.0, backoff_base=0.05, backoff_cap=0.2))
     errors = []
@@ -221,6 +222,9 @@ def test_a_new_outage_after_joining_gets_the_full_retry_time_again(serve, certs,
     assert waiting.seen.wait(60), "the party did not report the missing coordinator"
     hub, server, _ = serve(certs, port)
     assert hub.wait_for_parties(1, timeout=60)
+    # the hub sees the join before the party has counted it: without this wait the outage below could
+    # look like the pre-join one continuing (an hour long) and the party would rightly give up
+    assert joined.seen.wait(60), "the party did not say it joined"
     retrying = party_log(lambda r: r.getMessage().startswith("cannot reach"))
     later[0] = 3600.0  # an hour of training later …
     server.stop(0).wait()  # … the coordinator goes away
