@@ -265,11 +265,9 @@ def explain_unreachable(code: grpc.StatusCode, details: str, opts: PartyOptions,
                     f"[{cause}]")
         return ("the coordinator closed the connection during the TLS handshake: it does not accept this party's "
                 f"certificate (party-{opts.party_id}.pem from another CA than the coordinator's?) [{cause}]")
-    if joined and ("cancelling all calls" in text or "goaway" in text):
-        # a coordinator that stops sends GOAWAY: the calls in flight fail UNAVAILABLE "Cancelling all calls"
-        return f"the connection to the coordinator was lost (it stopped or restarted?) [{cause}]"
-    if code == grpc.StatusCode.CANCELLED and joined:
-        # a coordinator that stops cancels the calls in flight (its long-poll for the next task)
+    if joined and (code == grpc.StatusCode.CANCELLED or "cancelling all calls" in text or "goaway" in text):
+        # a coordinator that stops cancels the calls in flight (its long-poll for the next task), or sends
+        # GOAWAY: they fail CANCELLED, or UNAVAILABLE "Cancelling all calls"
         return f"the connection to the coordinator was lost (it stopped or restarted?) [{cause}]"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"no answer in time (a firewall dropping packets, or the wrong address?) [{cause}]"
