@@ -15,6 +15,16 @@ two variants do different amounts of work outside the rounds:
   loop's rounds only; asymmetric (the plain side excludes its data loading), kept because it
   was the ratio reported before the other two were added.
 
+Two schedules (``--interleave``):
+
+- ``rounds`` (default): both children start together and take turns, one round at a time (the
+  parent hands a token back and forth through their stdin/stdout; a child waiting for its turn is
+  blocked in ``read``, using no CPU). Each child's times count only its own turns. The machine's
+  speed drifts by several per cent within minutes on this shared host (plain-loop runs of the same
+  job measured 28.8–36.2 s minutes apart); alternating every ~5 s puts the same drift on both sides,
+  which alternating whole 2-minute jobs does not.
+- ``jobs``: one child after the other (counterbalanced), the schedule of the earlier measurements.
+
     python benchmarks/bench_w1_overhead.py --workload w1 --reps 4
 """
 
@@ -34,6 +44,24 @@ from datetime import datetime, timezone
 
 T_START = time.perf_counter()  # a child's job time counts from here (before torch is imported)
 ROUNDS, PARTIES, PER_ROUND = 30, 100, 10
+LOCKSTEP = "--lockstep" in sys.argv  # a child that runs only during its turns (see --interleave rounds)
+WAITED = 0.0  # seconds this child spent waiting for its turn (subtracted from its times)
+if LOCKSTEP:
+    sys.stdin.readline()  # the first turn: nothing, not even the imports, runs before it
+    T_START = time.perf_counter()
+
+
+def turn() -> float:
+    """End this child's turn and wait for the next (lockstep only); returns the seconds waited."""
+    global WAITED
+    if not LOCKSTEP:
+        return 0.0
+    t = time.perf_counter()
+    print("TURN", flush=True)
+    sys.stdin.readline()
+    waited = time.perf_counter() - t
+    WAITED += waited
+    return waited
 
 
 def plain_loop(partition: str) -> dict:
@@ -55,7 +83,7 @@ def plain_loop(partition: str) -> dict:
     model = build_model("fedavg_cnn", ds.input_shape, ds.num_classes)
     glob = {k: v.detach().clone() for k, v in model.state_dict().items()}
     loss_fn = torch.nn.CrossEntropyLoss()
-    accs, t0 = {}, time.perf_counter()
+    accs, t0, waited0 = {}, time.perf_counter(), WAITED
     for r in range(1, ROUNDS + 1):
         chosen = np.random.default_rng([0, r]).choice(PARTIES, PER_ROUND, replace=False)
         acc_sum = {k: torch.zeros_like(v) for k, v in glob.items()}
@@ -84,7 +112,8 @@ def plain_loop(partition: str) -> dict:
             for s in range(0, len(xt), 128):
                 correct += int((model(xt[s : s + 128]).argmax(1) == yt[s : s + 128]).sum())
         accs[r] = correct / len(xt)
-    wall = time.perf_counter() - t0
+        turn()
+    wall = time.perf_counter() - t0 - (WAITED - waited0)
     return {"wall": wall, "rounds_s": wall, "setup_s": t0 - t_setup, "acc": accs}
 
 
@@ -101,9 +130,13 @@ def pollen_run(partition: str) -> dict:
         "federation": {"rounds": ROUNDS, "parties_per_round": PER_ROUND},
         "run": {"name": "bench", "runs_dir": out, "seed": 0, "progress": False, "device": "cpu"},  # the plain loop's device
     })
-    t0 = time.perf_counter()
-    result = simulate(cfg)
-    wall = time.perf_counter() - t0
+    def on_event(event) -> None:
+        if type(event).__name__ == "RoundCompleted":  # emitted after the round's checkpoint
+            turn()
+
+    t0, waited0 = time.perf_counter(), WAITED
+    result = simulate(cfg, callbacks=[on_event])
+    wall = time.perf_counter() - t0 - (WAITED - waited0)
     secs = sorted(r["seconds"] for r in result.history)
     return {"wall": wall, "rounds_s": sum(secs), "acc": {r["round"]: r["accuracy"] for r in result.history},
             "median_round_s": secs[len(secs) // 2]}
@@ -111,18 +144,51 @@ def pollen_run(partition: str) -> dict:
 
 def child(kind: str, partition: str, t_start: float) -> None:
     res = plain_loop(partition) if kind == "plain" else pollen_run(partition)
-    res["job_s"] = time.perf_counter() - t_start
+    res["job_s"] = time.perf_counter() - t_start - WAITED
     use = resource.getrusage(resource.RUSAGE_SELF)
     res["peak_rss_mb"] = use.ru_maxrss / 1024
     res["cpu_s"] = use.ru_utime + use.ru_stime  # CPU seconds: less sensitive than wall time to other load
     print("RESULT " + json.dumps(res))
 
 
+def child_args(kind: str, partition: str) -> list[str]:
+    return [sys.executable, __file__, "--child", kind, "--partition", partition, "--rounds", str(ROUNDS)]
+
+
 def run_child(kind: str, partition: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", kind, "--partition", partition, "--rounds", str(ROUNDS)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(child_args(kind, partition), capture_output=True, text=True, check=True)
     line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
     return json.loads(line[7:])
+
+
+def run_lockstep(first: str, partition: str) -> dict[str, dict]:
+    """Both children at once, taking turns a round at a time (``first`` starts); their results by kind."""
+    kinds = [first, "pollen" if first == "plain" else "plain"]
+    procs = {k: subprocess.Popen(child_args(k, partition) + ["--lockstep"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, bufsize=1) for k in kinds}
+    results: dict[str, dict] = {}
+    try:
+        while len(results) < len(kinds):
+            for k in kinds:
+                if k in results:
+                    continue
+                proc = procs[k]
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                for line in proc.stdout:  # until this child ends its turn or its run
+                    if line.startswith("TURN"):
+                        break
+                    if line.startswith("RESULT "):
+                        results[k] = json.loads(line[7:])
+                        break
+                else:
+                    raise RuntimeError(f"the {k} child ended without a result (exit {proc.wait()})")
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None and proc.stdin:
+                proc.stdin.close()
+            proc.wait()
+    return results
 
 
 def cpu_model() -> str:
@@ -155,18 +221,26 @@ def main() -> None:
     ap.add_argument("--child")
     ap.add_argument("--partition", default="iid")
     ap.add_argument("--rounds", type=int, default=30, help="W1/W2 are 30 rounds; fewer only for a quick check")
+    ap.add_argument("--interleave", choices=["rounds", "jobs"], default="rounds",
+                    help="rounds: both variants at once, taking turns a round at a time (cancels the machine's "
+                         "drift); jobs: one whole job after the other")
+    ap.add_argument("--lockstep", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     ROUNDS = args.rounds
     if args.child:
         child(args.child, args.partition, T_START)
         return
     partition = "iid" if args.workload == "w1" else "dirichlet"
-    print(f"# {args.workload} ({partition}) on {os.cpu_count()} cores, {cpu_model()}; threads: {thread_scaling()}")
+    print(f"# {args.workload} ({partition}) on {os.cpu_count()} cores, {cpu_model()}; threads: {thread_scaling()}; "
+          f"interleave: {args.interleave}")
     rows = []
     for rep in range(args.reps):
         # Counterbalanced order (plain first in odd repetitions, Pollen first in even ones): on this
         # shared machine the speed drifts within minutes, and a fixed order hands the drift to one side.
-        if rep % 2 == 0:
+        if args.interleave == "rounds":
+            both = run_lockstep("plain" if rep % 2 == 0 else "pollen", partition)
+            plain, ours = both["plain"], both["pollen"]
+        elif rep % 2 == 0:
             plain = run_child("plain", partition)
             ours = run_child("pollen", partition)
         else:
@@ -183,7 +257,7 @@ def main() -> None:
     mem = [r[1]["peak_rss_mb"] / r[0]["peak_rss_mb"] for r in rows]
     p, o = rows[-1][0], rows[-1][1]
     summary = {
-        "workload": args.workload, "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+        "workload": args.workload, "interleave": args.interleave, "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
         "machine": f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, {cpu_model()}",
         "job_ratio_median": statistics.median(ratios), "job_ratios": ratios,
         "rounds_ratio_median": statistics.median(r[1]["rounds_s"] / r[0]["rounds_s"] for r in rows),
