@@ -185,8 +185,8 @@ def run_lockstep(first: str, partition: str) -> dict[str, dict]:
                     raise RuntimeError(f"the {k} child ended without a result (exit {proc.wait()})")
     finally:
         for proc in procs.values():
-            if proc.poll() is None and proc.stdin:
-                proc.stdin.close()
+            if proc.poll() is None and len(results) < len(kinds):
+                proc.kill()  # the other child failed: this one would wait for its turn for ever
             proc.wait()
     return results
 
