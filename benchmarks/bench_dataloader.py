@@ -13,8 +13,11 @@ The baseline is a plain loop over the same parties in the same order, over the s
 str(p), r)))`` (the same shuffles, so the same training) and ``DataLoader(test, batch_size=128)``.
 Both sides run with the same number of torch threads (``--threads``, default: every core) on the CPU.
 
-As in bench_w1_overhead.py, each variant runs in its own subprocess (so peak RSS is its own);
-variants alternate, and every ratio is the median over repetitions of pollen / plain:
+As in bench_w1_overhead.py, each variant runs in its own subprocess (so peak RSS is its own); by
+default both run at once, taking turns a round at a time (``--interleave rounds``, ``lockstep.py``:
+the host's speed drift lands on both), which goes first alternating between repetitions;
+``--interleave jobs`` runs one whole job after the other. Every ratio is the median over
+repetitions of pollen / plain:
 
 - job: the whole child process from its first line to its result (imports, loading the data,
   building the model, the rounds, and for Pollen writing the run directory). The headline ratio.
@@ -40,6 +43,11 @@ import time
 from datetime import datetime, timezone
 
 T_START = time.perf_counter()  # a child's job time counts from here (before torch is imported)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lockstep  # noqa: E402  (two children taking turns: see its docstring)
+
+if lockstep.ACTIVE:
+    T_START = lockstep.first_turn()  # nothing, not even the imports, runs before the first turn
 ROUNDS, PARTIES, PER_ROUND, SEED = 30, 100, 10, 0
 TARGET = 1.05  # the bound on the job ratio
 
@@ -114,7 +122,7 @@ def plain_loop(threads: int) -> dict:
     glob = {k: v.detach().clone() for k, v in model.state_dict().items()}
     loss_fn = torch.nn.CrossEntropyLoss()
     test = DataLoader(d["test"], batch_size=128)
-    accs, t0 = {}, time.perf_counter()
+    accs, t0, waited0 = {}, time.perf_counter(), lockstep.waited()
     for r in range(1, ROUNDS + 1):
         chosen = np.random.default_rng([SEED, r]).choice(PARTIES, PER_ROUND, replace=False)
         acc_sum = {k: torch.zeros_like(v) for k, v in glob.items()}
@@ -140,7 +148,8 @@ def plain_loop(threads: int) -> dict:
             for x, y in test:
                 correct += int((model(x).argmax(1) == y).sum())
         accs[r] = correct / len(d["test"])
-    wall = time.perf_counter() - t0
+        lockstep.turn()
+    wall = time.perf_counter() - t0 - (lockstep.waited() - waited0)
     return {"wall": wall, "rounds_s": wall, "setup_s": t0 - t_setup, "acc": accs}
 
 
@@ -156,9 +165,13 @@ def pollen_run(threads: int) -> dict:
         "simulation": {"threads": threads},
         "run": {"name": "bench", "runs_dir": out, "seed": SEED, "progress": False, "device": "cpu"},
     }
-    t0 = time.perf_counter()
-    result = pollen.simulate(cfg, app=app())
-    wall = time.perf_counter() - t0
+    def on_event(event) -> None:
+        if type(event).__name__ == "RoundCompleted":  # emitted after the round's checkpoint
+            lockstep.turn()
+
+    t0, waited0 = time.perf_counter(), lockstep.waited()
+    result = pollen.simulate(cfg, app=app(), callbacks=[on_event])
+    wall = time.perf_counter() - t0 - (lockstep.waited() - waited0)
     secs = sorted(r["seconds"] for r in result.history)
     return {"wall": wall, "rounds_s": sum(secs), "acc": {r["round"]: r["accuracy"] for r in result.history},
             "median_round_s": secs[len(secs) // 2]}
@@ -166,7 +179,7 @@ def pollen_run(threads: int) -> dict:
 
 def child(kind: str, threads: int, t_start: float) -> None:
     res = plain_loop(threads) if kind == "plain" else pollen_run(threads)
-    res["job_s"] = time.perf_counter() - t_start
+    res["job_s"] = time.perf_counter() - t_start - lockstep.waited()
     use = resource.getrusage(resource.RUSAGE_SELF)
     res["peak_rss_mb"] = use.ru_maxrss / 1024
     res["cpu_s"] = use.ru_utime + use.ru_stime  # CPU seconds: less sensitive than wall time to other load
@@ -174,9 +187,12 @@ def child(kind: str, threads: int, t_start: float) -> None:
     print("RESULT " + json.dumps(res))
 
 
+def child_args(kind: str, threads: int) -> list[str]:
+    return [sys.executable, __file__, "--child", kind, "--threads", str(threads), "--rounds", str(ROUNDS)]
+
+
 def run_child(kind: str, threads: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", kind, "--threads", str(threads), "--rounds", str(ROUNDS)],
-                         capture_output=True, text=True)
+    out = subprocess.run(child_args(kind, threads), capture_output=True, text=True)
     line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
     if out.returncode != 0 or line is None:
         raise RuntimeError(f"{kind} child failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
@@ -215,7 +231,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=30, help="the workload is 30 rounds; fewer only for a quick check")
     ap.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: every core)")
+    ap.add_argument("--interleave", choices=["rounds", "jobs"], default="rounds",
+                    help="rounds: both variants at once, taking turns a round at a time (cancels the machine's "
+                         "drift); jobs: one whole job after the other")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--lockstep", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     ROUNDS = args.rounds
     threads = args.threads or cores()
@@ -223,14 +243,22 @@ def main() -> None:
         child(args.child, threads, T_START)
         return
     print(f"# dataloader (W1 with Dataset parties) on {os.cpu_count()} cores, {cpu_model()}; torch threads {threads}; "
-          f"threads: {thread_scaling()}")
+          f"threads: {thread_scaling()}; interleave: {args.interleave}")
     rows = []
     for rep in range(args.reps):
-        plain = run_child("plain", threads)
-        ours = run_child("pollen", threads)
+        first = "plain" if rep % 2 == 0 else "pollen"  # which variant goes first alternates
+        if args.interleave == "rounds":
+            both = lockstep.run({k: child_args(k, threads) for k in ("plain", "pollen")}, first=first)
+            plain, ours = both["plain"], both["pollen"]
+        elif first == "plain":
+            plain = run_child("plain", threads)
+            ours = run_child("pollen", threads)
+        else:
+            ours = run_child("pollen", threads)
+            plain = run_child("plain", threads)
         ratio = ours["job_s"] / plain["job_s"]
         rows.append((plain, ours, ratio))
-        print(f"rep {rep + 1}: plain job {plain['job_s']:.1f}s rounds {plain['rounds_s']:.1f}s {plain['cpu_s']:.0f}cpu-s "
+        print(f"rep {rep + 1} ({first} first): plain job {plain['job_s']:.1f}s rounds {plain['rounds_s']:.1f}s {plain['cpu_s']:.0f}cpu-s "
               f"{plain['peak_rss_mb']:.0f}MB | pollen job {ours['job_s']:.1f}s rounds {ours['rounds_s']:.1f}s "
               f"simulate() {ours['wall']:.1f}s {ours['cpu_s']:.0f}cpu-s {ours['peak_rss_mb']:.0f}MB | job ratio {ratio:.3f} "
               f"rounds ratio {ours['rounds_s'] / plain['rounds_s']:.3f} "
@@ -239,7 +267,7 @@ def main() -> None:
     mem = [r[1]["peak_rss_mb"] / r[0]["peak_rss_mb"] for r in rows]
     p, o = rows[-1][0], rows[-1][1]
     summary = {
-        "workload": "dataloader", "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+        "workload": "dataloader", "interleave": args.interleave, "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
         "machine": f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, {cpu_model()}",
         "threads": threads, "target_job_ratio": TARGET,
         "job_ratio_median": statistics.median(ratios), "job_ratios": ratios,

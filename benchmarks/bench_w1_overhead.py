@@ -17,12 +17,11 @@ two variants do different amounts of work outside the rounds:
 
 Two schedules (``--interleave``):
 
-- ``rounds`` (default): both children start together and take turns, one round at a time (the
-  parent hands a token back and forth through their stdin/stdout; a child waiting for its turn is
-  blocked in ``read``, using no CPU). Each child's times count only its own turns. The machine's
-  speed drifts by several per cent within minutes on this shared host (plain-loop runs of the same
-  job measured 28.8–36.2 s minutes apart); alternating every ~5 s puts the same drift on both sides,
-  which alternating whole 2-minute jobs does not.
+- ``rounds`` (default): both children start together and take turns, one round at a time
+  (``lockstep.py``: a child waiting for its turn is blocked in ``read``, using no CPU). Each child's
+  times count only its own turns. The machine's speed drifts by several per cent within minutes on
+  this shared host; alternating every ~5 s puts the same drift on both sides, which alternating
+  whole 2-minute jobs does not.
 - ``jobs``: one child after the other (counterbalanced), the schedule of the earlier measurements.
 
     python benchmarks/bench_w1_overhead.py --workload w1 --reps 4
@@ -44,24 +43,11 @@ from datetime import datetime, timezone
 
 T_START = time.perf_counter()  # a child's job time counts from here (before torch is imported)
 ROUNDS, PARTIES, PER_ROUND = 30, 100, 10
-LOCKSTEP = "--lockstep" in sys.argv  # a child that runs only during its turns (see --interleave rounds)
-WAITED = 0.0  # seconds this child spent waiting for its turn (subtracted from its times)
-if LOCKSTEP:
-    sys.stdin.readline()  # the first turn: nothing, not even the imports, runs before it
-    T_START = time.perf_counter()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lockstep  # noqa: E402  (two children taking turns: see its docstring)
 
-
-def turn() -> float:
-    """End this child's turn and wait for the next (lockstep only); returns the seconds waited."""
-    global WAITED
-    if not LOCKSTEP:
-        return 0.0
-    t = time.perf_counter()
-    print("TURN", flush=True)
-    sys.stdin.readline()
-    waited = time.perf_counter() - t
-    WAITED += waited
-    return waited
+if lockstep.ACTIVE:
+    T_START = lockstep.first_turn()  # nothing, not even the imports, runs before the first turn
 
 
 def plain_loop(partition: str) -> dict:
@@ -83,7 +69,7 @@ def plain_loop(partition: str) -> dict:
     model = build_model("fedavg_cnn", ds.input_shape, ds.num_classes)
     glob = {k: v.detach().clone() for k, v in model.state_dict().items()}
     loss_fn = torch.nn.CrossEntropyLoss()
-    accs, t0, waited0 = {}, time.perf_counter(), WAITED
+    accs, t0, waited0 = {}, time.perf_counter(), lockstep.waited()
     for r in range(1, ROUNDS + 1):
         chosen = np.random.default_rng([0, r]).choice(PARTIES, PER_ROUND, replace=False)
         acc_sum = {k: torch.zeros_like(v) for k, v in glob.items()}
@@ -112,8 +98,8 @@ def plain_loop(partition: str) -> dict:
             for s in range(0, len(xt), 128):
                 correct += int((model(xt[s : s + 128]).argmax(1) == yt[s : s + 128]).sum())
         accs[r] = correct / len(xt)
-        turn()
-    wall = time.perf_counter() - t0 - (WAITED - waited0)
+        lockstep.turn()
+    wall = time.perf_counter() - t0 - (lockstep.waited() - waited0)
     return {"wall": wall, "rounds_s": wall, "setup_s": t0 - t_setup, "acc": accs}
 
 
@@ -132,11 +118,11 @@ def pollen_run(partition: str) -> dict:
     })
     def on_event(event) -> None:
         if type(event).__name__ == "RoundCompleted":  # emitted after the round's checkpoint
-            turn()
+            lockstep.turn()
 
-    t0, waited0 = time.perf_counter(), WAITED
+    t0, waited0 = time.perf_counter(), lockstep.waited()
     result = simulate(cfg, callbacks=[on_event])
-    wall = time.perf_counter() - t0 - (WAITED - waited0)
+    wall = time.perf_counter() - t0 - (lockstep.waited() - waited0)
     secs = sorted(r["seconds"] for r in result.history)
     return {"wall": wall, "rounds_s": sum(secs), "acc": {r["round"]: r["accuracy"] for r in result.history},
             "median_round_s": secs[len(secs) // 2]}
@@ -144,7 +130,7 @@ def pollen_run(partition: str) -> dict:
 
 def child(kind: str, partition: str, t_start: float) -> None:
     res = plain_loop(partition) if kind == "plain" else pollen_run(partition)
-    res["job_s"] = time.perf_counter() - t_start - WAITED
+    res["job_s"] = time.perf_counter() - t_start - lockstep.waited()
     use = resource.getrusage(resource.RUSAGE_SELF)
     res["peak_rss_mb"] = use.ru_maxrss / 1024
     res["cpu_s"] = use.ru_utime + use.ru_stime  # CPU seconds: less sensitive than wall time to other load
@@ -159,36 +145,6 @@ def run_child(kind: str, partition: str) -> dict:
     out = subprocess.run(child_args(kind, partition), capture_output=True, text=True, check=True)
     line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
     return json.loads(line[7:])
-
-
-def run_lockstep(first: str, partition: str) -> dict[str, dict]:
-    """Both children at once, taking turns a round at a time (``first`` starts); their results by kind."""
-    kinds = [first, "pollen" if first == "plain" else "plain"]
-    procs = {k: subprocess.Popen(child_args(k, partition) + ["--lockstep"], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True, bufsize=1) for k in kinds}
-    results: dict[str, dict] = {}
-    try:
-        while len(results) < len(kinds):
-            for k in kinds:
-                if k in results:
-                    continue
-                proc = procs[k]
-                proc.stdin.write("go\n")
-                proc.stdin.flush()
-                for line in proc.stdout:  # until this child ends its turn or its run
-                    if line.startswith("TURN"):
-                        break
-                    if line.startswith("RESULT "):
-                        results[k] = json.loads(line[7:])
-                        break
-                else:
-                    raise RuntimeError(f"the {k} child ended without a result (exit {proc.wait()})")
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None and len(results) < len(kinds):
-                proc.kill()  # the other child failed: this one would wait for its turn for ever
-            proc.wait()
-    return results
 
 
 def cpu_model() -> str:
@@ -238,7 +194,8 @@ def main() -> None:
         # Counterbalanced order (plain first in odd repetitions, Pollen first in even ones): on this
         # shared machine the speed drifts within minutes, and a fixed order hands the drift to one side.
         if args.interleave == "rounds":
-            both = run_lockstep("plain" if rep % 2 == 0 else "pollen", partition)
+            both = lockstep.run({k: child_args(k, partition) for k in ("plain", "pollen")},
+                                first="plain" if rep % 2 == 0 else "pollen")
             plain, ours = both["plain"], both["pollen"]
         elif rep % 2 == 0:
             plain = run_child("plain", partition)
