@@ -165,12 +165,8 @@ def pollen_run(threads: int) -> dict:
         "simulation": {"threads": threads},
         "run": {"name": "bench", "runs_dir": out, "seed": SEED, "progress": False, "device": "cpu"},
     }
-    def on_event(event) -> None:
-        if type(event).__name__ == "RoundCompleted":  # emitted after the round's checkpoint
-            lockstep.turn()
-
     t0, waited0 = time.perf_counter(), lockstep.waited()
-    result = pollen.simulate(cfg, app=app(), callbacks=[on_event])
+    result = pollen.simulate(cfg, app=app(), callbacks=[lockstep.after_each_round])
     wall = time.perf_counter() - t0 - (lockstep.waited() - waited0)
     secs = sorted(r["seconds"] for r in result.history)
     return {"wall": wall, "rounds_s": sum(secs), "acc": {r["round"]: r["accuracy"] for r in result.history},

@@ -116,12 +116,8 @@ def pollen_run(partition: str) -> dict:
         "federation": {"rounds": ROUNDS, "parties_per_round": PER_ROUND},
         "run": {"name": "bench", "runs_dir": out, "seed": 0, "progress": False, "device": "cpu"},  # the plain loop's device
     })
-    def on_event(event) -> None:
-        if type(event).__name__ == "RoundCompleted":  # emitted after the round's checkpoint
-            lockstep.turn()
-
     t0, waited0 = time.perf_counter(), lockstep.waited()
-    result = simulate(cfg, callbacks=[on_event])
+    result = simulate(cfg, callbacks=[lockstep.after_each_round])
     wall = time.perf_counter() - t0 - (lockstep.waited() - waited0)
     secs = sorted(r["seconds"] for r in result.history)
     return {"wall": wall, "rounds_s": sum(secs), "acc": {r["round"]: r["accuracy"] for r in result.history},

@@ -15,6 +15,7 @@ A child (started with ``--lockstep`` among its arguments)::
         T_START = lockstep.first_turn()   # nothing, not even the imports, runs before its turn
     ...
     lockstep.turn()                       # at each point where the other variant may run
+                                          # (pollen.simulate: callbacks=[lockstep.after_each_round])
     job_s = time.perf_counter() - T_START - lockstep.waited()
     print("RESULT " + json.dumps(result))
 
@@ -47,6 +48,13 @@ def turn() -> None:
     print("TURN", flush=True)
     sys.stdin.readline()
     _waited += time.perf_counter() - t
+
+
+def after_each_round(event: object) -> None:
+    """A ``pollen.simulate(callbacks=[...])`` callback: a turn ends with each ``RoundCompleted``
+    (emitted after the round's checkpoint)."""
+    if type(event).__name__ == "RoundCompleted":
+        turn()
 
 
 def waited() -> float:
