@@ -8,6 +8,10 @@ unauthenticated connections, measured in the same script, variants alternated.
   HTTP/2 preface in the clear to the TLS port. It counts its attempts. It runs at ``nice 19`` by
   default: on loopback the attacker's own CPU is this machine's, which a real attacker's is not;
   ``--flood-nice 0`` measures it at full priority too (both are reported).
+- The coordinator runs with its front door (``--admit-rate``, default 100 new connections/s);
+  ``--no-door-variants`` adds the same quiet and flood runs with ``--admit-rate 0`` (gRPC on the
+  port, as before the door), each flood compared with the quiet run of its own kind. Flood and
+  parties start once the coordinator listens.
 - Round time: the median of the coordinator's per-round seconds (history.jsonl), flood / quiet.
 - Coordinator memory: its peak RSS (``VmHWM`` of the server process, read every 0.2 s while it
   runs), flood / quiet.
@@ -15,6 +19,7 @@ unauthenticated connections, measured in the same script, variants alternated.
   ``pollen.transport.rpc.grpclog``: one explanation per 10 s with a count).
 
     python benchmarks/bench_flood.py --reps 3                 # the issue's benchmark (10 rounds)
+    python benchmarks/bench_flood.py --reps 3 --no-door-variants   # … and the same without the front door
     python benchmarks/bench_flood.py --reps 1 --rounds 3      # a quick look
     python benchmarks/bench_flood.py --profile-seconds 20     # CPU of an idle coordinator and of the flood
 """
@@ -61,7 +66,7 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def run(root: Path, rounds: int, tag: str, flood: dict | None) -> dict:
+def run(root: Path, rounds: int, tag: str, flood: dict | None, admit_rate: float) -> dict:
     """One W4 run (as bench_w4_grpc.run_grpc), optionally under a flood; its measurements."""
     port = free_port()
     log_path = root / f"{tag}.server.log"
@@ -69,8 +74,15 @@ def run(root: Path, rounds: int, tag: str, flood: dict | None) -> dict:
     with open(log_path, "w") as log, open(root / f"{tag}.parties.log", "w") as plog:
         server = subprocess.Popen([*PY, "server", *W1, "--rounds", str(rounds), "--min-parties", str(PARTIES),
                                    "--host", "127.0.0.1", "--heartbeat-interval", "10", "--port", str(port),
-                                   "--certs-dir", str(root / "certs"), "--runs-dir", str(root / "runs"), "--name", tag],
+                                   "--certs-dir", str(root / "certs"), "--runs-dir", str(root / "runs"), "--name", tag,
+                                   "--admit-rate", str(admit_rate)],
                                   stdout=log, stderr=subprocess.STDOUT)
+        # flood and parties start once the port is open (in every variant): connections refused by a
+        # port nobody listens on yet cost the coordinator nothing and would only measure the flooder
+        while "listening" not in log_path.read_text():
+            if server.poll() is not None:
+                raise RuntimeError(f"server failed, see {log_path}")
+            time.sleep(0.05)
         flooder = None
         if flood is not None:
             flooder = subprocess.Popen([sys.executable, __file__, "--flood-child", f"127.0.0.1:{port}",
@@ -98,7 +110,8 @@ def run(root: Path, rounds: int, tag: str, flood: dict | None) -> dict:
     out = {"wall": wall, "round_seconds": [h["seconds"] for h in hist], "peak_rss": peak, "server_cpu_seconds": cpu,
            "log_bytes": len(text.encode()), "log_lines": text.count("\n"),
            "handshake_lines": sum("refused" in ln or "handshake" in ln.lower() for ln in text.splitlines()),
-           "accuracy": hist[-1].get("accuracy")}
+           "accuracy": hist[-1].get("accuracy"),
+           "door": next((ln.split("pollen.transport.grpc: ", 1)[-1] for ln in text.splitlines() if "front door" in ln), "")}
     if flood is not None:
         out["flood"] = json.loads((root / f"{tag}.flood.json").read_text())
     return out
@@ -149,7 +162,7 @@ def flood_child(address: str, ca: str, seconds: float, threads: int, out: str) -
                                      "per_second": total / max(elapsed, 1e-9)}))
 
 
-def profile(root: Path, seconds: float, threads: int, nice: int) -> dict:
+def profile(root: Path, seconds: float, threads: int, nice: int, admit_rate: float) -> dict:
     """Where a flood's CPU goes: a coordinator waiting for its parties (no training) under a flood of
     ``seconds``; CPU seconds per wall second of the coordinator and of the flooding process."""
     port = free_port()
@@ -157,7 +170,8 @@ def profile(root: Path, seconds: float, threads: int, nice: int) -> dict:
     with open(log_path, "w") as log:
         server = subprocess.Popen([*PY, "server", *W1, "--rounds", "1", "--min-parties", str(PARTIES), "--host",
                                    "127.0.0.1", "--port", str(port), "--certs-dir", str(root / "certs"),
-                                   "--runs-dir", str(root / "runs"), "--name", f"profile-nice{nice}"],
+                                   "--runs-dir", str(root / "runs"), "--name", f"profile-nice{nice}",
+                                   "--admit-rate", str(admit_rate)],
                                   stdout=log, stderr=subprocess.STDOUT)
         try:
             while "listening" not in log_path.read_text():
@@ -190,6 +204,11 @@ def main() -> None:
     ap.add_argument("--flood-threads", type=int, default=8)
     ap.add_argument("--flood-nice", type=int, nargs="+", default=[19, 0],
                     help="niceness of the flooding process; one flood variant per value")
+    ap.add_argument("--admit-rate", type=float, default=100.0,
+                    help="the coordinator's --admit-rate (new connections per second its front door admits; "
+                         "0: no front door, gRPC owns the port as before issue 12's second part)")
+    ap.add_argument("--no-door-variants", action="store_true",
+                    help="also run the quiet and flood variants with --admit-rate 0 (gRPC on the port, no front door)")
     ap.add_argument("--out", help="write the raw results here (JSON)")
     ap.add_argument("--profile-seconds", type=float, default=0.0,
                     help="only profile: CPU of an idle coordinator and of the flood over this many seconds")
@@ -205,37 +224,44 @@ def main() -> None:
     make_certs(root / "certs", [str(i) for i in range(PARTIES)])
     subprocess.run([*PY, "partition", "--out", str(root / "data"), *SPLIT_FLAGS], check=True, stdout=subprocess.DEVNULL)
     if args.profile_seconds:
-        prof = [profile(root, args.profile_seconds, args.flood_threads, n) for n in args.flood_nice]
+        prof = [profile(root, args.profile_seconds, args.flood_threads, n, args.admit_rate) for n in args.flood_nice]
         out = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "profile": prof}
         path = Path(args.out) if args.out else root / "flood-profile.json"
         path.write_text(json.dumps(out, indent=1))
         print(f"raw results: {path}")
         return
-    variants = [("quiet", None)] + [(f"flood-nice{n}", {"seconds": args.flood_seconds, "threads": args.flood_threads,
-                                                        "nice": n}) for n in args.flood_nice]
-    results: dict[str, list[dict]] = {name: [] for name, _ in variants}
+    flood = {"seconds": args.flood_seconds, "threads": args.flood_threads}
+    variants = [("quiet", None, args.admit_rate)] + [(f"flood-nice{n}", {**flood, "nice": n}, args.admit_rate)
+                                                      for n in args.flood_nice]
+    if args.no_door_variants:  # the same federation with gRPC on the port (--admit-rate 0), as before the door
+        variants += [("quiet-no-door", None, 0.0)] + [(f"flood-nice{n}-no-door", {**flood, "nice": n}, 0.0)
+                                                       for n in args.flood_nice]
+    results: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "load_before": os.getloadavg(), "reps": args.reps, "rounds": args.rounds,
-           "flood_threads": args.flood_threads, "flood_seconds": args.flood_seconds}
+           "flood_threads": args.flood_threads, "flood_seconds": args.flood_seconds, "admit_rate": args.admit_rate}
     for rep in range(args.reps):  # alternate the variants so that load drifts hit all
-        for name, flood in variants:
-            r = run(root, args.rounds, f"{name}{rep}", flood)
+        for name, fl_args, rate in variants:
+            r = run(root, args.rounds, f"{name}{rep}", fl_args, rate)
             results[name].append(r)
             fl = r.get("flood", {})
             print(f"rep {rep} {name}: median round {statistics.median(r['round_seconds']):.2f} s, peak RSS "
                   f"{r['peak_rss'] / 2**20:.0f} MiB, log {r['log_bytes']} B, wall {r['wall']:.1f} s"
-                  + (f", flood {fl.get('connections')} connections ({fl.get('per_second', 0):.0f}/s)" if fl else "")
-                  + f", load {os.getloadavg()[0]:.1f}", flush=True)
-    quiet = results["quiet"]
-    for name, _ in variants[1:]:
-        rs = results[name]
+                  + (f", flood {fl.get('connections')} connections ({fl.get('per_second', 0):.0f}/s, flooder "
+                     f"{fl.get('cpu_seconds', 0) / max(fl.get('seconds', 1), 1e-9):.2f} cores)" if fl else "")
+                  + (f", {r['door']}" if r.get("door") else "") + f", load {os.getloadavg()[0]:.1f}", flush=True)
+    for name, fl_args, rate in variants:
+        base = "quiet" if rate else "quiet-no-door"
+        if name == base:
+            continue
+        rs, quiet = results[name], results[base]
         time_ratio = [statistics.median(f["round_seconds"]) / statistics.median(q["round_seconds"]) for f, q in zip(rs, quiet)]
         mem_ratio = [f["peak_rss"] / q["peak_rss"] for f, q in zip(rs, quiet)]
-        out[name] = {"round_time_ratio": time_ratio, "peak_rss_ratio": mem_ratio,
-                     "connections_per_second": [f["flood"]["per_second"] for f in rs],
+        out[name] = {"against": base, "round_time_ratio": time_ratio, "peak_rss_ratio": mem_ratio,
+                     "connections_per_second": [f.get("flood", {}).get("per_second", 0.0) for f in rs],
                      "log_bytes": [f["log_bytes"] for f in rs]}
-        print(f"{name}: round time flood/quiet {spread(time_ratio)}; coordinator peak RSS {spread(mem_ratio)}; "
-              f"connections/s {spread(out[name]['connections_per_second'])}")
+        print(f"{name} / {base}: round time {spread(time_ratio)}; coordinator peak RSS {spread(mem_ratio)}"
+              + (f"; connections/s {spread(out[name]['connections_per_second'])}" if fl_args else ""))
     out["runs"] = results
     out["load_after"] = os.getloadavg()
     path = Path(args.out) if args.out else root / "flood.json"

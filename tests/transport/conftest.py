@@ -40,10 +40,11 @@ def shards(tmp_path_factory, run_cfg):
 def coordinator(certs, run_cfg):
     made = []
 
-    def start(heartbeat: float = 1.0, max_bytes: int = 10**9, revoked=None, clock=None) -> Coordinator:
+    def start(heartbeat: float = 1.0, max_bytes: int = 10**9, revoked=None, clock=None,
+              admit_rate: float | None = None) -> Coordinator:
         hub = GrpcTransport(heartbeat) if clock is None else GrpcTransport(heartbeat, clock=clock)
         service = FederationService(hub, run_cfg.to_dict(), max_bytes, False, RevocationList(revoked))
-        server, port = start_server(service, "127.0.0.1", 0, certs)
+        server, port = start_server(service, "127.0.0.1", 0, certs, admit_rate=admit_rate)
         c = Coordinator(hub, service, server, f"localhost:{port}", certs)
         made.append(c)
         return c

@@ -26,8 +26,9 @@ def _parties(c, shards, ids=PARTIES, **kw):
     return out
 
 
-def test_grpc_rounds_equal_inline_simulation(coordinator, shards, run_cfg, tmp_path):
-    c = coordinator()
+@pytest.mark.parametrize("admit_rate", [None, 100.0], ids=["grpc-owns-the-port", "front-door"])
+def test_grpc_rounds_equal_inline_simulation(coordinator, shards, run_cfg, tmp_path, admit_rate):
+    c = coordinator(admit_rate=admit_rate)
     threads = _parties(c, shards)
     assert c.hub.wait_for_parties(3, timeout=60)
     state0 = assemble(run_cfg).initial_state()
@@ -52,14 +53,16 @@ def test_grpc_rounds_equal_inline_simulation(coordinator, shards, run_cfg, tmp_p
         assert 1.0 < rec["bytes_up"] / (3 * payload) < 1.05
 
 
-def test_status_lists_parties_and_progress(coordinator, shards, certs):
-    c = coordinator()
+@pytest.mark.parametrize("admit_rate", [None, 100.0], ids=["grpc-owns-the-port", "front-door"])
+def test_status_lists_parties_and_progress(coordinator, shards, certs, admit_rate):
+    c = coordinator(admit_rate=admit_rate)
     _parties(c, shards, ids=["0", "1"])
     assert c.hub.wait_for_parties(2, timeout=60)
     c.hub.stats.progress.update(round=3, rounds=5, phase="training", accuracy=0.5)
     s = fetch_status(c.address, certs)
     assert (s["round"], s["rounds"], s["phase"], s["last_accuracy"]) == (3, 5, "training", 0.5)
     assert sorted(p["party_id"] for p in s["parties"] if p["alive"]) == ["0", "1"]
+    assert all(p["peer"].startswith("ipv4:127.0.0.1:") for p in s["parties"]), s["parties"]  # the door maps it back
 
 
 class FakeClock:

@@ -24,6 +24,7 @@ from pollen.telemetry.history import read_history
 from pollen.server.shutdown import Stopped
 from pollen.transport.rpc.guard import Guard
 from pollen.transport.rpc.hub import REPLY_BYTES_PER_ELEMENT, GrpcTransport, NetStats
+from pollen.transport.rpc.frontdoor import ADMIT_BURST
 from pollen.transport.rpc.service import FederationService, listen_address, start_server, stream_window
 from pollen.transport.rpc.tls import RevocationList
 from pollen.types import state_nbytes
@@ -166,7 +167,8 @@ def _serve(assembly: Assembly, resume: Path | None, overwrite: bool, callbacks: 
                                 members=members)
     window = stream_window(cfg.federation.stream_aggregate, state_nbytes(state), len(members))
     server, port = start_server(service, net.host, net.port, None if net.insecure else net.certs_dir,
-                                workers=worker_threads(service.guard, len(members)), receive_window=window)
+                                workers=worker_threads(service.guard, len(members)), receive_window=window,
+                                admit_rate=net.admit_rate, admit_burst=max(ADMIT_BURST, 2 * len(members)))
     print(f"coordinator listening on {listen_address(net.host, port)}; waiting for {net.min_parties} parties "
           f"(run directory {folder.path})", file=sys.stderr, flush=True)
     if on_start is not None:

@@ -25,6 +25,7 @@ from pollen.transport.rpc import pollen_pb2 as pb
 from pollen.transport.rpc import pollen_pb2_grpc as pb_grpc
 from pollen.transport.rpc.framing import (PROTOCOL_VERSION, RECEIVE_WINDOW, grpc_options, read_header, read_payload,
                                           window_options)
+from pollen.transport.rpc.frontdoor import ADMIT_BURST, FrontDoor, PrivateSocket
 from pollen.transport.rpc.guard import FIRST_CHUNK_SECONDS, MIN_RATE, Call, Guard, Refused
 from pollen.transport.rpc.hub import GrpcTransport, Session
 from pollen.transport.rpc.messages import check_reply
@@ -66,6 +67,7 @@ class FederationService(pb_grpc.FederationServicer):
         self.revoked = revoked
         self.members = None if members is None else frozenset(members)
         self.guard = guard or Guard()
+        self.peer_of = lambda peer: peer  # behind a front door: the client's own address (start_server)
 
     # ------------------------------------------------------------ identity
     def _identity(self, context: grpc.ServicerContext) -> tuple[str | None, str | None]:
@@ -147,7 +149,7 @@ class FederationService(pb_grpc.FederationServicer):
             self._member(pid, context)
             if self.revoked.is_revoked(pid, self._identity(context)[1]):
                 self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, "revoked", f"party {pid} is revoked")
-            s = self.hub.join(pid, context.peer())
+            s = self.hub.join(pid, self.peer_of(context.peer()))
             return pb.JoinReply(session=s.token, run_config_json=self.run_config_json,
                                 heartbeat_interval=self.hub.heartbeat_interval, protocol_version=PROTOCOL_VERSION)
 
@@ -319,12 +321,17 @@ def listen_address(host: str, port: int) -> str:
 
 
 def start_server(service: FederationService, host: str, port: int, certs_dir: str | Path | None,
-                 workers: int = 64, receive_window: int | None = None) -> tuple[grpc.Server, int]:
+                 workers: int = 64, receive_window: int | None = None,
+                 admit_rate: float | None = None, admit_burst: int = ADMIT_BURST) -> tuple[grpc.Server, int]:
     """Start the gRPC server (mutual TLS unless ``certs_dir`` is None).
 
     Args:
         receive_window: bytes each upload may have in flight (``framing.RECEIVE_WINDOW``, for big
             models: ``stream_window``); None lets gRPC size windows by bandwidth-delay probing.
+        admit_rate: new connections per second admitted by a front door (``frontdoor.py``) that
+            owns ``host:port`` and relays to gRPC on a private Unix socket; None or 0: gRPC owns
+            the port (no front door).
+        admit_burst: new connections the front door admits at once.
 
     Returns:
         ``(server, port)``: the running server and the port it bound (useful with port 0).
@@ -337,18 +344,71 @@ def start_server(service: FederationService, host: str, port: int, certs_dir: st
                          maximum_concurrent_rpcs=workers)
     pb_grpc.add_FederationServicer_to_server(service, server)
     address = listen_address(host, port)
+    private = PrivateSocket() if admit_rate else None
+    bind = address if private is None else "unix:" + private.path
     try:
         if certs_dir is None:
-            bound = server.add_insecure_port(address)
+            bound = server.add_insecure_port(bind)
         else:
             d = Path(certs_dir)
             creds = grpc.ssl_server_credentials(
                 [(read_file(d / "server.key", "server key"), read_file(d / "server.pem", "server certificate"))],
                 root_certificates=read_file(d / "ca.pem", "CA certificate"), require_client_auth=True)
-            bound = server.add_secure_port(address, creds)
-    except RuntimeError as exc:
+            bound = server.add_secure_port(bind, creds)
+    except (RuntimeError, TransportError) as exc:
+        if private is not None:
+            private.cleanup()
+        if isinstance(exc, TransportError):
+            raise
         raise TransportError(f"cannot listen on {address}: {exc}") from None
     if not bound:
+        if private is not None:
+            private.cleanup()
         raise TransportError(f"cannot listen on {address} (port in use?); choose another with --port")
+    if private is None:
+        server.start()
+        return server, bound
+    door = FrontDoor(host, port, private.path, rate=float(admit_rate), burst=admit_burst)
+    try:
+        bound = door.start()
+    except TransportError:
+        private.cleanup()
+        raise
     server.start()
-    return server, bound
+    service.peer_of = door.peer_of
+    return _BehindDoor(server, door, private), bound
+
+
+class _Stopping:
+    """What ``grpc.Server.stop`` returns (``wait``), then closes the front door."""
+
+    def __init__(self, event: Any, after: Any) -> None:
+        self.event, self.after = event, after
+
+    def wait(self, timeout: float | None = None) -> bool:
+        done = self.event.wait(timeout)
+        self.after()
+        return done
+
+
+class _BehindDoor:
+    """A gRPC server behind a front door: ``stop`` ends gRPC's calls (with its grace), then the
+    door and its relayed connections; everything else is the gRPC server's."""
+
+    def __init__(self, server: grpc.Server, door: FrontDoor, private: PrivateSocket) -> None:
+        self._server, self.door, self._private = server, door, private
+
+    def stop(self, grace: float | None) -> _Stopping:
+        return _Stopping(self._server.stop(grace), self._close)
+
+    def _close(self) -> None:
+        self.door.stop()
+        self._private.cleanup()
+        st = self.door.stats
+        if st.shut_seconds >= 1.0:  # new connections came faster than --admit-rate at some point: say so
+            log.warning("the front door admitted %d connections and stood shut for %.0f s of the run (new "
+                        "connections arrived faster than --admit-rate; %d closed before sending anything)",
+                        st.admitted, st.shut_seconds, st.empty, extra={"event": "front_door"})
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
