@@ -143,6 +143,9 @@ def flood_child(address: str, ca: str, seconds: float, threads: int, out: str) -
                             tls.recv(64)
                 with lock:
                     counts[kind] += 1
+            except ConnectionRefusedError:  # nobody listens (the run ended): not a connection the coordinator handled
+                with lock:
+                    counts["connect_failed"] += 1
             except (OSError, ssl.SSLError):
                 with lock:
                     counts[kind] += 1  # refused mid-way: still one connection the coordinator handled
@@ -155,7 +158,7 @@ def flood_child(address: str, ca: str, seconds: float, threads: int, out: str) -
     for w in workers:
         w.join(timeout=10)
     elapsed = time.perf_counter() - t0
-    total = sum(counts.values())
+    total = counts["tls_without_certificate"] + counts["plaintext_preface"]
     usage = resource.getrusage(resource.RUSAGE_SELF)
     Path(out).write_text(json.dumps({**counts, "seconds": elapsed, "connections": total,
                                      "cpu_seconds": usage.ru_utime + usage.ru_stime,

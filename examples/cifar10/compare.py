@@ -14,7 +14,9 @@ noise calibrated so that the whole run spends ε per party (δ = 1e-5, RDP accou
 "FedAvg, compressed" row shows how far compression goes towards the 10 % communication target
 (top-k 1 % uplink with error feedback, int8 downlink). Communication / data is Pollen's: every
 byte up and down over the whole run, over the bytes of the training data as it is held in memory
-(float32 pixels). Each row appends its result to ``--out``'s JSON lines as it ends.
+(float32 pixels). Each row appends its result to ``--out``'s JSON lines as it ends; the table
+(``--out`` with ``.md``) shows the newest row of each method run with the same settings, so rows
+run one at a time (each takes about 50 min on 2 cores) add up to the whole table.
 """
 
 from __future__ import annotations
@@ -60,6 +62,20 @@ def run_row(label: str, settings: dict, base: dict, runs: Path) -> dict:
     return {"row": label, "accuracy": s["final"], "rounds": s["rounds"], "rounds_to_target": reached,
             "comm_ratio": s["comm_ratio"] if not label.startswith("centralised") else None,
             "bytes": s["bytes_up"] + s["bytes_down"], "epsilon": s["epsilon"], "seconds": time.perf_counter() - start}
+
+
+def latest_rows(path: Path, settings: dict) -> list[dict]:
+    """The newest row of each method in the JSON lines at ``path`` run with ``settings`` (threads,
+    device and progress aside: they do not change a result), in the table's order."""
+    def key(st: dict) -> dict:
+        return {k: v for k, v in st.items() if k not in ("threads", "device", "progress")}
+
+    newest: dict[str, dict] = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("dataset") == settings["dataset"] and key(r.get("settings", {})) == key(settings):
+            newest[r["row"]] = r
+    return [newest[label] for label in ROWS if label in newest]
 
 
 def table(rows: list[dict], meta: dict) -> str:
@@ -126,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         tmp.cleanup()
+    rows = latest_rows(out, base)  # this run's rows and those earlier runs of the same settings appended
     text = table(rows, {"dataset": base["dataset"], "settings": base})
     out.with_suffix(".md").write_text(text)
     print(text)

@@ -44,3 +44,8 @@ def test_cifar_seed_table_quick(tmp_path):
         assert 0 < r["epsilon"] <= eps + 1e-6
     md = out.with_suffix(".md").read_text()
     assert "communication / data" in md and "ε ≤ 8" in md
+    # a row run on its own later replaces its older self and keeps the other rows in the table
+    assert compare["main"](["--quick", "--out", str(out), "--rows", "centralised"]) == 0
+    assert len(out.read_text().splitlines()) == len(rows) + 1
+    md = out.with_suffix(".md").read_text()
+    assert all(f"| {label} |" in md for label in compare["ROWS"]) and md.count("| centralised |") == 1
