@@ -135,6 +135,29 @@ def test_a_flood_waits_in_the_kernel_queue_while_admitted_connections_keep_worki
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
+def test_connections_open_at_once_are_bounded(echo):
+    door = FrontDoor("127.0.0.1", 0, echo, max_open=2)  # tokens to spare: only the bound holds the third
+    port = door.start()
+    try:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]
+        for s in held:
+            s.sendall(b"a")
+            assert _recv_exactly(s, 1) == b"a"
+        third = socket.create_connection(("127.0.0.1", port), timeout=30)
+        third.sendall(b"b")
+        deadline = time.monotonic() + 60
+        while _accept_queue(port) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert door.stats.admitted == 2
+        held[0].close()  # one closes: the third gets its place
+        assert _recv_exactly(third, 1) == b"b" and door.stats.admitted == 3
+        for s in (held[1], third):
+            s.close()
+    finally:
+        door.stop()
+
+
 def test_a_connection_that_sends_nothing_costs_no_backend_connection(echo):
     door = FrontDoor("127.0.0.1", 0, echo, first_byte_seconds=0.05)
     port = door.start()

@@ -15,7 +15,9 @@ identity is still the client certificate that gRPC checks.
 Written with ``asyncio`` on one thread: gRPC's Python server cannot be handed an accepted socket,
 and no maintained library shapes the accept rate inside a process. A connection that closes
 before sending a byte (a flooder that gave up while queued) costs an ``accept`` and a ``close``;
-a connection that sends nothing for ``first_byte_seconds`` is closed.
+a connection that sends nothing for ``first_byte_seconds`` is closed. Connections open at once are
+bounded (``max_open``, from the process's file limit: three descriptors each, two here and one in
+gRPC); past it the door stays shut until one closes, so slow clients cannot exhaust descriptors.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import itertools
 import logging
 import os
+import resource
 import shutil
 import socket
 import tempfile
@@ -86,10 +89,13 @@ class FrontDoor:
     """
 
     def __init__(self, host: str, port: int, backend: str, rate: float = ADMIT_RATE, burst: int = ADMIT_BURST,
-                 backlog: int = BACKLOG, first_byte_seconds: float = FIRST_BYTE_SECONDS) -> None:
+                 backlog: int = BACKLOG, first_byte_seconds: float = FIRST_BYTE_SECONDS,
+                 max_open: int | None = None) -> None:
         self.host, self.port, self.backend = host, port, backend
         self.bucket = TokenBucket(rate, burst)
         self.backlog, self.first_byte_seconds = backlog, first_byte_seconds
+        self.max_open = max_open if max_open is not None else open_limit()
+        self._slot: asyncio.Event | None = None  # set whenever fewer than max_open are open
         self.stats = DoorStats()
         self._names = itertools.count()
         self._peers: dict[str, str] = {}  # "unix-abstract:<name>" → the client's "ipv4:a.b.c.d:port"
@@ -165,7 +171,14 @@ class FrontDoor:
     async def _accept(self) -> None:
         loop = asyncio.get_running_loop()
         assert self._sock is not None
+        self._slot = asyncio.Event()
+        self._slot.set()
         while True:
+            if self.stats.open >= self.max_open:  # shut until a connection closes
+                self._slot.clear()
+                started = time.monotonic()
+                await self._slot.wait()
+                self.stats.shut_seconds += time.monotonic() - started
             wait = self.bucket.take()
             if wait > 0:  # shut: the kernel queues what arrives meanwhile, and then refuses it
                 started = time.monotonic()
@@ -180,6 +193,7 @@ class FrontDoor:
                 await asyncio.sleep(0.1)
                 continue
             self.stats.admitted += 1
+            self.stats.open += 1  # here, not in the task: the next turn of this loop must see it
             task = loop.create_task(self._relay(conn, addr))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -190,7 +204,6 @@ class FrontDoor:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         up: socket.socket | None = None
         name = ""
-        self.stats.open += 1
         try:
             try:
                 first = await asyncio.wait_for(loop.sock_recv(conn, CHUNK), self.first_byte_seconds)
@@ -214,6 +227,8 @@ class FrontDoor:
             self._count(type(exc).__name__)
         finally:
             self.stats.open -= 1
+            if self._slot is not None:
+                self._slot.set()
             self._peers.pop("unix-abstract:" + name, None)
             for s in (conn, up):
                 if s is not None:
@@ -237,6 +252,21 @@ class FrontDoor:
 
     def _count(self, kind: str) -> None:
         self.stats.errors[kind] = self.stats.errors.get(kind, 0) + 1
+
+
+def open_limit() -> int:
+    """Connections the door may hold open: the file-descriptor limit (raised to the hard limit,
+    at most 65,536), three descriptors per connection, 256 kept for the rest of the process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    soft = 65536 if soft == resource.RLIM_INFINITY else soft
+    return max(16, (soft - 256) // 3)
 
 
 class PrivateSocket:

@@ -34,6 +34,7 @@ from pollen.transport.rpc.tls import ADMIN_NAME, PARTY_PREFIX, RevocationList, r
 
 log = logging.getLogger("pollen.transport.grpc")
 MAX_POLL_SECONDS = 30.0
+HANDSHAKE_MS = 20_000
 UNARY_SECONDS = 30.0  # deadline of a call that is not a stream (join, heartbeat, status)
 STATUS_CALLER = "\0status"  # --insecure: status calls share their own places, apart from anonymous uploads
 
@@ -340,7 +341,9 @@ def start_server(service: FederationService, host: str, port: int, certs_dir: st
         TransportError: missing credentials, or the port cannot be bound.
     """
     # as many calls at once as threads: a call past them is refused at once instead of queueing behind stalled ones
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=grpc_options() + window_options(receive_window),
+    # a client that opens a connection and stalls in the TLS handshake holds it 20 s, not gRPC's default 120 s
+    options = grpc_options() + window_options(receive_window) + [("grpc.server_handshake_timeout_ms", HANDSHAKE_MS)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
                          maximum_concurrent_rpcs=workers)
     pb_grpc.add_FederationServicer_to_server(service, server)
     address = listen_address(host, port)
