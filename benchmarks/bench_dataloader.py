@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -45,6 +44,7 @@ from datetime import datetime, timezone
 T_START = time.perf_counter()  # a child's job time counts from here (before torch is imported)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lockstep  # noqa: E402  (two children taking turns: see its docstring)
+from host import cpu_model, thread_scaling  # noqa: E402
 
 if lockstep.ACTIVE:
     T_START = lockstep.first_turn()  # nothing, not even the imports, runs before the first turn
@@ -193,28 +193,6 @@ def run_child(kind: str, threads: int) -> dict:
     if out.returncode != 0 or line is None:
         raise RuntimeError(f"{kind} child failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(line[7:])
-
-
-def cpu_model() -> str:
-    try:
-        return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
-
-
-def thread_scaling() -> str:
-    """Time a fixed matmul workload with 1 and all threads (BENCHMARKS.md warns of slow starts)."""
-    import torch
-
-    a = torch.randn(1024, 1024)
-    out = []
-    for n in (1, os.cpu_count() or 1):
-        torch.set_num_threads(n)
-        t = time.perf_counter()
-        for _ in range(20):
-            a @ a
-        out.append(f"{n} thread(s): {time.perf_counter() - t:.2f}s")
-    return ", ".join(out)
 
 
 def acc_at(res: dict, k: int) -> float | None:

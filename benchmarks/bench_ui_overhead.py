@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,9 @@ import tomllib
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from host import cpu_model, thread_scaling  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 W1 = ["--dataset", "fmnist", "--parties", "100", "--partition", "iid", "--holdout", "0", "--model", "fedavg_cnn",
@@ -114,28 +116,6 @@ def simulate(out: Path, name: str, extra: list[str], poll: dict | None = None) -
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
-
-
-def cpu_model() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
-
-
-def thread_scaling() -> str:
-    """The same matmuls with 1 and with every thread (BENCHMARKS.md: a fresh machine can be slow on 2)."""
-    import torch
-
-    a = torch.randn(1024, 1024)
-    out = []
-    for n in (1, os.cpu_count() or 1):
-        torch.set_num_threads(n)
-        t = time.perf_counter()
-        for _ in range(20):
-            a @ a
-        out.append(f"{n} thread(s) {time.perf_counter() - t:.2f}s")
-    return ", ".join(out)
 
 
 def main() -> None:

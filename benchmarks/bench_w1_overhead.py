@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -45,6 +44,7 @@ T_START = time.perf_counter()  # a child's job time counts from here (before tor
 ROUNDS, PARTIES, PER_ROUND = 30, 100, 10
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lockstep  # noqa: E402  (two children taking turns: see its docstring)
+from host import cpu_model, thread_scaling  # noqa: E402
 
 if lockstep.ACTIVE:
     T_START = lockstep.first_turn()  # nothing, not even the imports, runs before the first turn
@@ -141,28 +141,6 @@ def run_child(kind: str, partition: str) -> dict:
     out = subprocess.run(child_args(kind, partition), capture_output=True, text=True, check=True)
     line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
     return json.loads(line[7:])
-
-
-def cpu_model() -> str:
-    try:
-        return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
-
-
-def thread_scaling() -> str:
-    """Time a fixed matmul workload with 1 and 2 threads (BENCHMARKS.md warns of slow starts)."""
-    import torch
-
-    a = torch.randn(1024, 1024)
-    out = []
-    for n in (1, os.cpu_count() or 1):
-        torch.set_num_threads(n)
-        t = time.perf_counter()
-        for _ in range(20):
-            a @ a
-        out.append(f"{n} thread(s): {time.perf_counter() - t:.2f}s")
-    return ", ".join(out)
 
 
 def main() -> None:

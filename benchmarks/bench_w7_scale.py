@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -39,6 +38,9 @@ import tempfile
 import threading
 import time
 from datetime import datetime, timezone
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from host import cpu_model  # noqa: E402
 
 
 def rss_tree_mb(root_pid: int) -> float:
@@ -162,13 +164,6 @@ def summarise(res: dict) -> dict:
             "last_round_s": rows[-1]["seconds"], "last_framework_s": rows[-1]["framework_s"],
             "fed_eval_s": rows[-1].get("fed_eval_s", 0.0),
             "peak_rss_mb": res["peak_rss_mb"], "wall": res["wall"], "accuracy": res["accuracy"]}
-
-
-def cpu_model() -> str:
-    try:
-        return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def main() -> None:
