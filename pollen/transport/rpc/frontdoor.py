@@ -107,9 +107,12 @@ class FrontDoor:
 
     def start(self) -> int:
         """Bind the public port and start relaying; the port bound."""
-        family = socket.AF_INET6 if ":" in self.host.strip("[]") else socket.AF_INET
+        host = self.host.strip("[]")
         try:
-            sock = socket.create_server((self.host.strip("[]"), self.port), family=family, backlog=self.backlog)
+            family = socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+            # "::" takes IPv4 too where the system can, as gRPC's "[::]" does
+            dual = family == socket.AF_INET6 and host == "::" and socket.has_dualstack_ipv6()
+            sock = socket.create_server((host, self.port), family=family, backlog=self.backlog, dualstack_ipv6=dual)
         except OSError as exc:
             raise TransportError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}; "
                                  "choose another with --port") from None
