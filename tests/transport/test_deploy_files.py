@@ -94,3 +94,32 @@ def test_dockerfile_runs_the_pollen_script():
 def test_a_wrong_flag_would_be_caught():
     with pytest.raises(pytest.fail.Exception):
         check(["client", "--party-id", "0", "--server", "x:1", "--data-path", "d", "--no-such-flag"])
+
+
+def _resume_tests() -> list[tuple[str, str]]:
+    """(shell test, run folder) of each coordinator command that resumes when a checkpoint exists."""
+    texts = [(DEPLOY / "docker-compose.yml").read_text(), (DEPLOY / "k8s" / "coordinator.yaml").read_text()]
+    found = [m.groups() for t in texts for m in re.finditer(r"if ([^;]*?);\s*then exec pollen server --resume (\S+)", t)]
+    assert len(found) == 2, found
+    return found
+
+
+def test_deploy_files_resume_exactly_when_the_run_has_a_checkpoint(tmp_path):
+    """The coordinator containers restart with --resume only if the checkpointer's own layout holds
+    a checkpoint (else a restarted container would start the run anew into a folder that holds it)."""
+    import subprocess
+
+    from pollen.config import make_config
+    from pollen.simulation import simulate
+
+    run = tmp_path / "runs" / "r"
+    simulate(make_config({"data": {"dataset": "digits", "parties": 2}, "model": {"model": "mlp"},
+                          "federation": {"rounds": 1}, "run": {"runs_dir": str(run.parent), "name": "r",
+                                                                "progress": False}}))
+    empty = tmp_path / "runs" / "empty"
+    (empty / "checkpoints").mkdir(parents=True)
+    for test, folder in _resume_tests():
+        for where, resumes in ((run, True), (empty, False), (tmp_path / "none", False)):
+            rc = subprocess.run(["sh", "-c", test.replace(folder, str(where))]).returncode
+            assert (rc == 0) == resumes, (test, where, sorted(p.name for p in (where / "checkpoints").glob("*"))
+                                    if (where / "checkpoints").exists() else "no folder")
