@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 import torch
@@ -10,6 +11,14 @@ import torch
 # Tests are many small models: one thread avoids oversubscribing the shared CI machine.
 torch.set_num_threads(1)
 os.environ.setdefault("POLLEN_TEST", "1")
+
+# Child processes get Ctrl-C (SIGINT) as usual: a script that starts the tests in its background
+# starts them with SIGINT ignored, which children would inherit (the tests that send SIGINT would
+# then do nothing). Set here, in the parent, so that children need no ``preexec_fn``: Python code
+# run between fork and exec in a process with gRPC's threads can hang the child (gRPC's fork
+# handlers run; seen as "epoll_wait error: Bad file descriptor" and a party that never started).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

@@ -43,13 +43,6 @@ def history(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip().endswith("}")]
 
 
-def sigint_default() -> None:
-    """In a child before it starts: Ctrl-C (SIGINT) as usual, even where the tests were started in
-    the background of a script (which starts them with SIGINT ignored, and a child would inherit
-    that: the tests' SIGINT would then do nothing)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 class Procs:
     """Starts ``pollen`` subcommands as processes and kills what is left at the end."""
 
@@ -60,7 +53,7 @@ class Procs:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         log = open(self.root / f"{name}.log", "ab")
         p = subprocess.Popen([sys.executable, "-m", "pollen.cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                             env=env, cwd=self.root, preexec_fn=sigint_default)
+                             env=env, cwd=self.root)  # SIGINT as usual: tests/conftest.py
         self.started.append(p)
         return p
 

@@ -175,6 +175,41 @@ def test_a_connection_that_sends_nothing_costs_no_backend_connection(echo):
         door.stop()
 
 
+def test_a_client_that_keeps_a_closed_connection_open_is_closed(monkeypatch):
+    """gRPC closes a connection (a refused handshake); the client never closes its side: the door
+    lets it go after CLOSE_GRACE_SECONDS instead of holding it (and a place of max_open) for ever."""
+    import pollen.transport.rpc.frontdoor as fd
+
+    monkeypatch.setattr(fd, "CLOSE_GRACE_SECONDS", 0.05)
+    private = PrivateSocket()
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(private.path)
+    srv.listen(4)
+
+    def refuse() -> None:  # reads the first bytes, then closes, as gRPC does after a failed handshake
+        conn, _ = srv.accept()
+        conn.recv(16)
+        conn.close()
+
+    threading.Thread(target=refuse, daemon=True).start()
+    door = FrontDoor("127.0.0.1", 0, private.path)
+    port = door.start()
+    try:
+        c = socket.create_connection(("127.0.0.1", port), timeout=30)
+        c.sendall(b"\x16\x03\x01")
+        assert c.recv(1) == b""  # gRPC's close reached us; we keep our side open and send nothing
+        deadline = time.monotonic() + 60
+        while door.stats.open:
+            assert time.monotonic() < deadline, "the door held the connection"
+            time.sleep(0.01)
+        assert door.stats.held == 1
+        c.close()
+    finally:
+        door.stop()
+        srv.close()
+        private.cleanup()
+
+
 def test_a_port_in_use_is_one_clear_error():
     busy = socket.create_server(("127.0.0.1", 0))
     port = busy.getsockname()[1]

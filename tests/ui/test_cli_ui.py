@@ -42,11 +42,10 @@ def test_pollen_ui_serves_a_runs_folder_until_ctrl_c(tmp_path):
 
     simulate(dataset="digits", parties=2, rounds=1, name="one", runs_dir=str(tmp_path / "runs"), progress=False)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # SIGINT back to its default in the child: a script that starts the tests in its background
-    # ignores SIGINT, the child would inherit that, and Ctrl-C below would do nothing.
+    # SIGINT as usual in the child (tests/conftest.py un-ignores it in this process)
     proc = subprocess.Popen([sys.executable, "-m", "pollen.cli", "ui", str(tmp_path / "runs"), "--port", "0",
                              "--token-file", str(tmp_path / "tokens.toml")], stderr=subprocess.PIPE, text=True,
-                            env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            env=env)
     try:
         lines = []
         deadline = time.monotonic() + 120

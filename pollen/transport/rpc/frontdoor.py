@@ -15,7 +15,8 @@ identity is still the client certificate that gRPC checks.
 Written with ``asyncio`` on one thread: gRPC's Python server cannot be handed an accepted socket,
 and no maintained library shapes the accept rate inside a process. A connection that closes
 before sending a byte (a flooder that gave up while queued) costs an ``accept`` and a ``close``;
-a connection that sends nothing for ``first_byte_seconds`` is closed. Connections open at once are
+a connection that sends nothing for ``first_byte_seconds`` is closed, and one whose client keeps it
+open ``CLOSE_GRACE_SECONDS`` after gRPC closed it (a failed handshake) is closed too. Connections open at once are
 bounded (``max_open``, from the process's file limit: three descriptors each, two here and one in
 gRPC); past it the door stays shut until one closes, so slow clients cannot exhaust descriptors.
 """
@@ -42,6 +43,7 @@ ADMIT_RATE = 100.0  # new connections per second, sustained (0.14 ms of handshak
 ADMIT_BURST = 256  # new connections admitted at once (every party joining together)
 BACKLOG = 128  # connections the kernel queues while the door waits
 FIRST_BYTE_SECONDS = 10.0
+CLOSE_GRACE_SECONDS = 5.0  # after gRPC closed a connection, how long the client has to close its side
 
 
 class TokenBucket:
@@ -67,13 +69,15 @@ class TokenBucket:
 @dataclass
 class DoorStats:
     """What the door did: connections admitted, those closed before their first byte, seconds the
-    door stood shut (waiting for a token) and connections open now."""
+    door stood shut (waiting for a token or a free place), connections open now, bytes relayed, and
+    connections closed by the door because their client kept them open after gRPC closed them."""
 
     admitted: int = 0
     empty: int = 0
     shut_seconds: float = 0.0
     open: int = 0
     relayed_bytes: int = 0
+    held: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -225,7 +229,16 @@ class FrontDoor:
             await loop.sock_connect(up, self.backend)
             await loop.sock_sendall(up, first)
             self.stats.relayed_bytes += len(first)
-            await asyncio.gather(self._pipe(conn, up), self._pipe(up, conn))
+            down = loop.create_task(self._pipe(up, conn))
+            upward = loop.create_task(self._pipe(conn, up))
+            try:
+                await down  # gRPC closed: nothing the client still sends would be read
+                await asyncio.wait_for(upward, CLOSE_GRACE_SECONDS)  # a client holding it open is closed
+            except asyncio.TimeoutError:
+                self.stats.held += 1
+            finally:
+                for t in (down, upward):
+                    t.cancel()
         except OSError as exc:
             self._count(type(exc).__name__)
         finally:
