@@ -8,7 +8,7 @@ unauthenticated connections, measured in the same script, variants alternated.
   HTTP/2 preface in the clear to the TLS port. It counts its attempts. It runs at ``nice 19`` by
   default: on loopback the attacker's own CPU is this machine's, which a real attacker's is not;
   ``--flood-nice 0`` measures it at full priority too (both are reported).
-- The coordinator runs with its front door (``--admit-rate``, default 100 new connections/s);
+- The coordinator runs with its front door (``--admit-rate``, default 20 new connections/s);
   ``--no-door-variants`` adds the same quiet and flood runs with ``--admit-rate 0`` (gRPC on the
   port, as before the door), each flood compared with the quiet run of its own kind. Flood and
   parties start once the coordinator listens.
@@ -207,7 +207,7 @@ def main() -> None:
     ap.add_argument("--flood-threads", type=int, default=8)
     ap.add_argument("--flood-nice", type=int, nargs="+", default=[19, 0],
                     help="niceness of the flooding process; one flood variant per value")
-    ap.add_argument("--admit-rate", type=float, default=100.0,
+    ap.add_argument("--admit-rate", type=float, default=20.0,
                     help="the coordinator's --admit-rate (new connections per second its front door admits; "
                          "0: no front door, gRPC owns the port as before issue 12's second part)")
     ap.add_argument("--no-door-variants", action="store_true",

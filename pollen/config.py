@@ -188,7 +188,7 @@ class NetworkConfig(_Section):
     insecure: bool = Field(False, description="no TLS, no authentication: local experiments only (prints a warning)")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="serve Prometheus /metrics on this port (needs the 'metrics' extra)")
     max_message_mb: float = Field(2048.0, gt=0, description="largest task or reply a peer may send, in MB (bigger ones are refused)")
-    admit_rate: float = Field(100.0, ge=0, description="new connections per second the coordinator's front door admits (a flood of connections waits in the kernel's queue instead of taking CPU); 0: no front door, gRPC owns the port")
+    admit_rate: float = Field(20.0, ge=0, description="new connections per second the coordinator's front door admits (a flood of connections waits in the kernel's queue instead of taking CPU); 0: no front door, gRPC owns the port")
 
 
 class AttackConfig(_Section):

@@ -39,7 +39,9 @@ from pollen.errors import TransportError
 
 log = logging.getLogger("pollen.transport.frontdoor")
 CHUNK = 256 * 1024  # bytes relayed per read
-ADMIT_RATE = 100.0  # new connections per second, sustained (0.14 ms of handshake CPU each: 1.4 % of a core)
+ADMIT_RATE = 20.0  # new connections per second, sustained: each refused one costs the coordinator ≈ 1.5 ms of CPU
+# (the relay's Python ≈ 0.4–0.8 ms, gRPC's TLS handshake ≈ 0.14 ms: measured, benchmarks/RESULTS.md), so 3 % of a
+# core at this rate; a party's channel lives for the whole run, and joins at once fit in ADMIT_BURST
 ADMIT_BURST = 256  # new connections admitted at once (every party joining together)
 BACKLOG = 128  # connections the kernel queues while the door waits
 FIRST_BYTE_SECONDS = 10.0
