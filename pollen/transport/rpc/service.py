@@ -400,11 +400,15 @@ class _BehindDoor:
 
     def __init__(self, server: grpc.Server, door: FrontDoor, private: PrivateSocket) -> None:
         self._server, self.door, self._private = server, door, private
+        self._closed = False
 
     def stop(self, grace: float | None) -> _Stopping:
         return _Stopping(self._server.stop(grace), self._close)
 
     def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self.door.stop()
         self._private.cleanup()
         st = self.door.stats
