@@ -3,9 +3,9 @@ are admitted at a bounded rate, so a flood waits in the kernel's queue while the
 already admitted keep working; the port's errors are one clear line."""
 
 import os
+import select
 import socket
 import threading
-import time
 
 import pytest
 
@@ -93,14 +93,13 @@ def test_bytes_relay_both_ways_unchanged_with_half_close(echo):
         door.stop()
 
 
-def _accept_queue(port: int) -> int:
-    """Connections the kernel holds for the listening socket on ``port`` (not yet accepted): the
-    rx_queue of a LISTEN row of /proc/net/tcp."""
-    for line in open("/proc/net/tcp").read().splitlines()[1:]:
-        f = line.split()
-        if int(f[1].split(":")[1], 16) == port and f[3] == "0A":
-            return int(f[4].split(":")[1], 16)
-    raise AssertionError(f"no listening socket on port {port}")
+def _queued(door: FrontDoor) -> socket.socket:
+    """Wait until the kernel holds a connection the door has not accepted (its listening socket
+    turns readable: an event, no polling), and take it out of the queue here."""
+    readable, _, _ = select.select([door._sock], [], [], 60)
+    assert readable, "no connection reached the kernel's queue"
+    conn, _ = door._sock.accept()
+    return conn
 
 
 def test_a_flood_waits_in_the_kernel_queue_while_admitted_connections_keep_working(echo):
@@ -116,15 +115,14 @@ def test_a_flood_waits_in_the_kernel_queue_while_admitted_connections_keep_worki
             s = socket.create_connection(("127.0.0.1", port), timeout=30)  # the kernel completes the connect
             s.sendall(b"\x16\x03\x01")  # the start of a TLS ClientHello
             flood.append(s)
-        deadline = time.monotonic() + 60
-        while _accept_queue(port) < 5:  # an event the kernel reports, not a timing: the five are queued
-            assert time.monotonic() < deadline, "the flood's connections never reached the queue"
-            time.sleep(0.01)
-        assert door.stats.admitted == 2 and _accept_queue(port) == 5
         for i in range(50):  # the parties' connections are not slowed by the queue
             parties[i % 2].sendall(b"%d" % (i % 10))
             assert _recv_exactly(parties[i % 2], 1) == b"%d" % (i % 10)
         assert door.stats.admitted == 2
+        queued = [_queued(door) for _ in range(5)]  # all five wait in the kernel's queue, not in the door
+        assert door.stats.admitted == 2 and all(q.recv(3) == b"\x16\x03\x01" for q in queued)
+        for q in queued:
+            q.close()
         for p in parties:
             p.close()
     finally:
@@ -145,11 +143,8 @@ def test_connections_open_at_once_are_bounded(echo):
             assert _recv_exactly(s, 1) == b"a"
         third = socket.create_connection(("127.0.0.1", port), timeout=30)
         third.sendall(b"b")
-        deadline = time.monotonic() + 60
-        while _accept_queue(port) < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        assert door.stats.admitted == 2
+        readable, _, _ = select.select([door._sock], [], [], 60)  # the third waits in the kernel's queue
+        assert readable and door.stats.admitted == 2
         held[0].close()  # one closes: the third gets its place
         assert _recv_exactly(third, 1) == b"b" and door.stats.admitted == 3
         for s in (held[1], third):
@@ -166,10 +161,7 @@ def test_a_connection_that_sends_nothing_costs_no_backend_connection(echo):
             assert c.recv(1) == b""  # closed by the door after first_byte_seconds
         closed = socket.create_connection(("127.0.0.1", port), timeout=30)
         closed.close()  # gave up before the door reached it
-        deadline = time.monotonic() + 60
-        while door.stats.empty < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        assert door.wait_for(lambda st: st.empty == 2, timeout=60)
         assert door.stats.admitted == 2 and door.stats.relayed_bytes == 0
     finally:
         door.stop()
@@ -198,10 +190,7 @@ def test_a_client_that_keeps_a_closed_connection_open_is_closed(monkeypatch):
         c = socket.create_connection(("127.0.0.1", port), timeout=30)
         c.sendall(b"\x16\x03\x01")
         assert c.recv(1) == b""  # gRPC's close reached us; we keep our side open and send nothing
-        deadline = time.monotonic() + 60
-        while door.stats.open:
-            assert time.monotonic() < deadline, "the door held the connection"
-            time.sleep(0.01)
+        assert door.wait_for(lambda st: st.open == 0, timeout=60), "the door held the connection"
         assert door.stats.held == 1
         c.close()
     finally:

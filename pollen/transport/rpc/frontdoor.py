@@ -33,6 +33,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pollen.errors import TransportError
@@ -110,6 +111,7 @@ class FrontDoor:
         self._thread: threading.Thread | None = None
         self._tasks: set[asyncio.Task] = set()
         self._acceptor: asyncio.Task
+        self._changed = threading.Condition()  # notified whenever a connection is admitted or ends
 
     def start(self) -> int:
         """Bind the public port and start relaying; the port bound."""
@@ -130,6 +132,16 @@ class FrontDoor:
         self._thread.start()
         ready.wait()
         return sock.getsockname()[1]
+
+    def wait_for(self, predicate: Callable[[DoorStats], bool], timeout: float | None = None) -> bool:
+        """Block until ``predicate(stats)`` holds, re-checked each time a connection is admitted or
+        ends; False after ``timeout`` seconds."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self.stats), timeout)
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
 
     def peer_of(self, peer: str) -> str:
         """The client's own address for gRPC's ``context.peer()`` of a relayed connection."""
@@ -203,6 +215,7 @@ class FrontDoor:
                 continue
             self.stats.admitted += 1
             self.stats.open += 1  # here, not in the task: the next turn of this loop must see it
+            self._notify()
             task = loop.create_task(self._relay(conn, addr))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -251,6 +264,7 @@ class FrontDoor:
             for s in (conn, up):
                 if s is not None:
                     s.close()
+            self._notify()
 
     async def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         """Copy ``src`` to ``dst`` until ``src`` ends; then end ``dst``'s writing side. A reset on
