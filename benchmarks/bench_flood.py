@@ -66,6 +66,14 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def wait_listening(server: subprocess.Popen, log_path: Path) -> None:
+    """Until the coordinator's log says it listens (it fails: RuntimeError)."""
+    while "listening" not in log_path.read_text():
+        if server.poll() is not None:
+            raise RuntimeError(f"server failed, see {log_path}")
+        time.sleep(0.05)
+
+
 def run(root: Path, rounds: int, tag: str, flood: dict | None, admit_rate: float) -> dict:
     """One W4 run (as bench_w4_grpc.run_grpc), optionally under a flood; its measurements."""
     port = free_port()
@@ -79,10 +87,7 @@ def run(root: Path, rounds: int, tag: str, flood: dict | None, admit_rate: float
                                   stdout=log, stderr=subprocess.STDOUT)
         # flood and parties start once the port is open (in every variant): connections refused by a
         # port nobody listens on yet cost the coordinator nothing and would only measure the flooder
-        while "listening" not in log_path.read_text():
-            if server.poll() is not None:
-                raise RuntimeError(f"server failed, see {log_path}")
-            time.sleep(0.05)
+        wait_listening(server, log_path)
         flooder = None
         if flood is not None:
             flooder = subprocess.Popen([sys.executable, __file__, "--flood-child", f"127.0.0.1:{port}",
@@ -177,10 +182,7 @@ def profile(root: Path, seconds: float, threads: int, nice: int, admit_rate: flo
                                    "--admit-rate", str(admit_rate)],
                                   stdout=log, stderr=subprocess.STDOUT)
         try:
-            while "listening" not in log_path.read_text():
-                if server.poll() is not None:
-                    raise RuntimeError(f"server failed, see {log_path}")
-                time.sleep(0.2)
+            wait_listening(server, log_path)
             before, t0 = cpu_seconds(server.pid), time.perf_counter()
             subprocess.run([sys.executable, __file__, "--flood-child", f"127.0.0.1:{port}", str(root / "certs" / "ca.pem"),
                             str(seconds), str(threads), str(root / "profile.flood.json")],

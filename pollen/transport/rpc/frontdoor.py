@@ -16,16 +16,16 @@ Written with ``asyncio`` on one thread: gRPC's Python server cannot be handed an
 and no maintained library shapes the accept rate inside a process. A connection that closes
 before sending a byte (a flooder that gave up while queued) costs an ``accept`` and a ``close``;
 a connection that sends nothing for ``first_byte_seconds`` is closed, and one whose client keeps it
-open ``CLOSE_GRACE_SECONDS`` after gRPC closed it (a failed handshake) is closed too. Connections open at once are
-bounded (``max_open``, from the process's file limit: three descriptors each, two here and one in
-gRPC); past it the door stays shut until one closes, so slow clients cannot exhaust descriptors.
+open ``CLOSE_GRACE_SECONDS`` after gRPC closed it (a failed handshake) is closed too. Connections
+open at once are bounded (``max_open``, from the process's file limit: three descriptors each, two
+here and one in gRPC); past it the door stays shut until one closes, so slow clients cannot
+exhaust descriptors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import os
 import resource
 import shutil
@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 
 from pollen.errors import TransportError
 
-log = logging.getLogger("pollen.transport.frontdoor")
 CHUNK = 256 * 1024  # bytes relayed per read
 ADMIT_RATE = 20.0  # new connections per second, sustained: each refused one costs the coordinator ≈ 1.5 ms of CPU
 # (the relay's Python ≈ 0.4–0.8 ms, gRPC's TLS handshake ≈ 0.14 ms: measured, benchmarks/RESULTS.md), so 3 % of a
@@ -238,9 +237,8 @@ class FrontDoor:
             up.setblocking(False)
             name = f"pollen-door-{os.getpid()}-{next(self._names)}"
             up.bind("\0" + name)  # gRPC names this peer "unix-abstract:<name>": peer_of maps it back
-            family = "ipv6" if conn.family == socket.AF_INET6 else "ipv4"
-            self._peers["unix-abstract:" + name] = (f"{family}:[{addr[0]}]:{addr[1]}" if family == "ipv6"
-                                                    else f"{family}:{addr[0]}:{addr[1]}")
+            self._peers["unix-abstract:" + name] = (f"ipv6:[{addr[0]}]:{addr[1]}" if conn.family == socket.AF_INET6
+                                                    else f"ipv4:{addr[0]}:{addr[1]}")
             await loop.sock_connect(up, self.backend)
             await loop.sock_sendall(up, first)
             self.stats.relayed_bytes += len(first)

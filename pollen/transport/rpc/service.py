@@ -348,7 +348,25 @@ def start_server(service: FederationService, host: str, port: int, certs_dir: st
     pb_grpc.add_FederationServicer_to_server(service, server)
     address = listen_address(host, port)
     private = PrivateSocket() if admit_rate else None
-    bind = address if private is None else "unix:" + private.path
+    try:
+        bound = _bind(server, address if private is None else "unix:" + private.path, certs_dir, address)
+        if private is not None:
+            door = FrontDoor(host, port, private.path, rate=float(admit_rate), burst=admit_burst)
+            bound = door.start()
+    except TransportError:
+        if private is not None:
+            private.cleanup()
+        raise
+    server.start()
+    if private is None:
+        return server, bound
+    service.peer_of = door.peer_of
+    return _BehindDoor(server, door, private), bound
+
+
+def _bind(server: grpc.Server, bind: str, certs_dir: str | Path | None, address: str) -> int:
+    """Add the port ``bind`` to ``server`` (TLS from ``certs_dir`` unless None); what gRPC bound.
+    Errors name ``address``, the one the user gave."""
     try:
         if certs_dir is None:
             bound = server.add_insecure_port(bind)
@@ -358,28 +376,11 @@ def start_server(service: FederationService, host: str, port: int, certs_dir: st
                 [(read_file(d / "server.key", "server key"), read_file(d / "server.pem", "server certificate"))],
                 root_certificates=read_file(d / "ca.pem", "CA certificate"), require_client_auth=True)
             bound = server.add_secure_port(bind, creds)
-    except (RuntimeError, TransportError) as exc:
-        if private is not None:
-            private.cleanup()
-        if isinstance(exc, TransportError):
-            raise
+    except RuntimeError as exc:
         raise TransportError(f"cannot listen on {address}: {exc}") from None
     if not bound:
-        if private is not None:
-            private.cleanup()
         raise TransportError(f"cannot listen on {address} (port in use?); choose another with --port")
-    if private is None:
-        server.start()
-        return server, bound
-    door = FrontDoor(host, port, private.path, rate=float(admit_rate), burst=admit_burst)
-    try:
-        bound = door.start()
-    except TransportError:
-        private.cleanup()
-        raise
-    server.start()
-    service.peer_of = door.peer_of
-    return _BehindDoor(server, door, private), bound
+    return bound
 
 
 class _Stopping:
