@@ -16,13 +16,15 @@ noise calibrated so that the whole run spends ε per party (δ = 1e-5, RDP accou
 byte up and down over the whole run, over the bytes of the training data as it is held in memory
 (float32 pixels). Each row appends its result to ``--out``'s JSON lines as it ends; the table
 (``--out`` with ``.md``) shows the newest row of each method run with the same settings, so rows
-run one at a time (each takes about 50 min on 2 cores) add up to the whole table.
+run one at a time (each takes about 50 min on 2 cores) add up to the whole table. Each row records
+where it ran (the CPU's or the GPU's name): its seconds are that machine's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import sys
 import tempfile
 import time
@@ -45,6 +47,43 @@ ROWS: dict[str, dict] = {
     "federated + DP (ε = 8)": {"dp_sgd": True, "target_epsilon": 8.0, "delta": DELTA, "max_grad_norm": 1.0},
     "federated + DP (ε = 4)": {"dp_sgd": True, "target_epsilon": 4.0, "delta": DELTA, "max_grad_norm": 1.0},
 }
+
+
+SHORT = {"centralised": "centralised", "fedavg": "federated (FedAvg)",
+         "compressed": "federated, compressed (top-k 1 % + EF up, int8 down)",
+         "dp8": "federated + DP (ε = 8)", "dp4": "federated + DP (ε = 4)"}
+
+
+def parse_rows(text: str) -> tuple[list[str], list[str]]:
+    """``--rows``: ``all``, or comma-separated row labels (whole labels may hold commas themselves)
+    or short names (``SHORT``). Returns (chosen labels, pieces that name no row)."""
+    if text.strip() == "all":
+        return list(ROWS), []
+    chosen, part = [], ""
+    for piece in text.split(","):
+        part = f"{part},{piece}" if part else piece
+        name = SHORT.get(part.strip(), part.strip())
+        if name in ROWS:
+            chosen.append(name)
+            part = ""
+    return chosen, [part.strip()] if part.strip() else []
+
+
+def where(device: str, threads: int) -> str:
+    """The machine a row trains on, in words: the GPU's name, or the CPU's model and torch's threads."""
+    import torch
+
+    from pollen.client.trainer import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def run_row(label: str, settings: dict, base: dict, runs: Path) -> dict:
@@ -79,7 +118,7 @@ def latest_rows(path: Path, settings: dict) -> list[dict]:
 
 
 def table(rows: list[dict], meta: dict) -> str:
-    lines = ["| method | accuracy | rounds (to 85 %) | communication / data | ε | seconds | checks |",
+    lines = ["| method | accuracy | rounds (to 85 %) | communication / data | ε | seconds (where) | checks |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         ok = [r["accuracy"] is not None and r["accuracy"] >= TARGETS["accuracy"]]
@@ -91,7 +130,7 @@ def table(rows: list[dict], meta: dict) -> str:
         eps = "∞ (no DP)" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
         acc = "—" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f} %"
         lines.append(f"| {r['row']} | {acc} | {r['rounds']} ({r['rounds_to_target'] or 'not reached'}) | {comm} | "
-                     f"{eps} | {r['seconds']:.0f} | {'all met' if all(ok) else 'NOT all met'} |")
+                     f"{eps} | {r['seconds']:.0f} ({r.get('where', '?')}) | {'all met' if all(ok) else 'NOT all met'} |")
     lines += ["", f"Targets (the seed's): accuracy ≥ 85 %, communication / data ≤ 10 %, ε ≤ 8. Dataset {meta['dataset']}; "
               f"settings {meta['settings']}."]
     return "\n".join(lines) + "\n"
@@ -103,10 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="its files (CIFAR-10: the cifar-10-batches-py folder)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default: the seed's 20)")
     parser.add_argument("--epochs", type=int, default=None, help="local epochs (default: the seed's 2)")
-    parser.add_argument("--rows", default="all", help=f"comma-separated rows (default all): {', '.join(ROWS)}")
+    parser.add_argument("--rows", default="all", help="comma-separated rows (default all), by label or short name: "
+                        + "; ".join(f"{k} = {v}" for k, v in SHORT.items()).replace("%", "%%"))
     parser.add_argument("--device", default="cpu", help="where to train: cpu (default), cuda, cuda:1, mps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     parser.add_argument("--quick", action="store_true", help="scikit-learn digits, 2 rounds (for the tests)")
+    parser.add_argument("--runs-dir", default=None, help="keep each row's run folder here (round by round history, "
+                        "checkpoints); default: a temporary folder removed at the end")
     parser.add_argument("--out", default=None, help="JSON-lines file the rows are appended to "
                         "(default: benchmarks/results/cifar-table-<dataset>.jsonl)")
     args = parser.parse_args(argv)
@@ -120,20 +162,22 @@ def main(argv: list[str] | None = None) -> int:
         base["rounds"] = args.rounds
     if args.epochs:
         base["epochs"] = args.epochs
-    chosen = list(ROWS) if args.rows == "all" else [r.strip() for r in args.rows.split(",")]
-    unknown = [r for r in chosen if r not in ROWS]
-    if unknown:
-        print(f"error: unknown row(s) {unknown}; choose from: {', '.join(ROWS)}", file=sys.stderr)
+    chosen, unknown = parse_rows(args.rows)
+    if unknown or not chosen:
+        print(f"error: --rows {args.rows!r}: no row named {unknown[0] if unknown else args.rows!r}; choose from: "
+              + "; ".join(f"{k} ({v})" for k, v in SHORT.items()), file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"cifar-table-{base['dataset']}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.TemporaryDirectory()
+    runs = Path(args.runs_dir) if args.runs_dir else Path(tmp.name)
     rows = []
     try:
+        machine = where(args.device, args.threads)
         for label in chosen:
             print(f"  {label}", flush=True)
-            row = {**run_row(label, ROWS[label], base, Path(tmp.name)), "dataset": base["dataset"], "settings": base,
-                   "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+            row = {**run_row(label, ROWS[label], base, runs), "dataset": base["dataset"], "settings": base,
+                   "where": machine, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
             rows.append(row)
             with out.open("a") as f:  # recorded as each row ends
                 f.write(json.dumps(row) + "\n")

@@ -1,7 +1,8 @@
 """Batch augmentation written in torch (torchvision has no CPU build here).
 
 All functions act on a whole batch ``(B, C, H, W)`` at once, with randomness from a passed-in
-``torch.Generator``: no per-sample Python.
+``torch.Generator``: no per-sample Python. The generator may live on the CPU while the batch is on
+a GPU: the random draws are moved to the batch's device (a few bytes per sample).
 """
 
 from __future__ import annotations
@@ -17,25 +18,27 @@ def random_crop(x: torch.Tensor, size: int, padding: int, gen: torch.Generator) 
     """RandomCrop(size, padding) with zero padding, a different offset per sample."""
     b, c, h, w = x.shape
     padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))  # (B, C, H+2p, W+2p)
-    dy = torch.randint(0, h + 2 * padding - size + 1, (b,), generator=gen)
-    dx = torch.randint(0, w + 2 * padding - size + 1, (b,), generator=gen)
-    rows = (dy[:, None] + torch.arange(size)[None, :])  # (B, size)
-    cols = (dx[:, None] + torch.arange(size)[None, :])  # (B, size)
-    idx_b = torch.arange(b)[:, None, None, None]
-    idx_c = torch.arange(c)[None, :, None, None]
+    dev = x.device
+    dy = torch.randint(0, h + 2 * padding - size + 1, (b,), generator=gen).to(dev)
+    dx = torch.randint(0, w + 2 * padding - size + 1, (b,), generator=gen).to(dev)
+    span = torch.arange(size, device=dev)[None, :]
+    rows = dy[:, None] + span  # (B, size)
+    cols = dx[:, None] + span  # (B, size)
+    idx_b = torch.arange(b, device=dev)[:, None, None, None]
+    idx_c = torch.arange(c, device=dev)[None, :, None, None]
     return padded[idx_b, idx_c, rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def random_hflip(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
     """Flip each sample left-right with probability ``p``."""
-    flip = torch.rand(x.shape[0], generator=gen) < p
+    flip = (torch.rand(x.shape[0], generator=gen) < p).to(x.device)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Per-channel ``(x - mean) / std``."""
-    m = torch.tensor(mean, dtype=x.dtype)[None, :, None, None]
-    s = torch.tensor(std, dtype=x.dtype)[None, :, None, None]
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device)[None, :, None, None]
+    s = torch.tensor(std, dtype=x.dtype, device=x.device)[None, :, None, None]
     return (x - m) / s
 
 

@@ -46,9 +46,10 @@ def make_private_model(model: nn.Module) -> nn.Module:
     return validators.ModuleValidator.fix(model)
 
 
-def secure_generator() -> torch.Generator:
-    """A torch Generator seeded from the OS CSPRNG (``os.urandom``), never from the run seed."""
-    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+def secure_generator(device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch Generator on ``device`` seeded from the OS CSPRNG (``os.urandom``), never from the run
+    seed. Opacus draws the noise on the parameters' device with it, so it must live there."""
+    return torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
 
 
 def poisson_batches(n: int, sample_rate: float, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -62,7 +63,9 @@ def dp_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches: Sequen
              augment=None, loss_fn=None) -> dict[str, float]:
     """Run DP-SGD steps on ``model`` in place, one per batch of indices; returns training metrics.
 
-    An empty batch still takes a step (noise only), as the accountant assumes.
+    An empty batch still takes a step (noise only), as the accountant assumes. ``generator`` draws the
+    noise: it must be on the model's device. Loss and accuracy add up on that device (no host sync
+    per step).
     """
     opacus = _opacus()
     gsm = opacus.GradSampleModule(model)
@@ -72,7 +75,10 @@ def dp_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches: Sequen
                                         generator=generator)
     track_accuracy = loss_fn is None
     loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
-    total, correct, seen = 0.0, 0, 0
+    device = next(iter(params)).device if params else x.device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
     # Opacus' hooks on the first layer fire although its input needs no grad: harmless, but torch
     # warns about it on every batch. Not ``warnings.catch_warnings()``: it restores the process-wide
     # filters on exit, under the feet of other parties training in threads of the same process.
@@ -83,25 +89,26 @@ def dp_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches: Sequen
             opt.zero_grad(set_to_none=True)
             if len(idx) == 0:
                 for p in params:
-                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
             else:
+                idx = idx.to(x.device, non_blocking=True)
                 xb, yb = x[idx], y[idx]
                 if augment is not None:
                     xb = augment(xb, augment_generator)
                 logits = gsm(xb)  # (B, classes)
                 loss = loss_fn(logits, yb)
                 loss.backward()
-                total += float(loss.detach()) * len(idx)
+                total += loss.detach().double() * len(idx)
                 if track_accuracy:
-                    correct += int((logits.detach().argmax(1) == yb).sum())
+                    correct += (logits.detach().argmax(1) == yb).sum()
                 seen += len(idx)
             opt.step()
     finally:
         opt.zero_grad(set_to_none=True)
         gsm._close()  # remove Opacus' hooks: the trainer's model is reused by other parties
-    out = {"train_loss": total / max(seen, 1), "steps": float(len(batches))}
+    out = {"train_loss": float(total) / max(seen, 1), "steps": float(len(batches))}
     if track_accuracy:
-        out["train_accuracy"] = correct / max(seen, 1)
+        out["train_accuracy"] = int(correct) / max(seen, 1)
     return out
 
 
@@ -160,10 +167,9 @@ def dp_fit(trainer: Trainer, global_state: Mapping[str, np.ndarray], data: Any,
                            f"> target {target} (δ={delta}); this party stops training")
     model = trainer.model
     load_numpy_state(model, global_state, strict=False)
-    csprng = secure_generator()
-    batches = poisson_batches(n, q, steps, csprng)
+    batches = poisson_batches(n, q, steps, secure_generator())  # indices: drawn on the CPU
     metrics = dp_train(model, x, y, batches, config, sigma, settings["max_grad_norm"], batch,
-                       csprng, generator, trainer.augment, None if trainer.default_loss else trainer.loss_fn)
+                       secure_generator(trainer.device), generator, trainer.augment, None if trainer.default_loss else trainer.loss_fn)
     if not math.isfinite(metrics["train_loss"]):
         raise ModelError(f"local DP-SGD diverged (loss {metrics['train_loss']}); lower the learning rate")
     own["history"] = accountant.state_dict()["history"]

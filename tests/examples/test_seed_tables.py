@@ -7,6 +7,8 @@ import json
 import runpy
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
@@ -28,6 +30,20 @@ def test_hospitals_quick_table(tmp_path):
     assert "| FedAvg + DP-SGD (ε = 8) + SecAgg |" in text
 
 
+def test_cifar_rows_by_label_or_short_name():
+    compare = runpy.run_path(str(EXAMPLES / "cifar10" / "compare.py"))
+    rows, parse = list(compare["ROWS"]), compare["parse_rows"]
+    assert parse("all") == (rows, [])
+    assert parse(rows[2]) == ([rows[2]], [])  # a label with commas in it is one row
+    assert parse(f"{rows[2]},{rows[0]}") == ([rows[2], rows[0]], [])
+    assert parse("compressed, dp8,dp4") == (rows[2:], [])
+    assert parse("fedavg,nonsense") == ([rows[1]], ["nonsense"])
+    assert compare["main"](["--rows", "nonsense"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # the labels' "%" signs do not break --help
+        compare["main"](["--help"])
+    assert exit_.value.code == 0
+
+
 def test_cifar_seed_table_quick(tmp_path):
     compare = runpy.run_path(str(EXAMPLES / "cifar10" / "compare.py"))
     out = tmp_path / "t.jsonl"
@@ -42,8 +58,9 @@ def test_cifar_seed_table_quick(tmp_path):
     for eps in (8, 4):
         r = by[f"federated + DP (ε = {eps})"]
         assert 0 < r["epsilon"] <= eps + 1e-6
+    assert all(r["where"].endswith("thread") or r["where"].endswith("threads") for r in rows)  # the CPU ran them
     md = out.with_suffix(".md").read_text()
-    assert "communication / data" in md and "ε ≤ 8" in md
+    assert "communication / data" in md and "ε ≤ 8" in md and f"({rows[0]['where']})" in md
     # a row run on its own later replaces its older self and keeps the other rows in the table
     assert compare["main"](["--quick", "--out", str(out), "--rows", "centralised"]) == 0
     assert len(out.read_text().splitlines()) == len(rows) + 1
