@@ -9,8 +9,10 @@ communication / data, ε), and the seed's targets as checks.
 The seed's settings (``examples/cifar10.toml``): 10 parties with non-overlapping IID shards, all of
 them every round, 20 rounds, SGD lr 0.01 momentum 0.9, batch 64, 2 local epochs, FederatedCNN
 (BatchNorm; GroupNorm under DP-SGD), RandomCrop(32, 4) + horizontal flip (on 28×28 images: the
-same crop with padding 4). DP rows: DP-SGD in every party (Opacus, Poisson sampling, clip 1.0),
-noise calibrated so that the whole run spends ε per party (δ = 1e-5, RDP accountant). The
+same crop with padding 4). DP rows: the same run (FedAvg, lr 0.01, momentum 0.9, Poisson batches of
+64 on average: q = 64 / records) with DP-SGD in every party (Opacus, clip 1.0), noise calibrated so
+that the whole run spends ε per party (δ = 1e-5, RDP accountant); the DP recipe's other choices
+(balanced sampling: every party every round here) apply. The
 "FedAvg, compressed" row shows how far compression goes towards the 10 % communication target
 (top-k 1 % uplink with error feedback, int8 downlink). Communication / data is Pollen's: every
 byte up and down over the whole run, over the bytes of the training data as it is held in memory
@@ -44,8 +46,10 @@ ROWS: dict[str, dict] = {
     "federated (FedAvg)": {},
     "federated, compressed (top-k 1 % + EF up, int8 down)": {"codec": "topk", "topk_fraction": 0.01,
                                                              "error_feedback": True, "downlink": "int8"},
-    "federated + DP (ε = 8)": {"dp_sgd": True, "target_epsilon": 8.0, "delta": DELTA, "max_grad_norm": 1.0},
-    "federated + DP (ε = 4)": {"dp_sgd": True, "target_epsilon": 4.0, "delta": DELTA, "max_grad_norm": 1.0},
+    "federated + DP (ε = 8)": {"dp_sgd": True, "target_epsilon": 8.0, "delta": DELTA, "max_grad_norm": 1.0,
+                               "strategy": "fedavg"},
+    "federated + DP (ε = 4)": {"dp_sgd": True, "target_epsilon": 4.0, "delta": DELTA, "max_grad_norm": 1.0,
+                               "strategy": "fedavg"},
 }
 
 

@@ -16,7 +16,8 @@ multiplier barely mattered, the training regime did. What the recipes change, an
   requires).
 - **Large batches, several local epochs, a large learning rate against a small clip.** The noise
   on an averaged DP-SGD gradient is σC/B; for a fixed ε, σ grows much more slowly than B, so
-  bigger Poisson batches (half the party per step) and more epochs per participation buy signal
+  bigger Poisson batches (half the party per step, unless you set a batch size: then that is the
+  expected Poisson batch) and more epochs per participation buy signal
   (Abadi et al. 2016; De et al., "Unlocking High-Accuracy Differentially Private Image
   Classification through Scale", 2022). With every example clipped, SGD moves by lr·C per unit
   of mean direction, so lr and C are set together (lr·C = 1).
@@ -99,6 +100,9 @@ def dp_sgd_recipe(cfg: Any, builtin_app: bool = True) -> dict[str, dict[str, Any
     if not cfg.privacy.dp_sgd:
         return {}
     chosen = _fill(cfg, DP_SGD_RECIPE)
+    if not _unset(cfg.train, "batch_size") and "dp_sample_rate" in chosen.get("privacy", {}):
+        # the user's batch size is their Poisson batch (q = B/records), not half the party
+        chosen["privacy"].pop("dp_sample_rate")
     if not _unset(cfg.strategy, "name") and "strategy" in chosen:
         chosen.pop("strategy")  # the user's strategy keeps its own server settings
     return merge(chosen, _builtin_image_model(cfg, builtin_app))

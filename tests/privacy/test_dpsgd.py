@@ -55,6 +55,26 @@ def test_noise_and_clipping_change_training():
     assert not torch.allclose(a[3].weight, b[3].weight)
 
 
+def test_a_large_poisson_batch_in_chunks_gives_the_same_step():
+    """Chunks of 1, 5 and all examples: per-example clipping, one noise-free step each, same result."""
+    x, y = _data()
+    batches = [torch.arange(0, 40), torch.arange(40, 96)]
+    cfg = RoundConfig(lr=0.1, batch_size=48, momentum=0.5)
+    per_example = 4 * sum(p.numel() for p in _net().parameters())
+    nets = []
+    for budget in (None, per_example, 5 * per_example):
+        net = make_private_model(_net())
+        out = dp_train(net, x, y, batches, cfg, 0.0, 0.05, 48, torch.Generator().manual_seed(0),
+                       grad_sample_bytes=budget)
+        assert out["steps"] == 2
+        nets.append((net, out))
+    for net, out in nets[1:]:
+        assert out["train_loss"] == pytest.approx(nets[0][1]["train_loss"], rel=1e-5)
+        for a, b in zip(nets[0][0].state_dict().values(), net.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(nets[0][0].state_dict()["3.weight"], _net().state_dict()["3.weight"])  # it trained
+
+
 def test_empty_poisson_batch_still_steps_with_noise():
     x, y = _data()
     net = _net()

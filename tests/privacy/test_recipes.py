@@ -39,6 +39,16 @@ def test_user_values_win_over_the_recipe():
     assert cfg.federation.sampling == "balanced"
 
 
+def test_a_batch_size_the_user_set_is_the_poisson_batch():
+    pytest.importorskip("opacus")
+    base = ("--dataset", "fmnist", "--parties", "100", "--dp-sgd", "--target-epsilon", "8", "--delta", "1e-5")
+    assert _cli(*base).privacy.dp_sample_rate == DP_SGD_RECIPE["privacy"]["dp_sample_rate"]
+    cfg = _cli(*base, "--batch-size", "64")  # not half the party per step: q = 64 / records
+    assert cfg.train.batch_size == 64 and cfg.privacy.dp_sample_rate is None
+    assert cfg.train.lr == DP_SGD_RECIPE["train"]["lr"]  # the rest of the recipe still applies
+    assert _cli(*base, "--batch-size", "64", "--dp-sample-rate", "0.2").privacy.dp_sample_rate == 0.2
+
+
 def test_no_recipe_without_dp():
     cfg = _cli("--dataset", "digits", "--parties", "4")
     assert cfg.model.model != "scatter_linear" and cfg.federation.sampling == "random" and cfg.strategy.name == "fedavg"
