@@ -98,7 +98,11 @@ def _stop_grpc_parties(monkeypatch):
     """Stops, after each test, every gRPC party the test created: a party thread that outlives its
     test would keep retrying its server and could join a later test's server on a reused port
     (with its own data, under an id another test's party expects)."""
-    from pollen.transport.rpc.party import GrpcParty
+    try:
+        from pollen.transport.rpc.party import GrpcParty
+    except (ImportError, RuntimeError):  # no usable gRPC transport here (a bare GPU machine): no party either
+        yield
+        return
 
     made = []
     init = GrpcParty.__init__
