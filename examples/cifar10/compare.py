@@ -133,8 +133,9 @@ def table(rows: list[dict], meta: dict) -> str:
         comm = "— (no communication)" if r["comm_ratio"] is None else f"{100 * r['comm_ratio']:.1f} %"
         eps = "∞ (no DP)" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
         acc = "—" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f} %"
+        secs = f"{r['seconds']:.0f} ({r.get('where', '?')})"
         lines.append(f"| {r['row']} | {acc} | {r['rounds']} ({r['rounds_to_target'] or 'not reached'}) | {comm} | "
-                     f"{eps} | {r['seconds']:.0f} ({r.get('where', '?')}) | {'all met' if all(ok) else 'NOT all met'} |")
+                     f"{eps} | {secs} | {'all met' if all(ok) else 'NOT all met'} |")
     lines += ["", f"Targets (the seed's): accuracy ≥ 85 %, communication / data ≤ 10 %, ε ≤ 8. Dataset {meta['dataset']}; "
               f"settings {meta['settings']}."]
     return "\n".join(lines) + "\n"

@@ -76,7 +76,7 @@ def dp_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches: Sequen
     opacus = _opacus()
     gsm = opacus.GradSampleModule(model)
     params = [p for p in gsm.parameters() if p.requires_grad]
-    per_example = 4 * sum(p.numel() for p in params)  # bytes of one example's gradients (float32)
+    per_example = sum(p.numel() * p.element_size() for p in params)  # bytes of one example's gradients
     chunk = max(1, (GRAD_SAMPLE_BYTES if grad_sample_bytes is None else grad_sample_bytes) // max(per_example, 1))
     opt = opacus.optimizers.DPOptimizer(make_optimizer(params, config), noise_multiplier=noise_multiplier,
                                         max_grad_norm=max_grad_norm, expected_batch_size=expected_batch_size,
@@ -182,8 +182,9 @@ def dp_fit(trainer: Trainer, global_state: Mapping[str, np.ndarray], data: Any,
     model = trainer.model
     load_numpy_state(model, global_state, strict=False)
     batches = poisson_batches(n, q, steps, secure_generator())  # indices: drawn on the CPU
-    metrics = dp_train(model, x, y, batches, config, sigma, settings["max_grad_norm"], batch,
-                       secure_generator(trainer.device), generator, trainer.augment, None if trainer.default_loss else trainer.loss_fn)
+    noise = secure_generator(trainer.device)  # Opacus draws the noise on the parameters' device
+    metrics = dp_train(model, x, y, batches, config, sigma, settings["max_grad_norm"], batch, noise, generator,
+                       trainer.augment, None if trainer.default_loss else trainer.loss_fn)
     if not math.isfinite(metrics["train_loss"]):
         raise ModelError(f"local DP-SGD diverged (loss {metrics['train_loss']}); lower the learning rate")
     own["history"] = accountant.state_dict()["history"]
