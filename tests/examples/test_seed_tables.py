@@ -66,3 +66,24 @@ def test_cifar_seed_table_quick(tmp_path):
     assert len(out.read_text().splitlines()) == len(rows) + 1
     md = out.with_suffix(".md").read_text()
     assert all(f"| {label} |" in md for label in compare["ROWS"]) and md.count("| centralised |") == 1
+
+
+def test_femnist_table_quick_and_its_rows(tmp_path):
+    compare = runpy.run_path(str(EXAMPLES / "femnist" / "compare.py"))
+    recipe = compare["row_config"]("recipe", {"dataset": "femnist"}, quick=False)  # the preset as it is
+    assert recipe["data"]["partition"] == "natural" and recipe["data"]["parties"] == 3383
+    assert (recipe["federation"]["rounds"], recipe["federation"]["parties_per_round"]) == (500, 20)
+    short = compare["row_config"]("recipe-short", {"dataset": "femnist"}, quick=False)
+    assert (short["federation"]["rounds"], short["federation"]["parties_per_round"]) == (10, 5)
+    assert short["model"] == recipe["model"] and short["strategy"] == recipe["strategy"]
+    long = compare["row_config"]("seed-long", {"dataset": "femnist"}, quick=False)
+    assert (long["federation"]["rounds"], long["strategy"]["name"]) == (500, "fedavg")
+
+    out = tmp_path / "f.jsonl"
+    assert compare["main"](["--quick", "--dataset", "digits", "--parties", "30", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["row"] for r in rows] == list(compare["ROWS"])
+    assert all(r["rounds"] == 2 and r["clients_per_round"] == 2 and 0 <= r["accuracy"] <= 1 for r in rows)
+    md = out.with_suffix(".md").read_text()
+    assert "a stand-in, not EMNIST: digits" in md and md.count("| the ") == len(rows)
+    assert compare["main"](["--rows", "nonsense"]) == 2
