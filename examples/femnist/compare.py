@@ -82,7 +82,7 @@ def table(rows: list[dict], data: dict) -> str:
         lines.append(f"| {LABELS[r['row']]} | {acc} | {best} | {r['rounds']} × {r['clients_per_round']} | "
                      f"{r['bytes'] / 1e6:,.0f} MB | {r['seconds']:.0f} |")
     what = ("EMNIST by writer" if data.get("dataset", "femnist") == "femnist" else
-            f"a stand-in, not EMNIST: {data['dataset']} cut into {data.get('parties', 'the presets')} "
+            f"a stand-in, not EMNIST: {data['dataset']} cut into {data.get('parties', 3383):,} "
             f"{data.get('partition', 'iid')} parties")
     return "\n".join(lines) + f"\n\nData: {what}; settings {data}.\n"
 
