@@ -9,8 +9,8 @@ Rows (``examples/femnist-tff-seed.toml`` and ``examples/femnist.toml``, 3,383 pa
 
 - ``seed``: the seed's exact settings: small CNN, client SGD 0.02, server SGD 1.0 (FedAvg), 5
   clients a round, batch 20, 10 rounds (the seed reached 14 % on EMNIST);
-- ``recipe``: the default preset: a deeper CNN with dropout, Adam 0.001 on the clients and FedAdam
-  0.01 on the server, 20 clients a round, 500 rounds;
+- ``recipe``: the default preset: a deeper CNN with dropout, SGD 0.02 on the clients and FedAdam
+  0.01 on the server (Reddi et al. 2021), 20 clients a round, 500 rounds;
 - ``seed-long``: the seed's settings at the recipe's budget (500 rounds of 20 clients);
 - ``recipe-short``: the recipe at the seed's budget (10 rounds of 5 clients).
 
@@ -43,7 +43,7 @@ ROWS: dict[str, tuple[Path, dict]] = {  # short name: (preset, what changes)
     "recipe-short": (RECIPE, {"rounds": 10, "parties_per_round": 5, "eval_every": 1}),
 }
 LABELS = {"seed": "the seed's settings (small CNN, SGD 0.02 / server SGD 1.0, 5 clients, 10 rounds)",
-          "recipe": "the recipe (CNN + dropout, Adam / FedAdam, 20 clients, 500 rounds)",
+          "recipe": "the recipe (CNN + dropout, SGD 0.02 / FedAdam 0.01, 20 clients, 500 rounds)",
           "seed-long": "the seed's settings at the recipe's budget (20 clients, 500 rounds)",
           "recipe-short": "the recipe at the seed's budget (5 clients, 10 rounds)"}
 
