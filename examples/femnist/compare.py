@@ -81,9 +81,9 @@ def table(rows: list[dict], data: dict) -> str:
         best = "—" if r["best"] is None else f"{100 * r['best']:.1f} % ({r['best_round']})"
         lines.append(f"| {LABELS[r['row']]} | {acc} | {best} | {r['rounds']} × {r['clients_per_round']} | "
                      f"{r['bytes'] / 1e6:,.0f} MB | {r['seconds']:.0f} |")
+    parties = data.get("parties", load_toml(SEED)["data"]["parties"])  # the presets' writers unless given
     what = ("EMNIST by writer" if data.get("dataset", "femnist") == "femnist" else
-            f"a stand-in, not EMNIST: {data['dataset']} cut into {data.get('parties', 3383):,} "
-            f"{data.get('partition', 'iid')} parties")
+            f"a stand-in, not EMNIST: {data['dataset']} cut into {parties:,} {data.get('partition', 'iid')} parties")
     return "\n".join(lines) + f"\n\nData: {what}; settings {data}.\n"
 
 

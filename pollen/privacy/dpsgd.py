@@ -83,7 +83,7 @@ def dp_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches: Sequen
                                         generator=generator)
     track_accuracy = loss_fn is None
     loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
-    device = next(iter(params)).device if params else x.device
+    device = params[0].device if params else x.device
     total = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
